@@ -1,0 +1,78 @@
+"""Console entry points: `dreamer-run` and `dreamer-eval`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+# Errors a user can cause get one line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
+
+
+def _fail(err: BaseException) -> int:
+    print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
+          file=sys.stderr)
+    return 2
+
+
+def run_main(argv: Sequence[str] | None = None) -> int:
+    from agents.train import run
+
+    try:
+        logdir = run(argv)
+    except USER_ERRORS as err:
+        return _fail(err)
+    print(f"run directory: {logdir}")
+    return 0
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="dreamer-eval",
+                                description="Evaluate a trained agent from its run directory.")
+    p.add_argument("path", help="run directory (or its checkpoint) written by dreamer-run")
+    p.add_argument("--episodes", type=int, default=5)
+    p.add_argument("--video", action="store_true", help="write the first episode as mp4")
+    p.add_argument("--envs", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="where to write results (default: <run>/eval)")
+    args = p.parse_args(argv)
+    try:
+        return _evaluate(args)
+    except USER_ERRORS as err:
+        return _fail(err)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import envs
+    from agents.collector import Collector
+    from agents.inference import find_run, load_agent
+    from agents.logger import RunLogger
+
+    logdir, _ = find_run(args.path)
+    agent, cfg = load_agent(args.path, device=args.device)
+    env = envs.make_vector(cfg.env.spec, args.envs, seed=cfg.seed + 20_000,
+                           **cfg.env.options.to_dict(),
+                           **({"render_mode": "rgb_array"} if args.video else {}))
+    try:
+        policy = lambda obs, carry: agent.policy(obs, carry, mode="eval")
+        records, frames = Collector(env).run_episodes(policy, args.episodes, render=args.video)
+    finally:
+        env.close()
+    returns = [r["return"] for r in records]
+    out = Path(args.out) if args.out else logdir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"episodes": len(returns), "mean_return": float(np.mean(returns)),
+               "std_return": float(np.std(returns)), "returns": returns}
+    (out / "eval.json").write_text(json.dumps(summary, indent=1))
+    if args.video and frames:
+        with RunLogger(out, tensorboard=False) as logger:
+            path = logger.video("eval", np.stack(frames), 0)
+        print(f"video: {path}")
+    print(f"{len(returns)} episodes: mean return {summary['mean_return']:.1f} "
+          f"+- {summary['std_return']:.1f}")
+    return 0

@@ -1,0 +1,55 @@
+"""Command-line arguments of `dreamer-run` and how they map onto the config."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from agents.config import Config, load_config
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dreamer-run",
+        description="Train a model-based agent on an environment given by a spec string. "
+        "Rerunning the same command with the same --logdir resumes.")
+    p.add_argument("--env", required=True,
+                   help="env spec: dmc:walker-walk, atari100k:pong, gym:CartPole-v1, "
+                        "minigrid:MiniGrid-DoorKey-5x5-v0, gym:pkg.module:Class")
+    p.add_argument("--agent", default=None, help="agent name: dreamerv3 (default) or jepa")
+    p.add_argument("--size", default=None, help="model size: 1m 12m 25m 50m 100m 200m 400m")
+    p.add_argument("--steps", type=float, default=None, help="agent steps (policy decisions)")
+    p.add_argument("--envs", type=int, default=None, help="parallel environments")
+    p.add_argument("--logdir", default=None, help="run directory (default: runs/<env>/...)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--obs", default=None, choices=["state", "pixels", "both"],
+                   help="observation kind for suites that offer several (dmc)")
+    p.add_argument("--encoder", default=None,
+                   help="default | jepa:PATH/encoder.pt | hf:HUB_ID_OR_DIR (V-JEPA 2)")
+    p.add_argument("--encoder-mode", default=None, choices=["frozen", "finetune"])
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="YAML file of config overrides (repeatable, applied in order)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                   help="dotted config override, e.g. --set run.train_ratio=64 (repeatable)")
+    return p
+
+
+def parse_run_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return run_parser().parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Layer defaults, presets, files, flags and --set overrides into one config."""
+    flags = {
+        "run.steps": int(args.steps) if args.steps is not None else None,
+        "env.num_envs": args.envs,
+        "logdir": args.logdir,
+        "seed": args.seed,
+        "env.options.obs": args.obs,
+        "encoder.name": args.encoder,
+        "encoder.mode": args.encoder_mode,
+        "device": args.device,
+    }
+    return load_config(args.env, size=args.size, agent=args.agent, files=args.config,
+                       flags=flags, sets=args.sets)

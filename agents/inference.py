@@ -1,0 +1,49 @@
+"""Load a trained agent from a run directory or checkpoint and ask it for actions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import envs
+from agents.base import Agent, make_agent
+from agents.checkpoint import CheckpointError, load_checkpoint
+from agents.config import Config
+from agents.train import CKPT_DIR, select_device
+
+
+def find_run(path: str | Path) -> tuple[Path, Path]:
+    """(run directory, agent checkpoint file) for a logdir, its checkpoint dir or file."""
+    path = Path(path)
+    candidates = [path / CKPT_DIR / "agent.pt", path / "agent.pt", path]
+    for file in candidates:
+        if file.is_file():
+            logdir = file.parent.parent if file.parent.name == CKPT_DIR else file.parent
+            if not (logdir / "config.yaml").exists():
+                raise CheckpointError(f"no config.yaml beside checkpoint {file}")
+            return logdir, file
+    raise CheckpointError(f"no checkpoint at {path}; expected a run directory containing "
+                          f"{CKPT_DIR}/agent.pt")
+
+
+def load_agent(path: str | Path, device: str = "auto") -> tuple[Agent, Config]:
+    """Rebuild the agent of a run and load its weights.
+
+    >>> agent, cfg = load_agent("runs/dmc-walker-walk/dreamerv3-1m-seed0")
+    >>> env = envs.make(cfg.env.spec, **cfg.env.options.to_dict())
+    """
+    logdir, file = find_run(path)
+    cfg = Config.from_yaml(logdir / "config.yaml")
+    dev, precision = select_device(device, cfg.precision)
+    probe = envs.make(cfg.env.spec, seed=cfg.seed, **cfg.env.options.to_dict())
+    try:
+        agent = make_agent(cfg.agent, probe.observation_space, probe.action_space, cfg,
+                           device=dev, precision=precision)
+    finally:
+        probe.close()
+    state = load_checkpoint(file)
+    try:
+        agent.load_state_dict(state["agent"])
+    except (KeyError, RuntimeError) as err:
+        msg = str(err).splitlines()[0]
+        raise CheckpointError(f"checkpoint {file} does not match its config: {msg}") from None
+    return agent, cfg

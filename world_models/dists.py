@@ -1,0 +1,127 @@
+"""Output distributions of DreamerV3: symlog transforms, two-hot symexp, unimix
+categoricals with straight-through samples, bounded normal and Bernoulli heads."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.log1p(torch.abs(x))
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.expm1(torch.abs(x))
+
+
+def unimix_logits(logits: torch.Tensor, unimix: float) -> torch.Tensor:
+    """Mix softmax(logits) with `unimix` of the uniform distribution; return log-probs."""
+    probs = F.softmax(logits.float(), -1)
+    if unimix:
+        probs = (1 - unimix) * probs + unimix / logits.shape[-1]
+    return torch.log(probs)
+
+
+class TwoHot:
+    """Categorical over 255 bins spaced evenly in symlog space (`symexp_twohot`).
+
+    Predicts with symexp(E[bin]); trains with cross-entropy against a two-hot
+    encoding of symlog(target), so targets of any scale give bounded gradients.
+    """
+
+    def __init__(self, logits: torch.Tensor, low: float = -20.0, high: float = 20.0):
+        self.logits = logits.float()
+        self.bins = torch.linspace(low, high, logits.shape[-1], device=logits.device)
+
+    def pred(self) -> torch.Tensor:
+        probs = F.softmax(self.logits, -1)
+        # Sum the two halves of the symmetric bins separately so that uniform
+        # probabilities give exactly zero (a plain left-to-right sum does not).
+        m = self.bins.shape[0] // 2
+        lo = (probs[..., :m] * self.bins[:m]).flip(-1).sum(-1)
+        hi = (probs[..., -m:] * self.bins[-m:]).sum(-1)
+        mid = (probs[..., m:-m] * self.bins[m:-m]).sum(-1)
+        return symexp(mid + (lo + hi))
+
+    def loss(self, target: torch.Tensor) -> torch.Tensor:
+        target = symlog(target.detach().float())
+        n = self.bins.shape[0]
+        below = ((self.bins <= target[..., None]).sum(-1) - 1).clamp(0, n - 1)
+        above = (n - (self.bins > target[..., None]).sum(-1)).clamp(0, n - 1)
+        equal = below == above
+        d_below = torch.where(equal, 1.0, (self.bins[below] - target).abs())
+        d_above = torch.where(equal, 1.0, (self.bins[above] - target).abs())
+        total = d_below + d_above
+        twohot = F.one_hot(below, n) * (d_above / total)[..., None]
+        twohot = twohot + F.one_hot(above, n) * (d_below / total)[..., None]
+        return -(twohot * F.log_softmax(self.logits, -1)).sum(-1)
+
+
+class Bernoulli:
+    """Binary head (continue flag) on logits."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits.float()
+
+    def pred(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+    def loss(self, target: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(self.logits, target.float(), reduction="none")
+
+
+class OneHotCategorical:
+    """Categorical (with 1% unimix in DreamerV3) whose samples are one-hot vectors
+    with straight-through gradients."""
+
+    def __init__(self, logits: torch.Tensor, unimix: float = 0.0):
+        self.logits = unimix_logits(logits, unimix)
+        self.probs = self.logits.exp()
+
+    def sample(self) -> torch.Tensor:
+        flat = self.probs.reshape(-1, self.probs.shape[-1])
+        idx = torch.multinomial(flat, 1).reshape(self.probs.shape[:-1])
+        onehot = F.one_hot(idx, self.probs.shape[-1]).to(self.probs.dtype)
+        return onehot + self.probs - self.probs.detach()
+
+    def mode(self) -> torch.Tensor:
+        idx = self.probs.argmax(-1)
+        onehot = F.one_hot(idx, self.probs.shape[-1]).to(self.probs.dtype)
+        return onehot + self.probs - self.probs.detach()
+
+    def log_prob(self, onehot: torch.Tensor) -> torch.Tensor:
+        return (onehot * self.logits).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return -(self.probs * self.logits).sum(-1)
+
+
+class BoundedNormal:
+    """Diagonal normal with tanh-bounded mean and std in [minstd, maxstd] (the
+    official `bounded_normal`); actions are clipped to [-1, 1] by the env side."""
+
+    def __init__(self, out: torch.Tensor, minstd: float = 0.1, maxstd: float = 1.0):
+        mean, std = out.float().chunk(2, -1)
+        self.mean = torch.tanh(mean)
+        self.std = (maxstd - minstd) * torch.sigmoid(std + 2.0) + minstd
+
+    def sample(self) -> torch.Tensor:
+        return self.mean + self.std * torch.randn_like(self.mean)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.mean) / self.std
+        return (-0.5 * z.pow(2) - self.std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return (0.5 + 0.5 * math.log(2 * math.pi) + self.std.log()).sum(-1)
+
+
+def categorical_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) for log-prob tensors [..., stoch, classes], summed over latents."""
+    return (logits_p.exp() * (logits_p - logits_q)).sum((-2, -1))

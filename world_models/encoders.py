@@ -1,0 +1,121 @@
+"""Observation encoders and decoders: CNN for `image`, symlog MLP for `vector`.
+
+Encoder contract (any encoder, the JEPA ones included): an `nn.Module` whose
+`forward(obs)` maps a dict with `image` uint8 [..., H, W, C] and/or `vector`
+float32 [..., D] to an embedding [..., out_dim], and has an int `out_dim`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from world_models.dists import symlog
+from world_models.nets import Linear, conv_stack, mlp
+
+IMAGE_KEY, VECTOR_KEY = "image", "vector"
+
+
+def _check_image(shape: Sequence[int]) -> None:
+    h, w, _ = shape
+    if h != w or h % 16:
+        raise ValueError(
+            f"image shape {tuple(shape)} not supported; need square HxW, a multiple of 16")
+
+
+class MultiEncoder(nn.Module):
+    """CNN on `image` and symlog MLP on `vector`, concatenated when both exist."""
+
+    def __init__(
+        self,
+        obs_shapes: Mapping[str, Sequence[int]],
+        depth: int = 64,
+        mults: Sequence[int] = (2, 3, 4, 4),
+        layers: int = 3,
+        units: int = 1024,
+        kernel: int = 5,
+        symlog: bool = True,
+        strided: bool = False,
+    ):
+        super().__init__()
+        self.keys = [k for k in (IMAGE_KEY, VECTOR_KEY) if k in obs_shapes]
+        if not self.keys:
+            raise ValueError(f"no encodable observation in {sorted(obs_shapes)}; need image/vector")
+        self.use_symlog = symlog
+        self.out_dim = 0
+        if IMAGE_KEY in obs_shapes:
+            h, w, c = obs_shapes[IMAGE_KEY]
+            _check_image((h, w, c))
+            chans = [c] + [depth * m for m in mults]
+            self.cnn = conv_stack(chans, kernel, strided=strided)
+            self.out_dim += chans[-1] * (h // 2 ** len(mults)) ** 2
+        if VECTOR_KEY in obs_shapes:
+            self.mlp = mlp(obs_shapes[VECTOR_KEY][0], layers, units)
+            self.out_dim += units
+
+    def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        outs = []
+        if IMAGE_KEY in self.keys:
+            img = obs[IMAGE_KEY]
+            lead = img.shape[:-3]
+            x = img.reshape(-1, *img.shape[-3:]).permute(0, 3, 1, 2)
+            x = x.to(self.cnn[0].weight.dtype) / 255.0 - 0.5
+            outs.append(self.cnn(x).reshape(*lead, -1))
+        if VECTOR_KEY in self.keys:
+            x = obs[VECTOR_KEY].float()
+            outs.append(self.mlp(symlog(x) if self.use_symlog else x))
+        return torch.cat(outs, -1)
+
+
+class MultiDecoder(nn.Module):
+    """Reconstructs `image` (sigmoid pixels in [0, 1]) and symlog `vector` from features."""
+
+    def __init__(
+        self,
+        feat_dim: int,
+        obs_shapes: Mapping[str, Sequence[int]],
+        depth: int = 64,
+        mults: Sequence[int] = (2, 3, 4, 4),
+        layers: int = 3,
+        units: int = 1024,
+        kernel: int = 5,
+        outscale: float = 1.0,
+        strided: bool = False,
+    ):
+        super().__init__()
+        self.keys = [k for k in (IMAGE_KEY, VECTOR_KEY) if k in obs_shapes]
+        if IMAGE_KEY in obs_shapes:
+            h, w, c = obs_shapes[IMAGE_KEY]
+            _check_image((h, w, c))
+            chans = [depth * m for m in mults][::-1] + [c]
+            self.minres = h // 2 ** len(mults)
+            self.space = Linear(feat_dim, chans[0] * self.minres**2)
+            self.deconv = conv_stack(chans, kernel, transpose=True, strided=strided)
+            self.first_chans = chans[0]
+        if VECTOR_KEY in obs_shapes:
+            self.mlp = mlp(feat_dim, layers, units, obs_shapes[VECTOR_KEY][0], outscale=outscale)
+
+    def forward(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        if IMAGE_KEY in self.keys:
+            lead = feat.shape[:-1]
+            x = self.space(feat).reshape(-1, self.first_chans, self.minres, self.minres)
+            x = torch.sigmoid(self.deconv(x).float())
+            out[IMAGE_KEY] = x.permute(0, 2, 3, 1).reshape(*lead, *x.shape[2:], x.shape[1])
+        if VECTOR_KEY in self.keys:
+            out[VECTOR_KEY] = self.mlp(feat).float()  # symlog space
+        return out
+
+    @staticmethod
+    def loss(pred: Mapping[str, torch.Tensor], obs: Mapping[str, torch.Tensor]) -> dict:
+        """Per-step reconstruction losses: summed squared error per modality."""
+        losses = {}
+        if IMAGE_KEY in pred:
+            target = obs[IMAGE_KEY].float() / 255.0
+            losses["rec_image"] = (pred[IMAGE_KEY] - target).pow(2).sum((-3, -2, -1))
+        if VECTOR_KEY in pred:
+            target = symlog(obs[VECTOR_KEY].float())
+            losses["rec_vector"] = (pred[VECTOR_KEY] - target).pow(2).sum(-1)
+        return losses

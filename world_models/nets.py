@@ -1,0 +1,122 @@
+"""Network builders shared by every model: one MLP builder, one conv-stack builder.
+
+DreamerV3 conventions: RMSNorm + SiLU after every hidden layer, truncated-normal
+fan-in initialisation, and an `outscale` on output layers (0 gives a zero init,
+which the official reward and value heads use so predictions start at zero).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def init_trunc_normal_(weight: torch.Tensor, fan_in: int, scale: float = 1.0) -> None:
+    """Fan-in variance scaling with a truncated normal (the official `trunc_normal_in`)."""
+    if scale == 0.0:
+        nn.init.zeros_(weight)
+        return
+    # 0.8796 is the std of a standard normal truncated to [-2, 2].
+    std = math.sqrt(scale / fan_in) / 0.87962566
+    nn.init.trunc_normal_(weight, 0.0, std, -2 * std, 2 * std)
+
+
+class Linear(nn.Linear):
+    """nn.Linear with the DreamerV3 initialisation; `outscale` scales the init variance."""
+
+    def __init__(self, inp: int, out: int, bias: bool = True, outscale: float = 1.0):
+        super().__init__(inp, out, bias=bias)
+        init_trunc_normal_(self.weight, inp, outscale)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+class BlockLinear(nn.Module):
+    """Block-diagonal linear layer: `blocks` independent linears on equal slices.
+
+    The official block GRU uses it so that a large recurrent state stays cheap.
+    """
+
+    def __init__(self, inp: int, out: int, blocks: int, outscale: float = 1.0):
+        super().__init__()
+        if inp % blocks or out % blocks:
+            raise ValueError(f"BlockLinear sizes {inp}->{out} must divide into {blocks} blocks")
+        self.blocks = blocks
+        self.weight = nn.Parameter(torch.empty(blocks, inp // blocks, out // blocks))
+        self.bias = nn.Parameter(torch.zeros(out))
+        init_trunc_normal_(self.weight, inp // blocks, outscale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x = x.reshape(-1, self.blocks, x.shape[-1] // self.blocks)
+        y = torch.einsum("bgi,gio->bgo", x, self.weight)
+        return y.reshape(*lead, -1) + self.bias
+
+
+class ChannelRMSNorm(nn.Module):
+    """RMSNorm over the channel axis of an NCHW feature map."""
+
+    def __init__(self, channels: int, eps: float = 1e-4):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.rsqrt(x.float().pow(2).mean(1, keepdim=True) + self.eps).to(x.dtype)
+        return x * scale * self.weight[:, None, None]
+
+
+def norm_act(units: int) -> list[nn.Module]:
+    return [nn.RMSNorm(units, eps=1e-4), nn.SiLU()]
+
+
+def mlp(
+    inp: int, layers: int, units: int, out: int | None = None, outscale: float = 1.0
+) -> nn.Sequential:
+    """`layers` x (Linear, RMSNorm, SiLU), then an optional output Linear."""
+    mods: list[nn.Module] = []
+    for _ in range(layers):
+        mods += [Linear(inp, units, bias=False), *norm_act(units)]
+        inp = units
+    if out is not None:
+        mods.append(Linear(inp, out, outscale=outscale))
+    return nn.Sequential(*mods)
+
+
+def conv_stack(
+    channels: Sequence[int], kernel: int = 5, transpose: bool = False, strided: bool = False
+) -> nn.Sequential:
+    """Conv stack halving (or, with `transpose`, doubling) the resolution at every layer.
+
+    Official DreamerV3 default (`strided: False`): stride-1 conv then 2x2 max-pool
+    down, nearest 2x upsample then conv up. `strided=True` uses stride-2 convs
+    (about 4x fewer FLOPs; useful on CPU). Every conv is followed by norm + SiLU
+    except the last layer of a transposed (decoder) stack, which outputs pixels.
+    """
+    mods: list[nn.Module] = []
+    pad = kernel // 2
+    pairs = list(zip(channels[:-1], channels[1:]))
+    for i, (cin, cout) in enumerate(pairs):
+        last = transpose and i == len(pairs) - 1
+        if transpose:
+            if strided:
+                conv = nn.ConvTranspose2d(cin, cout, 4, 2, 1)
+                mods.append(conv)
+            else:
+                conv = nn.Conv2d(cin, cout, kernel, padding=pad)
+                mods += [nn.Upsample(scale_factor=2, mode="nearest"), conv]
+            fan_in = cin * conv.weight.shape[2] * conv.weight.shape[3]
+        else:
+            conv = nn.Conv2d(cin, cout, kernel, stride=2 if strided else 1, padding=pad)
+            mods.append(conv)
+            if not strided:
+                mods.append(nn.MaxPool2d(2))
+            fan_in = cin * kernel * kernel
+        init_trunc_normal_(conv.weight, fan_in)
+        nn.init.zeros_(conv.bias)
+        if not last:
+            mods += [ChannelRMSNorm(cout), nn.SiLU()]
+    return nn.Sequential(*mods)
