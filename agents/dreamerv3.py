@@ -193,7 +193,8 @@ class DreamerV3Agent(Agent):
             out[f"openl/mse_{key}_imagined"] = float(err[:, context:].mean())
         if IMAGE_KEY in recon:
             # Videos: [N, T, H, W, C] floats in [0, 1], truth and prediction.
-            out["openl"] = (targets[IMAGE_KEY].cpu().numpy(), recon[IMAGE_KEY].float().cpu().numpy())
+            truth, pred = targets[IMAGE_KEY], recon[IMAGE_KEY].float()
+            out["openl"] = (truth.cpu().numpy(), pred.cpu().numpy())
         return out
 
     # -- persistence ---------------------------------------------------------------

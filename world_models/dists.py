@@ -55,9 +55,11 @@ class TwoHot:
         d_below = torch.where(equal, 1.0, (self.bins[below] - target).abs())
         d_above = torch.where(equal, 1.0, (self.bins[above] - target).abs())
         total = d_below + d_above
-        twohot = F.one_hot(below, n) * (d_above / total)[..., None]
-        twohot = twohot + F.one_hot(above, n) * (d_below / total)[..., None]
-        return -(twohot * F.log_softmax(self.logits, -1)).sum(-1)
+        # Cross-entropy against the two-hot target, read off by gathering the two bins.
+        logp = F.log_softmax(self.logits, -1)
+        lp_below = logp.gather(-1, below[..., None]).squeeze(-1)
+        lp_above = logp.gather(-1, above[..., None]).squeeze(-1)
+        return -(lp_below * (d_above / total) + lp_above * (d_below / total))
 
 
 class Bernoulli:

@@ -56,6 +56,20 @@ class BlockLinear(nn.Module):
         return y.reshape(*lead, -1) + self.bias
 
 
+class RMSNorm(nn.Module):
+    """RMSNorm over the last axis. Written out because torch's fused CPU kernel
+    measured 3x slower than these three ops (fwd+bwd on [16384, 64])."""
+
+    def __init__(self, units: int, eps: float = 1e-4):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(units))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps).to(x.dtype)
+        return x * scale * self.weight
+
+
 class ChannelRMSNorm(nn.Module):
     """RMSNorm over the channel axis of an NCHW feature map."""
 
@@ -70,7 +84,7 @@ class ChannelRMSNorm(nn.Module):
 
 
 def norm_act(units: int) -> list[nn.Module]:
-    return [nn.RMSNorm(units, eps=1e-4), nn.SiLU()]
+    return [RMSNorm(units), nn.SiLU()]
 
 
 def mlp(

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from world_models.dists import OneHotCategorical, categorical_kl
-from world_models.nets import BlockLinear, Linear, mlp, norm_act
+from world_models.nets import BlockLinear, Linear, RMSNorm, mlp, norm_act
 
 State = dict[str, torch.Tensor]
 
@@ -53,7 +53,7 @@ class RSSM(nn.Module):
             for i in range(dynlayers)
         )
         self.dyn_norms = nn.ModuleList(
-            nn.RMSNorm(deter // blocks, eps=1e-4) for _ in range(dynlayers)
+            RMSNorm(deter // blocks) for _ in range(dynlayers)
         )
         gru_in = deter if dynlayers else blocks * group_in
         self.dyn_gru = BlockLinear(gru_in, 3 * deter, blocks)

@@ -1,0 +1,430 @@
+"""Layered, validated, immutable run configuration.
+
+Layers, later wins: ``defaults.yaml`` -> domain preset (``domains.yaml``, picked
+from the env spec) -> size preset (``sizes.yaml``) -> user YAML files -> CLI
+flags -> ``--set key=value`` strings. Every user key is checked against the
+defaults schema (children of ``env.options`` are free-form) and cast to the
+type of its default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+# Keys whose children are forwarded untouched (to the env factory).
+FREE_FORM = ("env.options",)
+
+# Size-preset field -> dotted config keys it sets.
+SIZE_KEYS: dict[str, tuple[str, ...]] = {
+    "deter": ("model.rssm.deter",),
+    "hidden": ("model.rssm.hidden",),
+    "classes": ("model.rssm.classes",),
+    "depth": ("model.encoder.depth", "model.decoder.depth"),
+    "units": (
+        "model.encoder.units",
+        "model.decoder.units",
+        "model.reward_head.units",
+        "model.cont_head.units",
+        "actor_critic.policy.units",
+        "actor_critic.value.units",
+    ),
+}
+
+_MISSING = object()
+
+
+class ConfigError(ValueError):
+    """A bad config key, value, preset name or file."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 demands a dot)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping) and not isinstance(value, Config):
+        return Config(value)
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+class Config(Mapping):
+    """Immutable nested mapping with attribute access (``cfg.run.steps``)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        frozen = {str(k): _freeze(v) for k, v in (data or {}).items()}
+        object.__setattr__(self, "_data", frozen)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._data[name]
+        except KeyError:
+            hint = difflib.get_close_matches(name, list(self._data), n=1)
+            extra = f"; did you mean '{hint[0]}'?" if hint else ""
+            raise AttributeError(f"config has no key '{name}'{extra}") from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise TypeError("Config is immutable; build a new one with load_config")
+
+    def __delattr__(self, name: str) -> None:
+        raise TypeError("Config is immutable; build a new one with load_config")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Config, (self.to_dict(),))
+
+    def __repr__(self) -> str:
+        return f"Config({self.to_dict()!r})"
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Value at a dotted path (``cfg.get("run.steps")``), or ``default``."""
+        node: Any = self
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dicts and lists (safe to dump, pickle or mutate)."""
+        return _thaw(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted-key view of every leaf, e.g. ``{"run.steps": 100000, ...}``."""
+        return _flatten(self.to_dict(), free_form=())
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> Config:
+        """Read a config written by :func:`save_config` (no layering or checks)."""
+        data = _read_yaml(Path(path))
+        return cls(data)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(cfg.to_yaml())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def domain_for(spec: str, options: Mapping[str, Any]) -> str:
+    """Name of the domain preset for an env spec such as ``dmc:walker-walk``."""
+    suite, _, task = spec.partition(":")
+    suite = suite.strip().lower()
+    if suite == "dmc":
+        pixels = str(options.get("obs", "")).lower() in ("pixels", "both")
+        return "dmc_vision" if pixels or task.endswith("-pixels") else "dmc_proprio"
+    if suite in ("atari", "atari100k", "minigrid"):
+        return suite
+    return "gym"
+
+
+def load_config(
+    env_spec: str,
+    *,
+    size: str | None = None,
+    agent: str | None = None,
+    files: Sequence[str | os.PathLike] | None = (),
+    flags: Mapping[str, Any] | None = None,
+    sets: Sequence[str] | None = (),
+    extra_defaults: Mapping[str, Any] | None = None,
+) -> Config:
+    """Resolve the layered config for ``env_spec``; raises ConfigError on bad input.
+
+    ``size``/``agent`` act like CLI flags (they beat files, lose to ``sets``);
+    ``flags`` maps dotted keys to values (``None`` values are skipped);
+    ``extra_defaults`` adds sections or keys to the schema (e.g. for other agents).
+    """
+    defaults = _read_yaml(CONFIG_DIR / "defaults.yaml")
+    if extra_defaults:
+        defaults = _merge(defaults, _expand(dict(extra_defaults)))
+    sizes = _read_yaml(CONFIG_DIR / "sizes.yaml")
+    domains = _read_yaml(CONFIG_DIR / "domains.yaml")
+
+    # User layers, lowest first. Each is validated and cast against the schema.
+    layers: list[tuple[str, dict[str, Any]]] = []
+    for file in files or ():
+        data = _read_yaml(Path(file))
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config file {file} must hold a mapping, got {type(data).__name__}")
+        layers.append((str(file), _expand(data)))
+    cli = {k: v for k, v in (flags or {}).items() if v is not None}
+    if size is not None:
+        cli = {"size": size, **cli}
+    if agent is not None:
+        cli = {"agent": agent, **cli}
+    layers.append(("flags", _expand(cli)))
+    layers.append(("--set", _expand(dict(_parse_set(s) for s in sets or ()))))
+
+    user: dict[str, Any] = {}
+    explicit: set[str] = set()
+    for _source, layer in layers:
+        checked = _check(layer, defaults, prefix="")
+        user = _merge(user, checked)
+        explicit |= set(_flatten(checked, free_form=FREE_FORM))
+
+    options = {**defaults["env"]["options"], **user.get("env", {}).get("options", {})}
+    domain = user.get("domain") or defaults.get("domain") or domain_for(env_spec, options)
+    if domain not in domains:
+        raise ConfigError(f"unknown domain '{domain}'; valid domains: {', '.join(domains)}")
+    preset = _check(_expand(domains[domain]), defaults, prefix="")
+
+    cfg = _merge(defaults, preset)
+    size_name = str(user.get("size", cfg["size"]))
+    if size_name not in sizes:
+        raise ConfigError(f"unknown size '{size_name}'; valid sizes: {', '.join(sizes)}")
+    for field, keys in SIZE_KEYS.items():
+        for key in keys:
+            if key not in explicit and _has(defaults, key):
+                _set(cfg, key, _check_value(key, sizes[size_name][field], _lookup(defaults, key)))
+
+    cfg = _merge(cfg, user)
+    cfg["domain"] = domain
+    cfg["size"] = size_name
+    cfg["env"]["spec"] = env_spec
+    return Config(cfg)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        data = _yaml_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
+    return {} if data is None else data
+
+
+def _parse_set(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got '{item}'")
+    try:
+        value = _yaml_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # an unparseable value stays a string; the type check judges it
+    return key.strip(), value
+
+
+def _expand(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn dotted keys (``{"run.steps": 1}``) into nested dicts, recursively."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        value = _expand(value) if isinstance(value, Mapping) else value
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = node[part] = {}
+            node = nxt
+        leaf = parts[-1]
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf] = _merge(node[leaf], value)
+        else:
+            node[leaf] = value
+    return out
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: (_merge(v, {}) if isinstance(v, Mapping) else v) for k, v in base.items()}
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        elif isinstance(value, Mapping):
+            out[key] = _merge(value, {})
+        else:
+            out[key] = value
+    return out
+
+
+def _flatten(data: Mapping[str, Any], free_form: Sequence[str], prefix: str = "") -> dict:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and path not in free_form:
+            out.update(_flatten(value, free_form, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _has(data: Mapping[str, Any], key: str) -> bool:
+    return _lookup(data, key, _MISSING) is not _MISSING
+
+
+def _lookup(data: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _set(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        data = data[part]
+    data[leaf] = value
+
+
+def _all_keys(schema: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in schema.items():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        if isinstance(value, Mapping) and path not in FREE_FORM:
+            keys.extend(_all_keys(value, path + "."))
+    return keys
+
+
+def _unknown(key: str, schema_root: Mapping[str, Any]) -> ConfigError:
+    valid = _all_keys(schema_root)
+    # Prefer keys at the same depth: 'model.rssm.foo' should not suggest 'model.rssm'.
+    same_depth = [k for k in valid if k.count(".") == key.count(".")]
+    hint = difflib.get_close_matches(key, same_depth, n=1, cutoff=0.6)
+    if hint:
+        return ConfigError(f"unknown config key '{key}'; did you mean '{hint[0]}'?")
+    parent = key.rpartition(".")[0]
+    siblings = [k for k in valid if k.rpartition(".")[0] == parent]
+    return ConfigError(f"unknown config key '{key}'; valid keys here: {', '.join(siblings)}")
+
+
+def _check(
+    layer: Mapping[str, Any],
+    schema: Mapping[str, Any],
+    prefix: str,
+    root: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Validate ``layer`` against ``schema`` and return it with values cast."""
+    root = schema if root is None else root
+    out: dict[str, Any] = {}
+    for key, value in layer.items():
+        path = f"{prefix}{key}"
+        if key not in schema:
+            # Name a full leaf path so the hint can be a full key ('modl.rssm.deter').
+            leaf = next(iter(_flatten(value, ()))) if isinstance(value, Mapping) and value else ""
+            raise _unknown(f"{path}.{leaf}" if leaf else path, root)
+        default = schema[key]
+        if path in FREE_FORM:
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"config key '{path}' expects a mapping, got {value!r} ({type(value).__name__})"
+                )
+            out[key] = _merge(value, {})
+        elif isinstance(default, Mapping):
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"config key '{path}' is a section (keys: {', '.join(default)}); "
+                    f"got {value!r}"
+                )
+            out[key] = _check(value, default, path + ".", root)
+        else:
+            out[key] = _check_value(path, value, default)
+    return out
+
+
+def _type_error(key: str, expected: str, value: Any) -> ConfigError:
+    return ConfigError(
+        f"config key '{key}' expects {expected}, got {value!r} ({type(value).__name__})"
+    )
+
+
+def _check_value(key: str, value: Any, default: Any) -> Any:
+    """Cast ``value`` to the type of ``default`` or raise ConfigError."""
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise _type_error(key, "bool", value)
+    if isinstance(default, int | float):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                raise _type_error(key, type(default).__name__, value) from None
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise _type_error(key, type(default).__name__, value)
+        if isinstance(default, float):
+            return float(number)
+        if isinstance(number, float):
+            if not number.is_integer():
+                raise _type_error(key, "int", value)
+            return int(number)
+        return number
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # e.g. `--set device=0` parsed as a number by YAML
+        raise _type_error(key, "str", value)
+    if isinstance(default, list | tuple):
+        if not isinstance(value, list | tuple):
+            raise _type_error(key, "list", value)
+        kinds = {type(v) for v in default}
+        if len(kinds) == 1 and kinds <= {int, float, str}:
+            proto = default[0]
+            return [_check_value(f"{key}[{i}]", v, proto) for i, v in enumerate(value)]
+        return list(value)
+    return value
