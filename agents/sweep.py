@@ -1,0 +1,340 @@
+"""`dreamer-sweep`: Ray Tune hyperparameter sweeps over `dreamer-run`.
+
+    dreamer-sweep --env dmc:walker-walk --param opt.lr=loguniform(1e-5,1e-3) \
+        --param run.train_ratio=choice(128,256,512) --samples 8 --scheduler asha
+
+Every trial is one `agents.train.run` whose metric reports are forwarded to `tune.report`.
+ASHA stops weak trials early on agent steps. Distributions: `choice(a,b,...)`,
+`uniform(lo,hi)`, `loguniform(lo,hi)` and `randint(lo,hi)` (hi exclusive, as in Tune).
+At the end a table of trials is printed and the best trial's overrides are written to
+`OUT/best.yaml`, usable as `dreamer-run --config OUT/best.yaml`. Embedded local Ray by
+default; `--address auto` (or host:port) runs the same sweep on a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "Dist",
+    "SweepSpecError",
+    "main",
+    "nest",
+    "parse_param",
+    "parse_value",
+    "trials_table",
+    "write_best",
+]
+
+DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
+_DIST_RE = re.compile(r"^\s*([a-z_]+)\s*\((.*)\)\s*$", re.DOTALL)
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class SweepSpecError(ValueError):
+    """A bad `--param` (unknown distribution, wrong arguments) or sweep option."""
+
+
+def parse_value(text: str) -> Any:
+    """A config value from text as YAML would read it (`1e-4` is a float, `true` a bool)."""
+    text = text.strip()
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    value = yaml.safe_load(text) if text else ""
+    return value
+
+
+@dataclass(frozen=True)
+class Dist:
+    """A search distribution parsed from `name(args)`; `to_tune()` gives Tune's domain."""
+
+    kind: str
+    args: tuple[Any, ...]
+
+    def to_tune(self) -> Any:
+        from ray import tune
+
+        if self.kind == "choice":
+            return tune.choice(list(self.args))
+        if self.kind == "uniform":
+            return tune.uniform(*self.args)
+        if self.kind == "loguniform":
+            return tune.loguniform(*self.args)
+        return tune.randint(*self.args)
+
+
+def _bounds(kind: str, args: list[Any], text: str) -> tuple[Any, Any]:
+    if len(args) != 2 or not all(isinstance(a, int | float) for a in args):
+        raise SweepSpecError(f"{kind} needs two numbers (lo,hi), got {text!r}")
+    lo, hi = args
+    if not lo < hi:
+        raise SweepSpecError(f"{kind} needs lo < hi, got {text!r}")
+    if kind == "loguniform" and lo <= 0:
+        raise SweepSpecError(f"loguniform needs 0 < lo < hi, got {text!r}")
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        raise SweepSpecError(f"randint needs two integers (hi exclusive), got {text!r}")
+    return lo, hi
+
+
+def parse_param(text: str) -> tuple[str, Dist]:
+    """`key=DIST` -> (dotted config key, distribution); SweepSpecError on bad input."""
+    key, sep, spec = text.partition("=")
+    key = key.strip()
+    if not sep or not _KEY_RE.match(key):
+        raise SweepSpecError(
+            f"--param expects KEY=DIST with a dotted config key, e.g. opt.lr=loguniform(1e-5,1e-3);"
+            f" got {text!r}"
+        )
+    match = _DIST_RE.match(spec)
+    if not match or match.group(1) not in DISTRIBUTIONS:
+        raise SweepSpecError(
+            f"--param {key}: {spec.strip()!r} is not a distribution; allowed: "
+            + ", ".join(f"{d}(...)" for d in DISTRIBUTIONS)
+        )
+    kind, body = match.groups()
+    args = [parse_value(a) for a in body.split(",")] if body.strip() else []
+    if kind == "choice":
+        if not args:
+            raise SweepSpecError(f"--param {key}: choice needs at least one value")
+        return key, Dist(kind, tuple(args))
+    return key, Dist(kind, _bounds(kind, args, f"{key}={spec.strip()}"))
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys -> nested dicts: {'opt.lr': 1} -> {'opt': {'lr': 1}}."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SweepSpecError(f"config key {key!r} clashes with a value at {part!r}")
+        node[leaf] = value
+    return out
+
+
+def _plain(value: Any) -> Any:
+    # Tune samples numpy scalars; YAML wants Python numbers.
+    return value.item() if hasattr(value, "item") else value
+
+
+def write_best(path: str | Path, overrides: dict[str, Any], header: str = "") -> Path:
+    """Write the overridden keys as a nested YAML preset for `dreamer-run --config`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = yaml.safe_dump(nest({k: _plain(v) for k, v in overrides.items()}), sort_keys=True)
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    path.write_text(comment + body)
+    return path
+
+
+def _fmt(value: Any) -> str:
+    value = _plain(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def trials_table(rows: Sequence[dict[str, Any]], params: Sequence[str], metric: str) -> str:
+    """A fixed-width text table: trial, status, each param, agent steps, metric."""
+    header = ["trial", "status", *params, "step", metric]
+    cells = [[_fmt(row.get(h, "")) for h in header] for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _trainable(config: dict[str, Any], base_argv: list[str], metric: str) -> None:
+    # Runs inside a Tune trial actor.
+    from ray import tune
+
+    from agents.train import run
+
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    argv = [*base_argv, "--logdir", str(trial_dir / "run")]
+    for key, value in config.items():
+        argv += ["--set", f"{key}={_plain(value)}"]
+    last: dict[str, float] = {}
+
+    def report(metrics: dict[str, Any]) -> None:
+        if metric in metrics:
+            last[metric] = float(metrics[metric])
+        # Every result must carry the metric (ASHA compares it): carry the latest one
+        # forward, and report nothing before the first value exists.
+        if metric not in last:
+            return
+        result = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        result[metric] = last[metric]
+        tune.report(result)
+
+    run(argv, report=report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dreamer-sweep",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument("--env", required=True, help="env spec, as for dreamer-run")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=DIST",
+        help="searched config key, e.g. opt.lr=loguniform(1e-5,1e-3) (repeatable)",
+    )
+    p.add_argument("--samples", type=int, default=8, help="number of trials")
+    p.add_argument("--scheduler", default="asha", choices=["asha", "fifo"])
+    p.add_argument("--metric", default="episode/return")
+    p.add_argument("--mode", default="max", choices=["max", "min"])
+    p.add_argument("--steps", type=int, default=None, help="agent steps per trial")
+    p.add_argument(
+        "--grace-steps",
+        type=int,
+        default=None,
+        help="ASHA: agent steps before a trial may be stopped (default steps/8)",
+    )
+    p.add_argument("--agent", default=None)
+    p.add_argument("--size", default=None)
+    p.add_argument("--envs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--address", default=None, help="Ray cluster address ('auto', host:port)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of embedded local Ray")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="default: 1 if the cluster has GPUs, else 0",
+    )
+    p.add_argument("--out", default="runs/sweep", help="output folder")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="sets",
+        metavar="KEY=VALUE",
+        help="fixed config override for every trial (repeatable)",
+    )
+    return p
+
+
+def _check(args: argparse.Namespace) -> dict[str, Dist]:
+    if not args.param:
+        raise SweepSpecError("give at least one --param KEY=DIST to search over")
+    params = dict(parse_param(p) for p in args.param)
+    if args.samples < 1:
+        raise SweepSpecError(f"--samples must be >= 1, got {args.samples}")
+    for item in args.sets:
+        if "=" not in item:
+            raise SweepSpecError(f"--set expects KEY=VALUE, got {item!r}")
+    return params
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        params = _check(args)
+    except SweepSpecError as exc:
+        parser.error(str(exc))
+    from ray import tune
+
+    from benchmarks.suite import init_ray
+
+    base = ["--env", args.env]
+    for flag in ("agent", "size", "envs", "seed", "steps"):
+        if getattr(args, flag) is not None:
+            base += [f"--{flag}", str(getattr(args, flag))]
+    for item in args.sets:
+        base += ["--set", item]
+    init_ray(args.address, args.num_cpus)
+    import ray
+
+    gpus = args.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    scheduler = None
+    if args.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        max_t = args.steps or 100_000
+        scheduler = ASHAScheduler(
+            time_attr="step",
+            max_t=max_t,
+            grace_period=args.grace_steps or max(1, max_t // 8),
+            reduction_factor=2,
+        )
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, base_argv=base, metric=args.metric),
+        {"cpu": args.cpus_per_trial, "gpu": gpus},
+    )
+    out = Path(args.out).resolve()
+    tuner = tune.Tuner(
+        trainable,
+        param_space={key: dist.to_tune() for key, dist in params.items()},
+        tune_config=tune.TuneConfig(
+            metric=args.metric, mode=args.mode, num_samples=args.samples, scheduler=scheduler
+        ),
+        run_config=tune.RunConfig(name="trials", storage_path=str(out), verbose=0),
+    )
+    results = tuner.fit()
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        trial = re.search(r"[0-9a-f]{5}_\d{5}", Path(result.path or "").name)
+        rows.append(
+            {
+                "trial": trial.group(0) if trial else "?",
+                "status": "error" if result.error else "ok",
+                **(result.config or {}),
+                "step": metrics.get("step", math.nan),
+                args.metric: metrics.get(args.metric, math.nan),
+            }
+        )
+    print(trials_table(rows, list(params), args.metric))
+    errors = sum(1 for result in results if result.error)
+    try:
+        best = results.get_best_result(args.metric, args.mode, scope="last")
+    except RuntimeError:
+        best = None
+    if best is None or best.config is None or args.metric not in (best.metrics or {}):
+        raise SystemExit(
+            f"no trial reported {args.metric!r} ({errors} trials failed); no best.yaml written"
+        )
+    # The preset carries every fixed choice that shapes the model, not the trial budget.
+    fixed = {
+        key: getattr(args, flag)
+        for flag, key in (("agent", "agent"), ("size", "size"), ("envs", "env.num_envs"))
+        if getattr(args, flag) is not None
+    }
+    fixed.update({k: parse_value(v) for k, v in (s.split("=", 1) for s in args.sets)})
+    path = write_best(
+        out / "best.yaml",
+        {**fixed, **best.config},
+        header=f"dreamer-sweep best trial on {args.env}: "
+        f"{args.metric} = {best.metrics[args.metric]:.4g} "
+        f"at step {_fmt(best.metrics.get('step', '?'))}",
+    )
+    print(f"\nbest {args.metric} = {best.metrics[args.metric]:.4g}; wrote {path}")
+    print(f"reproduce: dreamer-run --env {args.env} --config {path}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""DeepMind Control suites (DreamerV3 v2 protocol, action repeat 2): proprio or vision.
+
+    python -m benchmarks.dmc --suite proprio|vision [--tasks walker-walk,cartpole-balance|all]
+        [--seeds 5] [--frames 500000] [--agent dreamerv3] [--address auto] [--out DIR] ...
+
+Proprio runs use state observations (`dmc:walker-walk`), vision runs 64x64 pixels
+(`dmc:walker-walk-pixels`); proprio has 18 tasks, vision the same plus two quadruped tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from benchmarks.reference_tables import DMC_PROPRIO_TASKS, DMC_VISION_TASKS
+from benchmarks.suite import SuiteError, add_common_args, exit_with, suite_main
+
+REPEAT = 2  # frames per agent step, as in the published curves
+SUITES = {"proprio": DMC_PROPRIO_TASKS, "vision": DMC_VISION_TASKS}
+
+
+def tasks_from(suite: str, text: str) -> list[str]:
+    """Env specs for `all` or comma-separated `domain-task` names of the suite."""
+    if suite not in SUITES:
+        raise SuiteError(f"unknown DMC suite {suite!r}; allowed: {', '.join(SUITES)}")
+    names = {f"{d}-{t}": (d, t) for d, t in SUITES[suite]}
+    # DreamerV3-style ids (walker_walk, ball_in_cup_catch) are accepted too.
+    aliases = {f"{d}_{t}": f"{d}-{t}" for d, t in SUITES[suite]}
+    picked = list(names) if text.strip() == "all" else [t.strip() for t in text.split(",")]
+    picked = [aliases.get(t, t) for t in picked if t]
+    unknown = [t for t in picked if t not in names]
+    if unknown or not picked:
+        raise SuiteError(
+            f"unknown {suite} task(s) {unknown or text!r}; allowed: all or " + ", ".join(names)
+        )
+    suffix = "-pixels" if suite == "vision" else ""
+    return [f"dmc:{task}{suffix}" for task in picked]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Run a DMC suite on Ray and aggregate mean/median returns."
+    )
+    parser.add_argument("--suite", required=True, choices=sorted(SUITES))
+    parser.add_argument("--tasks", default="all", help="all or comma-separated domain-task")
+    add_common_args(parser, frames=500_000)
+    args = parser.parse_args(argv)
+    try:
+        envs = tasks_from(args.suite, args.tasks)
+        code = suite_main(args, envs, REPEAT, out=f"runs/dmc_{args.suite}")
+    except SuiteError as exc:
+        parser.error(str(exc))
+    exit_with(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Shared suite runner: one Ray task per (task, seed) training run, then one score file.
+
+`benchmarks.atari100k` and `benchmarks.dmc` only say which env specs to run. Each run calls
+`agents.train.run([...])` in its own Ray worker (one run per worker process), writing to
+`OUT/<task>/seed_<s>/`. Runs whose `status.json` says finished are skipped; unfinished ones
+are started again with the same logdir, which resumes them. A failed run is reported and the
+others go on. At the end every run's scores go to `OUT/scores.json.gz` (official format) and
+the aggregate table to `OUT/summary.md`, with plots beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.scores import Run, ScoreFileError, read_run_dir, read_status, task_id, write_scores
+
+__all__ = [
+    "RunSpec",
+    "SuiteError",
+    "add_common_args",
+    "collect",
+    "init_ray",
+    "is_finished",
+    "plan",
+    "run_suite",
+    "suite_main",
+]
+
+
+class SuiteError(ValueError):
+    """Bad suite arguments (unknown task, non-positive budget...)."""
+
+
+@dataclass
+class RunSpec:
+    """One training run of a suite: env spec, seed, logdir and the `dreamer-run` argv."""
+
+    env: str
+    seed: int
+    logdir: Path
+    steps: int
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def task(self) -> str:
+        return task_id(self.env)
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/seed_{self.seed}"
+
+
+def plan(
+    envs: Sequence[str],
+    seeds: int,
+    frames: int,
+    repeat: int,
+    out: str | Path,
+    agent: str = "dreamerv3",
+    size: str | None = None,
+    sets: Sequence[str] = (),
+) -> list[RunSpec]:
+    """Every (env, seed) run with its argv; agent steps = frames / action repeat."""
+    if seeds < 1:
+        raise SuiteError(f"--seeds must be >= 1, got {seeds}")
+    if frames < repeat:
+        raise SuiteError(f"--frames must be >= the action repeat ({repeat}), got {frames}")
+    steps = frames // repeat
+    specs = []
+    for env in envs:
+        for seed in range(seeds):
+            logdir = Path(out).resolve() / task_id(env) / f"seed_{seed}"
+            argv = ["--env", env, "--agent", agent, "--steps", str(steps), "--seed", str(seed)]
+            argv += ["--logdir", str(logdir)]
+            if size:
+                argv += ["--size", size]
+            for item in sets:
+                argv += ["--set", item]
+            specs.append(RunSpec(env, seed, logdir, steps, argv))
+    return specs
+
+
+def is_finished(logdir: str | Path) -> bool:
+    """Whether a run directory's `status.json` says the run finished."""
+    status = read_status(logdir)
+    return bool(status and status.get("finished"))
+
+
+def _train(argv: list[str]) -> str:
+    # Imported in the worker: the driver needs neither torch nor the agents.
+    from agents.train import run
+
+    return str(run(argv))
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Connect to a cluster (`--address`) or start embedded local Ray without a dashboard."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Workers render MuJoCo headless; pass the GL backend on to every worker.
+    env_vars = {k: os.environ.get(k, "egl") for k in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    runtime_env = {"env_vars": env_vars}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=False,
+        )
+
+
+def run_suite(
+    specs: Sequence[RunSpec],
+    cpus_per_run: float = 1.0,
+    gpus_per_run: float | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, str]:
+    """Run every unfinished spec as a Ray task (Ray must be initialised); name -> outcome."""
+    import ray
+
+    if gpus_per_run is None:
+        gpus_per_run = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    # max_calls=1: each run gets a fresh worker process, so no state leaks between runs.
+    remote = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_calls=1, max_retries=0)(
+        _train
+    )
+    outcome: dict[str, str] = {}
+    pending = {}
+    for spec in specs:
+        if is_finished(spec.logdir):
+            outcome[spec.name] = "skipped (finished)"
+            log(f"skip  {spec.name}: already finished")
+            continue
+        spec.logdir.mkdir(parents=True, exist_ok=True)
+        pending[remote.remote(spec.argv)] = (spec, time.time())
+    total = len(pending)
+    if total:
+        log(f"running {total} runs ({cpus_per_run} CPU, {gpus_per_run} GPU each)")
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        spec, start = pending.pop(done[0])
+        count = total - len(pending)
+        try:
+            ray.get(done[0])
+        except Exception as exc:  # a failed run is reported; the others go on
+            message = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            outcome[spec.name] = f"FAILED: {message}"
+            log(f"[{count}/{total}] FAILED {spec.name}: {message}")
+            continue
+        outcome[spec.name] = "done"
+        log(f"[{count}/{total}] done {spec.name} in {time.time() - start:.0f} s")
+    return outcome
+
+
+def collect(specs: Sequence[RunSpec], method: str | None = None) -> list[Run]:
+    """The learning curves of every spec that wrote scores (finished or not)."""
+    runs = []
+    for spec in specs:
+        try:
+            runs.append(read_run_dir(spec.logdir, spec.task, spec.seed, method))
+        except ScoreFileError:
+            continue
+    return runs
+
+
+def add_common_args(parser: argparse.ArgumentParser, frames: int) -> None:
+    """Arguments every suite shares."""
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per task: 0..N-1")
+    parser.add_argument("--frames", type=int, default=frames, help="env frames per run")
+    parser.add_argument("--agent", default="dreamerv3", help="agent name (dreamerv3, jepa)")
+    parser.add_argument("--size", default=None, help="model size preset (default: domain's)")
+    parser.add_argument("--address", default=None, help="Ray cluster address ('auto', host:port)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of embedded local Ray")
+    parser.add_argument("--cpus-per-run", type=float, default=1.0)
+    parser.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=None,
+        help="GPUs per run (default: 1 if the cluster has GPUs, else 0)",
+    )
+    parser.add_argument("--out", default=None, help="output folder")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="sets",
+        metavar="KEY=VALUE",
+        help="config override forwarded to every run (repeatable)",
+    )
+    parser.add_argument(
+        "--reference",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="published score files to plot and tabulate beside ours",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG files")
+
+
+def suite_main(args: argparse.Namespace, envs: Sequence[str], repeat: int, out: str) -> int:
+    """Plan, run on Ray, aggregate and print; returns the exit status (1 if a run failed)."""
+    for item in args.sets:
+        if "=" not in item:
+            raise SuiteError(f"--set expects KEY=VALUE, got {item!r}")
+    out_dir = Path(args.out or out)
+    specs = plan(envs, args.seeds, args.frames, repeat, out_dir, args.agent, args.size, args.sets)
+    init_ray(args.address, args.num_cpus)
+    outcome = run_suite(specs, args.cpus_per_run, args.gpus_per_run)
+    runs = collect(specs)
+    if runs:
+        write_scores(runs, out_dir / "scores.json.gz")
+    failed = sorted(name for name, result in outcome.items() if result.startswith("FAILED"))
+    print(
+        f"\n{len(specs)} runs: {len(specs) - len(failed)} ok, {len(failed)} failed"
+        + (f" ({', '.join(failed)})" if failed else "")
+    )
+    if not runs:
+        print("no run wrote scores yet; nothing to aggregate")
+        return 1
+    from benchmarks.plot import report
+    from benchmarks.scores import read_scores
+
+    refs = [run for path in args.reference for run in read_scores(path)]
+    text, pngs = report(runs, refs, out_dir, budget=args.frames, plots=not args.no_plots)
+    print(text)
+    print(f"wrote {out_dir / 'scores.json.gz'}, {out_dir / 'summary.md'} and {len(pngs)} plots")
+    return 1 if failed else 0
+
+
+def exit_with(code: int) -> None:
+    """Exit with `code`, flushing output first (Ray may hold stdout open)."""
+    sys.stdout.flush()
+    raise SystemExit(code)

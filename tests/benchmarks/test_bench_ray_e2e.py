@@ -1,0 +1,169 @@
+"""End to end on Ray: a tiny DMC suite (and its rerun), a 2-trial sweep, a short PPO run,
+and the same suite and sweep on a loopback Ray cluster (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("ray")
+pytest.importorskip("agents.train", reason="needs the dreamer-run training entry point")
+
+from benchmarks.scores import read_run_dir, read_scores  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+# A tiny, fast training run: 1m model, 1 env, 50-step episodes, almost no updates.
+TINY = ["--size", "1m", "--set", "env.num_envs=1", "--set", "run.prefill=50",
+        "--set", "run.train_ratio=8", "--set", "run.video=false",
+        "--set", "run.eval_episodes=0", "--set", "run.log_every=1"]
+DMC_TINY = [*TINY, "--set", "env.options.time_limit=100"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"), RAY_AUTH_MODE="disabled")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _run(args: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _suite(out: Path, address: list[str]) -> subprocess.CompletedProcess:
+    return _run(["-m", "benchmarks.dmc", "--suite", "proprio",
+                 "--tasks", "cartpole-balance,walker-stand", "--seeds", "1", "--frames", "300",
+                 "--out", str(out), "--no-plots", *address, *DMC_TINY])
+
+
+def _check_suite(out: Path, printed: str) -> None:
+    runs = read_scores(out / "scores.json.gz")
+    assert sorted(r.task for r in runs) == ["dmc_cartpole_balance", "dmc_walker_stand"]
+    for run in runs:
+        # 150 agent steps of 50-step episodes (100 frames each, action repeat 2).
+        assert run.xs[0] == 100 and len(run.xs) >= 2 and run.xs[-1] <= 300
+        assert run.method == "ours:dreamerv3"
+        status = json.loads((out / run.task / "seed_0" / "status.json").read_text())
+        assert status["finished"] and status["frames"] == 300
+    assert "2 runs: 2 ok, 0 failed" in printed
+    assert "| dmc_cartpole_balance |" in printed and "| **mean** |" in printed
+
+
+def _sweep(out: Path, address: list[str]) -> subprocess.CompletedProcess:
+    return _run(["-m", "agents.sweep", "--env", "gym:CartPole-v1",
+                 "--param", "opt.lr=loguniform(1e-5,1e-3)",
+                 "--param", "run.train_ratio=choice(4,8)",
+                 "--samples", "2", "--steps", "150", "--grace-steps", "75", "--out", str(out),
+                 *address, *TINY])
+
+
+def _check_sweep(out: Path, printed: str) -> None:
+    table = printed[printed.index("trial "):].splitlines()
+    assert table[0].split()[:4] == ["trial", "status", "opt.lr", "run.train_ratio"]
+    assert sum(" ok " in line for line in table[1:3]) == 2
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert 1e-5 <= best["opt"]["lr"] <= 1e-3 and best["run"]["train_ratio"] in (4, 8)
+    assert best["size"] == "1m" and best["run"]["prefill"] == 50
+
+
+def test_local_suite_then_rerun_skips(tmp_path):
+    out = tmp_path / "suite"
+    _check_suite(out, _suite(out, ["--num-cpus", "2"]).stdout)
+    scores = out / "dmc_walker_stand" / "seed_0" / "scores.jsonl"
+    before = scores.stat().st_mtime_ns
+    again = _suite(out, ["--num-cpus", "2"]).stdout
+    assert again.count("skip  dmc_") == 2 and "running" not in again
+    assert scores.stat().st_mtime_ns == before
+    _check_suite(out, again)
+
+
+def test_local_sweep_two_trials(tmp_path):
+    out = tmp_path / "sweep"
+    _check_sweep(out, _sweep(out, ["--num-cpus", "2"]).stdout)
+
+
+def test_ppo_baseline_writes_a_comparable_run(tmp_path):
+    out = tmp_path / "ppo"
+    printed = _run(["-m", "benchmarks.ppo", "--env", "gym:CartPole-v1", "--frames", "600",
+                    "--batch", "200", "--minibatch", "100", "--epochs", "1", "--out",
+                    str(out)]).stdout
+    assert "iter 3: 600 frames" in printed
+    status = json.loads((out / "status.json").read_text())
+    assert status == {"step": 600, "frames": 600, "target_steps": 600, "finished": True}
+    run = read_run_dir(out)
+    assert run.method == "ours:ppo" and run.task == "gym_cartpole_v1"
+    assert len(run.xs) > 10 and run.xs[-1] <= 600 and (run.ys > 0).all()
+
+
+def test_failed_run_is_reported_and_the_others_go_on(tmp_path):
+    import ray
+
+    from benchmarks.suite import init_ray, plan, run_suite
+
+    good, bad = plan(["dmc:cartpole-balance", "dmc:walker-stand"], 1, 200, 2, tmp_path,
+                     size="1m", sets=DMC_TINY[3::2])
+    bad.argv += ["--set", "run.no_such_key=1"]
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    init_ray(None, num_cpus=2)
+    try:
+        lines: list[str] = []
+        outcome = run_suite([bad, good], log=lines.append)
+    finally:
+        ray.shutdown()
+    assert outcome[good.name] == "done"
+    assert outcome[bad.name].startswith("FAILED") and "no_such_key" in outcome[bad.name]
+    assert any(line.startswith("[") and "FAILED dmc_walker_stand" in line for line in lines)
+    assert json.loads((good.logdir / "status.json").read_text())["finished"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_suite_and_sweep_on_a_loopback_cluster(tmp_path):
+    port = _free_port()
+    # A short temp dir: Ray's unix socket paths must stay under ~107 characters.
+    temp = tempfile.mkdtemp(prefix="rayc", dir="/tmp")
+    # `--block` keeps the head in this child process; ending it stops exactly this cluster
+    # (`ray stop` would also stop every other Ray instance on the machine).
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
+         "--node-ip-address", "127.0.0.1", "--temp-dir", temp, "--include-dashboard=false"],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        executable=str(Path(sys.executable).with_name("ray")))
+    try:
+        address = ["--address", f"127.0.0.1:{port}"]
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            probe = subprocess.run(["ray", "status", "--address", f"127.0.0.1:{port}"],
+                                   env=_env(), capture_output=True, text=True,
+                                   executable=str(Path(sys.executable).with_name("ray")))
+            if probe.returncode == 0:
+                break
+            assert head.poll() is None, "ray head exited early"
+            time.sleep(2)
+        out = tmp_path / "suite"
+        _check_suite(out, _suite(out, address).stdout)
+        _check_sweep(tmp_path / "sweep", _sweep(tmp_path / "sweep", address).stdout)
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        shutil.rmtree(temp, ignore_errors=True)

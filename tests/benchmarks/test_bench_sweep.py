@@ -1,0 +1,73 @@
+"""dreamer-sweep: distribution parsing and the best-config preset (no Ray trials)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from agents.sweep import Dist, SweepSpecError, nest, parse_param, trials_table, write_best
+
+
+def test_parse_distributions():
+    assert parse_param("opt.lr=loguniform(1e-5, 1e-3)") == (
+        "opt.lr", Dist("loguniform", (1e-5, 1e-3)))
+    assert parse_param("run.train_ratio=choice(128,256,512)") == (
+        "run.train_ratio", Dist("choice", (128, 256, 512)))
+    assert parse_param("actor_critic.actent=uniform(0,0.01)")[1] == Dist("uniform", (0, 0.01))
+    assert parse_param("replay.batch_size=randint(8,33)")[1] == Dist("randint", (8, 33))
+    assert parse_param("size=choice(1m, 12m)")[1].args == ("1m", "12m")
+
+
+def test_distributions_become_tune_domains():
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    assert isinstance(Dist("choice", (1, 2)).to_tune(), Categorical)
+    log = Dist("loguniform", (1e-5, 1e-3)).to_tune()
+    assert isinstance(log, Float) and log.lower == 1e-5 and log.upper == 1e-3
+    assert isinstance(Dist("randint", (1, 4)).to_tune(), Integer)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("opt.lr", "KEY=DIST"),
+        ("opt lr=uniform(0,1)", "KEY=DIST"),
+        ("opt.lr=gauss(0,1)", "allowed: choice"),
+        ("opt.lr=0.1", "not a distribution"),
+        ("opt.lr=uniform(1)", "two numbers"),
+        ("opt.lr=uniform(1,0)", "lo < hi"),
+        ("opt.lr=loguniform(0,1)", "0 < lo"),
+        ("replay.batch_size=randint(1,2.5)", "two integers"),
+        ("opt.lr=choice()", "at least one"),
+    ],
+)
+def test_bad_params(text, message):
+    with pytest.raises(SweepSpecError, match=message):
+        parse_param(text)
+
+
+def test_best_yaml_is_a_nested_preset(tmp_path):
+    path = write_best(tmp_path / "best.yaml",
+                      {"opt.lr": 1e-05, "run.train_ratio": 64, "size": "1m"},
+                      header="best trial")
+    text = path.read_text()
+    assert text.startswith("# best trial\n")
+    assert yaml.safe_load(text) == {"opt": {"lr": 1e-05}, "run": {"train_ratio": 64},
+                                    "size": "1m"}
+    with pytest.raises(SweepSpecError, match="clashes"):
+        nest({"opt": 1, "opt.lr": 2})
+
+
+def test_best_yaml_loads_as_dreamer_run_config(tmp_path):
+    config = pytest.importorskip("agents.config")
+    path = write_best(tmp_path / "best.yaml", {"opt.lr": 2.5e-4, "run.train_ratio": 32})
+    cfg = config.load_config("gym:CartPole-v1", files=[str(path)])
+    assert cfg.opt.lr == pytest.approx(2.5e-4) and cfg.run.train_ratio == 32
+
+
+def test_trials_table():
+    rows = [{"trial": "a_00000", "status": "ok", "opt.lr": 1.23456e-4, "step": 300.0,
+             "episode/return": 21.5}]
+    lines = trials_table(rows, ["opt.lr"], "episode/return").splitlines()
+    assert lines[0].split() == ["trial", "status", "opt.lr", "step", "episode/return"]
+    assert lines[1].split() == ["a_00000", "ok", "0.0001235", "300", "21.5"]
