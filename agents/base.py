@@ -52,7 +52,8 @@ class Agent(ABC):
 
     @abstractmethod
     def report(self, batch) -> dict[str, Any]:
-        """Metrics and videos (e.g. `openl`: [T, H, 3W, C] uint8) for a batch."""
+        """Metrics (`openl/...`) and, for image observations, `openl`: a (truth,
+        prediction) pair of [N, T, H, W, C] float arrays in [0, 1]."""
 
     @abstractmethod
     def state_dict(self) -> dict: ...

@@ -1,0 +1,131 @@
+"""Env specs (`suite:task`) -> Gymnasium envs and vector envs with dict observations.
+
+Every env returns `gym.spaces.Dict` observations with `image` (uint8 HxWxC) and/or
+`vector` (float32 1-D) and has Discrete or Box([-1, 1], float32) actions. Each env's
+`metadata["action_repeat"]` is set; each vector env uses NEXT_STEP autoreset and says so in
+`metadata["autoreset_mode"]`. Suites are imported lazily, so a missing optional dependency
+only breaks its own suite.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from types import ModuleType
+from typing import Any
+
+import gymnasium as gym
+from gymnasium.envs.registration import EnvSpec
+
+from envs.core import (
+    IMAGE_KEY,
+    EnvSpecError,
+    SeedOnFirstReset,
+    VectorSeedOnFirstReset,
+    pick_gl_backend,
+    vector_metadata,
+)
+
+# Importing anything that pulls in dm_control (ray.rllib does) before this would lock in GLFW.
+pick_gl_backend()
+
+__all__ = ["SUITES", "EnvSpecError", "make", "make_vector", "parse_spec"]
+
+# Suite name -> module that implements it (see `_suite_module` for the interface).
+SUITES: dict[str, str] = {
+    "dmc": "envs.dmc",
+    "atari": "envs.atari",
+    "atari100k": "envs.atari",
+    "gym": "envs.gym_suite",
+    "minigrid": "envs.minigrid",
+}
+
+# Suites whose rendered (image) envs are slow enough per step that worker processes pay off
+# by default. Unrendered DMC physics is cheaper than the inter-process round trip (measured
+# in benchmarks/env_throughput.py), so state-only DMC steps in-process.
+_ASYNC_WHEN_RENDERING = frozenset({"dmc"})
+# Suites that may render with OpenGL (MuJoCo). Forking a process that has an EGL context
+# deadlocks the child's first render, so their rendering envs start workers with spawn.
+_GL_SUITES = frozenset({"dmc", "gym"})
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """Split `suite:task` into its two parts, checking the suite name."""
+    if not isinstance(spec, str) or ":" not in spec:
+        raise EnvSpecError(
+            f"env spec {spec!r} is not of the form 'suite:task'; suites: {sorted(SUITES)}"
+        )
+    suite, task = spec.split(":", 1)
+    if suite not in SUITES:
+        raise EnvSpecError(f"unknown env suite '{suite}' in {spec!r}; suites: {sorted(SUITES)}")
+    if not task:
+        raise EnvSpecError(f"env spec {spec!r} has no task after '{suite}:'")
+    return suite, task
+
+
+def _suite_module(suite: str) -> ModuleType:
+    # Each module provides make_env(task, *, suite, **options) -> env (with
+    # metadata["action_repeat"] set) and may provide
+    # make_vector_env(task, *, suite, num_envs, **options) for a native vector env.
+    try:
+        return importlib.import_module(SUITES[suite])
+    except ImportError as exc:
+        raise EnvSpecError(
+            f"suite '{suite}' is unavailable because a dependency failed to import: {exc}"
+        ) from exc
+
+
+def make(spec: str, seed: int | None = None, **options: Any) -> gym.Env:
+    """Build one env from a spec such as `dmc:walker-walk` or `atari100k:pong`.
+
+    `seed` seeds the first `reset()` that is called without a seed, and the action space.
+    `render_mode="rgb_array"` makes `env.render()` return an RGB frame; other keyword
+    options are suite specific and unknown ones raise EnvSpecError listing the valid names.
+    """
+    suite, task = parse_spec(spec)
+    env = _suite_module(suite).make_env(task, suite=suite, **options)
+    rebuild = EnvSpec(id=spec, entry_point=functools.partial(make, spec, seed), kwargs=options)
+    return SeedOnFirstReset(env, seed, rebuild)
+
+
+def make_vector(
+    spec: str,
+    num_envs: int,
+    seed: int | None = None,
+    asynchronous: bool | None = None,
+    **options: Any,
+) -> gym.vector.VectorEnv:
+    """Build `num_envs` copies of `spec` as a vector env with NEXT_STEP autoreset.
+
+    After a step where an env terminated or truncated, the next `step()` ignores that env's
+    action and returns its reset observation with reward 0. Sub-env `i` is seeded with
+    `seed + i` on the first reset. `asynchronous=None` picks worker processes for dmc with
+    image observations and in-process stepping otherwise; Atari uses ale-py's threaded
+    `AtariVectorEnv` regardless. Worker processes are forked, except for envs that render
+    with OpenGL (dmc pixels, gym with images or render_mode): those are spawned, so the
+    calling script needs an `if __name__ == "__main__":` guard.
+    """
+    if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+        raise EnvSpecError(f"num_envs={num_envs!r} is invalid; expected an integer >= 1")
+    suite, task = parse_spec(spec)
+    module = _suite_module(suite)
+    native = getattr(module, "make_vector_env", None)
+    vec = native(task, suite=suite, num_envs=num_envs, **options) if native else None
+    if vec is None:
+        # Build one env up front so bad specs and options fail here, in the caller's process.
+        probe = make(spec, **options)
+        repeat = probe.metadata["action_repeat"]
+        renders = IMAGE_KEY in probe.observation_space.spaces or options.get("render_mode")
+        probe.close()
+        if asynchronous is None:
+            asynchronous = bool(renders) and suite in _ASYNC_WHEN_RENDERING and num_envs > 1
+        fns = [functools.partial(make, spec, None, **options) for _ in range(num_envs)]
+        mode = gym.vector.AutoresetMode.NEXT_STEP
+        if asynchronous:
+            # fork starts fast and needs no `if __name__ == "__main__"` guard; spawn does.
+            context = "spawn" if renders and suite in _GL_SUITES else "fork"
+            vec = gym.vector.AsyncVectorEnv(fns, context=context, autoreset_mode=mode)
+        else:
+            vec = gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+        vector_metadata(vec, repeat)
+    return VectorSeedOnFirstReset(vec, seed)

@@ -34,7 +34,13 @@ class TwoHot:
 
     def __init__(self, logits: torch.Tensor, low: float = -20.0, high: float = 20.0):
         self.logits = logits.float()
-        self.bins = torch.linspace(low, high, logits.shape[-1], device=logits.device)
+        n = logits.shape[-1]
+        if low == -high and n % 2:
+            # Built from one half so the bins are exactly symmetric in float32.
+            half = torch.linspace(low, 0.0, n // 2 + 1, device=logits.device)
+            self.bins = torch.cat([half, -half[:-1].flip(0)])
+        else:
+            self.bins = torch.linspace(low, high, n, device=logits.device)
 
     def pred(self) -> torch.Tensor:
         probs = F.softmax(self.logits, -1)
@@ -84,8 +90,9 @@ class OneHotCategorical:
         self.probs = self.logits.exp()
 
     def sample(self) -> torch.Tensor:
-        flat = self.probs.reshape(-1, self.probs.shape[-1])
-        idx = torch.multinomial(flat, 1).reshape(self.probs.shape[:-1])
+        # Gumbel-max: an exact categorical sample, cheaper on CPU than multinomial.
+        u = torch.rand_like(self.logits).clamp_(1e-12, 1.0)
+        idx = (self.logits.detach() - torch.log(-torch.log(u))).argmax(-1)
         onehot = F.one_hot(idx, self.probs.shape[-1]).to(self.probs.dtype)
         return onehot + self.probs - self.probs.detach()
 

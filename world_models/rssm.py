@@ -52,9 +52,7 @@ class RSSM(nn.Module):
             BlockLinear(blocks * group_in if i == 0 else deter, deter, blocks)
             for i in range(dynlayers)
         )
-        self.dyn_norms = nn.ModuleList(
-            RMSNorm(deter // blocks) for _ in range(dynlayers)
-        )
+        self.dyn_norms = nn.ModuleList(RMSNorm(deter) for _ in range(dynlayers))
         gru_in = deter if dynlayers else blocks * group_in
         self.dyn_gru = BlockLinear(gru_in, 3 * deter, blocks)
         self.prior_net = mlp(deter, imglayers, hidden, stoch * classes)
@@ -84,8 +82,7 @@ class RSSM(nn.Module):
         x = x[:, None, :].expand(-1, g, -1)
         x = torch.cat([deter.reshape(-1, g, self.deter // g), x], -1).reshape(deter.shape[0], -1)
         for layer, norm in zip(self.dyn_hidden, self.dyn_norms):
-            x = layer(x).reshape(-1, g, self.deter // g)
-            x = torch.nn.functional.silu(norm(x)).reshape(deter.shape[0], -1)
+            x = torch.nn.functional.silu(norm(layer(x)))
         gates = self.dyn_gru(x).reshape(-1, g, 3, self.deter // g)
         reset, cand, update = (gates[:, :, i].reshape(deter.shape[0], -1) for i in range(3))
         reset = torch.sigmoid(reset)

@@ -1,0 +1,251 @@
+"""DreamerV3 throughput: seconds per training update, parameter counts, policy latency
+and env steps per second while collecting with the policy.
+
+    python -m benchmarks.throughput [--rows all|1m-state,12m-pixels,peer-state,...,collect]
+        [--updates 3] [--device auto|cpu|cuda] [--threads 0]
+
+Updates use synthetic [16, 64] batches (uint8 images, float vectors), so no replay is
+involved. Rows: the 1m and 12m presets with state (24-d vector, 6-d continuous action,
+walker-like) or 64x64x3 pixels, and the model size of the peer implementation
+(NM512/dreamerv3-torch: deter 512, hidden 512, 32 x 32 latents, 512 units, CNN depth 32).
+`all` is every row but `peer-state`. `collect` times `dmc:walker-walk` (state) with 4 envs
+and the 1m agent's policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.config import load_config
+from agents.dreamerv3 import DreamerV3Agent
+from agents.train import select_device
+
+STATE_DIM, ACT_DIM, IMAGE = 24, 6, (64, 64, 3)
+
+# Peer model: NM512/dreamerv3-torch's default widths, CNN channels 32 x (1, 2, 4, 8) and
+# 2-layer heads; our block GRU and 3-layer MLP encoder stay. 16.3M world-model params
+# with pixels (the peer: 15.7M); 7.9M with state (the peer's 5 x 1024 MLPs give 16.5M).
+PEER_SETS = (
+    "model.rssm.deter=512", "model.rssm.hidden=512", "model.rssm.stoch=32",
+    "model.rssm.classes=32", "model.encoder.depth=32", "model.decoder.depth=32",
+    "model.encoder.units=512", "model.decoder.units=512", "model.reward_head.units=512",
+    "model.cont_head.units=512", "actor_critic.policy.units=512", "actor_critic.value.units=512",
+    "model.encoder.mults=[1,2,4,8]", "model.decoder.mults=[1,2,4,8]",
+    "model.reward_head.layers=2", "model.cont_head.layers=2",
+    "actor_critic.policy.layers=2", "actor_critic.value.layers=2",
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmarked model: a size preset (plus overrides) and an observation kind."""
+
+    size: str
+    pixels: bool
+    sets: tuple[str, ...] = ()
+
+
+ROWS: dict[str, Row] = {
+    "1m-state": Row("1m", False),
+    "1m-pixels": Row("1m", True),
+    "12m-state": Row("12m", False),
+    "12m-pixels": Row("12m", True),
+    "peer-pixels": Row("1m", True, PEER_SETS),
+    "peer-state": Row("1m", False, PEER_SETS),
+}
+COLLECT = "collect"
+DEFAULT_ROWS = ("1m-state", "1m-pixels", "12m-state", "12m-pixels", "peer-pixels", COLLECT)
+
+
+class BenchmarkArgError(ValueError):
+    """A bad command-line value for the throughput benchmark."""
+
+
+def parse_rows(text: str) -> list[str]:
+    """`all` (DEFAULT_ROWS) or a comma-separated subset of ROWS and `collect`."""
+    names = [*ROWS, COLLECT]
+    picked = [t.strip() for t in text.split(",") if t.strip()]
+    if picked == ["all"]:
+        picked = list(DEFAULT_ROWS)
+    unknown = [t for t in picked if t not in names]
+    if unknown or not picked:
+        raise BenchmarkArgError(f"unknown row(s) {unknown or text!r}; allowed: all or "
+                                + ", ".join(names))
+    return picked
+
+
+def spaces(pixels: bool) -> tuple[gym.spaces.Dict, gym.spaces.Box]:
+    if pixels:
+        obs = {"image": gym.spaces.Box(0, 255, IMAGE, np.uint8)}
+    else:
+        obs = {"vector": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32)}
+    return gym.spaces.Dict(obs), gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32)
+
+
+def build_agent(row: Row, device: torch.device, precision: str) -> DreamerV3Agent:
+    spec = "dmc:walker-walk-pixels" if row.pixels else "dmc:walker-walk"
+    cfg = load_config(spec, size=row.size, sets=list(row.sets))
+    obs_space, act_space = spaces(row.pixels)
+    return DreamerV3Agent(obs_space, act_space, cfg, device=device, precision=precision)
+
+
+def synthetic_batch(pixels: bool, B: int, T: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random [B, T] replay batch with the replay's keys and dtypes; episodes start at t=0."""
+    g = torch.Generator().manual_seed(seed)
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = True
+    action = torch.rand(B, T, ACT_DIM, generator=g) * 2 - 1
+    action[:, 0] = 0.0
+    batch = {"action": action, "reward": torch.rand(B, T, generator=g), "is_first": is_first,
+             "is_last": torch.zeros(B, T, dtype=torch.bool),
+             "is_terminal": torch.zeros(B, T, dtype=torch.bool)}
+    if pixels:
+        batch["image"] = torch.randint(0, 256, (B, T, *IMAGE), dtype=torch.uint8, generator=g)
+    else:
+        batch["vector"] = torch.randn(B, T, STATE_DIM, generator=g)
+    return batch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
+    """Median wall seconds of `fn` over `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def count(module: torch.nn.Module) -> int:
+    """Trainable parameters (the actor-critic's frozen slow critic is not counted)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def one_obs(pixels: bool, n: int, first: bool) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    obs = {"is_first": np.full(n, first)}
+    if pixels:
+        obs["image"] = rng.integers(0, 256, (n, *IMAGE), dtype=np.uint8)
+    else:
+        obs["vector"] = rng.normal(size=(n, STATE_DIM)).astype(np.float32)
+    return obs
+
+
+def bench_row(name: str, args: argparse.Namespace, device: torch.device, precision: str
+              ) -> dict[str, object]:
+    row = ROWS[name]
+    agent = build_agent(row, device, precision)
+    batch = synthetic_batch(row.pixels, args.batch, args.length)
+    update_s = timed(lambda: agent.train(batch), args.updates, args.warmup, device)
+    _, carry = agent.policy(one_obs(row.pixels, 1, True), None)
+    obs = one_obs(row.pixels, 1, False)
+    policy_s = timed(lambda: agent.policy(obs, carry), args.policy_calls, 3, device)
+    return {"row": name, "size": row.size, "obs": "pixels" if row.pixels else "state",
+            "wm": count(agent.wm), "ac": count(agent.ac), "update_s": update_s,
+            "policy_ms": policy_s * 1000}
+
+
+def bench_collect(args: argparse.Namespace, device: torch.device, precision: str
+                  ) -> dict[str, float]:
+    """Agent steps per second on dmc:walker-walk (state) with the 1m policy vs random."""
+    import envs
+    from agents.collector import Collector, random_policy
+
+    spec = "dmc:walker-walk"
+    cfg = load_config(spec, size="1m")
+    env = envs.make_vector(spec, args.envs, seed=0, **cfg.env.options.to_dict())
+    try:
+        agent = DreamerV3Agent(env.single_observation_space, env.single_action_space, cfg,
+                               device=device, precision=precision)
+        collector = Collector(env)
+        rates = {}
+        policies = {"policy": lambda obs, carry: agent.policy(obs, carry, mode="train"),
+                    "random": random_policy(env.single_action_space, seed=0)}
+        for label, policy in policies.items():
+            collector.collect(policy, 5)  # warm up workers and the first reset
+            start = time.perf_counter()
+            collector.collect(policy, args.collect_steps)
+            rates[label] = args.collect_steps * args.envs / (time.perf_counter() - start)
+        rates["repeat"] = float(env.metadata.get("action_repeat", 1))
+    finally:
+        env.close()
+    return rates
+
+
+def table_header(args: argparse.Namespace) -> str:
+    return (f"| model | obs | world model params | actor-critic params | "
+            f"s / update ({args.batch}x{args.length}, median of {args.updates}) | "
+            "policy ms (batch 1, median) |\n|---|---|---:|---:|---:|---:|")
+
+
+def table_row(r: dict[str, object]) -> str:
+    return (f"| {r['row']} | {r['obs']} | {r['wm'] / 1e6:.2f}M | {r['ac'] / 1e6:.2f}M | "
+            f"{r['update_s']:.2f} | {r['policy_ms']:.1f} |")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="all",
+                        help=f"all or comma-separated: {', '.join([*ROWS, COLLECT])}")
+    parser.add_argument("--updates", type=int, default=3, help="timed updates per row")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed updates first")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--policy-calls", type=int, default=20)
+    parser.add_argument("--envs", type=int, default=4, help="envs for the collect row")
+    parser.add_argument("--collect-steps", type=int, default=100,
+                        help="timed vector steps for the collect row")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all")
+    args = parser.parse_args(argv)
+    try:
+        rows = parse_rows(args.rows)
+        for key in ("updates", "batch", "length", "policy_calls", "envs", "collect_steps"):
+            if getattr(args, key) < 1:
+                raise BenchmarkArgError(f"--{key.replace('_', '-')} must be >= 1")
+        if args.warmup < 0 or args.threads < 0:
+            raise BenchmarkArgError("--warmup and --threads must be >= 0")
+    except BenchmarkArgError as e:
+        parser.error(str(e))
+    device, precision = select_device(args.device, "auto")
+    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    print(f"torch {torch.__version__}, device {device} ({precision}), "
+          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f} (other processes share the CPU)")
+    # Collection first: it is short, and rows print as they finish, so an interrupted
+    # run still reports what it measured.
+    if COLLECT in rows:
+        rates = bench_collect(args, device, precision)
+        print(f"\n| collection: dmc:walker-walk state, {args.envs} envs, repeat "
+              f"{rates['repeat']:.0f} | agent steps / s |")
+        print("|---|---:|")
+        print(f"| 1m DreamerV3 policy (train mode) | {rates['policy']:.0f} |")
+        print(f"| uniform random actions | {rates['random']:.0f} |", flush=True)
+
+    models = [name for name in rows if name != COLLECT]
+    if models:
+        print("\n" + table_header(args), flush=True)
+    for name in models:
+        print(table_row(bench_row(name, args, device, precision)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

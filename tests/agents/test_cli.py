@@ -1,0 +1,87 @@
+"""Smoke runs of `dreamer-run` / `dreamer-eval` on every suite, interrupt + resume."""
+
+import json
+import os
+import signal
+
+import pytest
+
+from agents.cli import eval_main, run_main
+from agents.train import run
+
+# A few hundred steps with a tiny model and batch: checks wiring, not learning.
+SMOKE = [
+    "--size", "1m", "--envs", "2", "--set", "threads=1",
+    "--set", "replay.batch_size=4", "--set", "replay.batch_length=16",
+    "--set", "run.prefill=64", "--set", "run.train_ratio=16",
+    "--set", "run.log_every=0", "--set", "run.eval_every=1000000",
+    "--set", "run.report_every=100", "--set", "run.eval_episodes=1",
+]
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    "spec,extra",
+    [
+        ("dmc:cartpole-balance", ["--set", "env.options.time_limit=200"]),
+        ("dmc:cartpole-balance", ["--obs", "pixels", "--set", "env.options.time_limit=200",
+                                  "--set", "env.options.fast_render=true"]),
+        ("atari100k:pong", ["--set", "env.options.max_frames=400"]),
+        ("minigrid:MiniGrid-Empty-5x5-v0", []),
+    ],
+    ids=["dmc-state", "dmc-pixels", "atari100k", "minigrid"],
+)
+def test_smoke_run_and_eval(tmp_path, spec, extra, capsys):
+    logdir = tmp_path / "run"
+    assert run_main(["--env", spec, "--steps", "200", "--logdir", str(logdir), *SMOKE,
+                     *extra]) == 0
+    status = json.loads((logdir / "status.json").read_text())
+    assert status["finished"] and status["step"] >= 200 and status["updates"] > 0
+    assert status["frames"] == status["step"] * (2 if spec.startswith("dmc") else
+                                                 4 if spec.startswith("atari") else 1)
+    metrics = _lines(logdir / "metrics.jsonl")
+    assert any("loss/dyn" in m for m in metrics)
+    assert (logdir / "config.yaml").exists() and (logdir / "checkpoint" / "agent.pt").exists()
+    assert _lines(logdir / "eval_scores.jsonl")  # the final evaluation ran
+    assert any(p.suffix == ".mp4" for p in (logdir / "videos").iterdir())
+    capsys.readouterr()
+    assert eval_main([str(logdir), "--episodes", "1", "--video"]) == 0
+    out = capsys.readouterr().out
+    assert "mean return" in out
+    assert json.loads((logdir / "eval" / "eval.json").read_text())["episodes"] == 1
+
+
+def test_interrupt_then_resume(tmp_path):
+    logdir = tmp_path / "run"
+    argv = ["--env", "gym:CartPole-v1", "--steps", "400", "--logdir", str(logdir), *SMOKE]
+    stopped = []
+
+    def interrupt(metrics):  # Ctrl-C once training has started
+        if metrics.get("perf/updates", 0) > 0 and not stopped:
+            stopped.append(metrics["step"])
+            os.kill(os.getpid(), signal.SIGINT)
+
+    run(argv, report=interrupt)
+    first = json.loads((logdir / "status.json").read_text())
+    assert stopped and not first["finished"] and first["step"] < 400
+    run(argv)  # the same command again resumes
+    final = json.loads((logdir / "status.json").read_text())
+    assert final["finished"] and final["step"] >= 400
+    assert final["updates"] > first["updates"]
+    steps = [m["step"] for m in _lines(logdir / "metrics.jsonl")]
+    assert steps == sorted(steps)  # nothing replayed twice after the resume
+
+
+def test_user_errors_are_one_line(tmp_path, capsys):
+    assert run_main(["--env", "nosuch:task", "--logdir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown env suite") and "\n" not in err
+    assert run_main(["--env", "gym:CartPole-v1", "--logdir", str(tmp_path / "b"),
+                     "--set", "run.trian_ratio=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "did you mean 'run.train_ratio'" in err and "\n" not in err
+    assert eval_main([str(tmp_path / "missing")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
