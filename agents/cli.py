@@ -48,16 +48,14 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import envs
     from agents.collector import Collector
     from agents.inference import find_run, load_agent
     from agents.logger import RunLogger
+    from agents.train import make_eval_env
 
     logdir, _ = find_run(args.path)
     agent, cfg = load_agent(args.path, device=args.device)
-    env = envs.make_vector(cfg.env.spec, args.envs, seed=cfg.seed + 20_000,
-                           **cfg.env.options.to_dict(),
-                           **({"render_mode": "rgb_array"} if args.video else {}))
+    env = make_eval_env(cfg, args.envs, cfg.seed + 20_000, args.video, agent.obs_space)
     try:
         policy = lambda obs, carry: agent.policy(obs, carry, mode="eval")
         records, frames = Collector(env).run_episodes(policy, args.episodes, render=args.video)

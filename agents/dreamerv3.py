@@ -77,7 +77,7 @@ class DreamerV3Agent(Agent):
     def __init__(self, obs_space: gym.spaces.Dict, act_space: gym.Space, config,
                  device: str | torch.device = "cpu", precision: str = "fp32"):
         self.device = torch.device(device)
-        self.act_space = act_space
+        self.obs_space, self.act_space = obs_space, act_space
         self.act_dim, self.discrete = action_dim(act_space)
         self.shapes = obs_shapes(obs_space)
         self.autocast = precision == "bf16"

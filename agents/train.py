@@ -61,6 +61,14 @@ def build(cfg: Config, device: torch.device, precision: str, num_envs: int | Non
     return env, agent
 
 
+def make_eval_env(cfg: Config, num_envs: int, seed: int, video: bool, obs_space):
+    """Vector env for evaluation; asks for rendered frames only when the
+    observations hold no image to make the video from."""
+    extra = {"render_mode": "rgb_array"} if video and "image" not in obs_space.spaces else {}
+    return envs.make_vector(cfg.env.spec, num_envs, seed=seed, **cfg.env.options.to_dict(),
+                            **extra)
+
+
 class Trainer:
     """State of one training run; `run()` drives it to `run.steps` agent steps."""
 
@@ -189,9 +197,8 @@ class Trainer:
         if cfg.run.eval_episodes <= 0 or c["updates"] == 0:
             return
         video = bool(cfg.run.video)
-        env = envs.make_vector(cfg.env.spec, cfg.env.eval_envs, seed=cfg.seed + 10_000,
-                               **cfg.env.options.to_dict(),
-                               **({"render_mode": "rgb_array"} if video else {}))
+        env = make_eval_env(cfg, cfg.env.eval_envs, cfg.seed + 10_000, video,
+                            self.env.single_observation_space)
         try:
             policy = lambda obs, carry: self.agent.policy(obs, carry, mode="eval")
             records, frames = Collector(env).run_episodes(policy, cfg.run.eval_episodes,

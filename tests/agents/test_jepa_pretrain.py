@@ -1,0 +1,92 @@
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from agents import jepa_pretrain
+from agents.jepa_pretrain import clip_starts, load_folder_frames, main
+from world_models.jepa import load_encoder
+
+ARGS = ["--frames", "40", "--steps", "4", "--batch", "4", "--diag-every", "2",
+        "--ckpt-every", "2", "--holdout", "8", "--threads", "1"]
+
+
+@pytest.fixture
+def frame_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "frames"
+    for ep in range(2):
+        (root / f"ep{ep}").mkdir(parents=True)
+        for i in range(12):
+            iio.imwrite(root / f"ep{ep}" / f"{i:03d}.png",
+                        rng.integers(0, 255, (48, 40, 3), dtype=np.uint8))
+    iio.imwrite(root / "clip.gif", rng.integers(0, 255, (10, 32, 32, 3), dtype=np.uint8))
+    return root
+
+
+def test_folder_source_resizes_and_splits_episodes(frame_folder):
+    data = load_folder_frames(frame_folder)
+    assert data["frames"].shape == (34, 64, 64, 3) and data["frames"].dtype == np.uint8
+    assert len(np.unique(data["episodes"])) == 3
+    assert clip_starts(np.array([0, 0, 0, 1, 1]), 2).tolist() == [0, 1, 3]
+
+
+def test_cli_dmc_pixels_writes_outputs(tmp_path):
+    pytest.importorskip("dm_control")
+    out = tmp_path / "run"
+    main(["--env", "dmc:walker-walk", "--fast-render", "--out", str(out), *ARGS])
+    for name in ("encoder.pt", "checkpoint.pt", "frames.npy", "metrics.jsonl", "collapse.png"):
+        assert (out / name).is_file(), name
+    assert np.load(out / "frames.npy").shape == (40, 64, 64, 3)
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert any("collapse/rankme" in ln for ln in lines)
+    enc = load_encoder(f"jepa:{out / 'encoder.pt'}", (64, 64, 3))
+    assert enc({"image": torch.zeros(2, 64, 64, 3, dtype=torch.uint8)}).shape == (2, 128)
+
+
+def test_resume_after_crash_matches_uninterrupted(frame_folder, tmp_path, monkeypatch):
+    src = ["--source", f"folder:{frame_folder}", *ARGS, "--frames-per-clip", "2"]
+    main(["--out", str(tmp_path / "full"), *src])
+
+    real_step = jepa_pretrain.JEPATrainer.step
+
+    def crashing_step(self, step, clip, gen):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_step(self, step, clip, gen)
+
+    monkeypatch.setattr(jepa_pretrain.JEPATrainer, "step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--out", str(tmp_path / "crash"), *src])
+    monkeypatch.setattr(jepa_pretrain.JEPATrainer, "step", real_step)
+    assert torch.load(tmp_path / "crash" / "checkpoint.pt", weights_only=False)["step"] == 2
+    main(["--out", str(tmp_path / "crash"), *src])
+
+    a = torch.load(tmp_path / "full" / "encoder.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "crash" / "encoder.pt", weights_only=True)["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    steps = [json.loads(ln)["step"] for ln in (tmp_path / "crash" / "metrics.jsonl").open()]
+    assert steps == sorted(steps)
+
+
+def test_bad_source_is_one_line_error(tmp_path):
+    with pytest.raises(SystemExit, match="allowed: random, run:LOGDIR, folder:DIR"):
+        main(["--source", "s3:bucket", "--out", str(tmp_path), *ARGS])
+
+
+def test_run_source_reads_saved_replay(tmp_path):
+    from agents.jepa_pretrain import load_run_frames
+    from replay.sequence import SequenceReplay
+
+    rb = SequenceReplay(capacity=16, num_envs=2)
+    for t in range(11):  # wraps the 8-row ring: rows 8..10 overwrite 0..2
+        rb.add({"image": torch.full((2, 64, 64, 3), t, dtype=torch.uint8),
+                "is_first": torch.tensor([t % 4 == 0] * 2)})
+    rb.save(tmp_path / "replay")
+    data = load_run_frames(tmp_path)
+    assert data["frames"].shape == (16, 64, 64, 3)
+    assert data["frames"][:8, 0, 0, 0].tolist() == list(range(3, 11))  # oldest first
+    assert len(np.unique(data["episodes"])) >= 4

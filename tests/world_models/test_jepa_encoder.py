@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from world_models.jepa import (
+    EncoderSpecError,
+    ViT,
+    load_encoder,
+    make_config,
+    read_encoder_file,
+    save_encoder,
+)
+
+
+@pytest.fixture
+def encoder_file(tmp_path):
+    torch.manual_seed(0)
+    vit = ViT(make_config("tiny", width=32, depth=1, heads=2))
+    path = tmp_path / "encoder.pt"
+    save_encoder(path, vit, {"frames": 10, "steps": 3, "env": "test"})
+    return path, vit
+
+
+def test_round_trip_same_outputs(encoder_file):
+    path, vit = encoder_file
+    enc = load_encoder(f"jepa:{path}", (64, 64, 3))
+    assert enc.out_dim == 32
+    x = torch.randint(0, 255, (2, 5, 64, 64, 3), dtype=torch.uint8)
+    z = enc({"image": x})
+    assert z.shape == (2, 5, 32)
+    with torch.no_grad():
+        ref = vit(x.reshape(10, 1, 64, 64, 3)).mean(1).reshape(2, 5, 32)
+    torch.testing.assert_close(z, ref)
+    assert not any(p.requires_grad for p in enc.parameters())
+    _, meta = read_encoder_file(path)
+    assert meta["train"]["steps"] == 3 and meta["patch"] == 8 and meta["embed_dim"] == 32
+
+
+def test_unfrozen_encoder_gets_gradients(encoder_file):
+    path, _ = encoder_file
+    enc = load_encoder(f"jepa:{path}", (64, 64, 3), frozen=False)
+    enc({"image": torch.zeros(2, 64, 64, 3, dtype=torch.uint8)}).sum().backward()
+    assert enc.vit.patch_embed.weight.grad is not None
+
+
+def test_wrong_shape_and_format_are_clean_errors(encoder_file, tmp_path):
+    path, _ = encoder_file
+    with pytest.raises(EncoderSpecError, match=r"\(64, 64, 3\).*\(84, 84, 3\)"):
+        load_encoder(f"jepa:{path}", (84, 84, 3))
+    enc = load_encoder(f"jepa:{path}", (64, 64, 3))
+    with pytest.raises(EncoderSpecError, match=r"\(64, 64, 1\)"):
+        enc({"image": torch.zeros(2, 64, 64, 1, dtype=torch.uint8)})
+    bad = tmp_path / "bad.pt"
+    torch.save({"weights": 1}, bad)
+    with pytest.raises(EncoderSpecError, match="format"):
+        load_encoder(f"jepa:{bad}", (64, 64, 3))
+    with pytest.raises(EncoderSpecError, match="allowed"):
+        load_encoder("cnn:foo", (64, 64, 3))
+
+
+def test_vjepa2_adapter_on_tiny_random_model(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.VJEPA2Config(
+        crop_size=64, frames_per_clip=2, tubelet_size=2, patch_size=16, hidden_size=64,
+        num_hidden_layers=2, num_attention_heads=2, pred_hidden_size=32,
+        pred_num_hidden_layers=1, pred_num_attention_heads=2,
+    )
+    torch.manual_seed(0)
+    transformers.VJEPA2Model(cfg).save_pretrained(tmp_path / "vjepa2")
+    enc = load_encoder(f"hf:{tmp_path / 'vjepa2'}", (32, 32, 3))
+    assert enc.out_dim == 64
+    x = torch.randint(0, 255, (2, 3, 32, 32, 3), dtype=torch.uint8)
+    z = enc({"image": x})
+    assert z.shape == (2, 3, 64) and torch.isfinite(z).all()
+    assert not any(p.requires_grad for p in enc.parameters())
+    with pytest.raises(EncoderSpecError, match="3"):
+        load_encoder(f"hf:{tmp_path / 'vjepa2'}", (32, 32, 1))
+    with pytest.raises(EncoderSpecError, match="cannot load"):
+        load_encoder(f"hf:{tmp_path / 'missing'}", (32, 32, 3))

@@ -1,0 +1,33 @@
+"""JEPA perception: ViT encoder, multi-block masking, EMA-target pretraining, encoder adapters."""
+
+from world_models.jepa.encoder import (
+    EncoderSpecError,
+    JEPAEncoder,
+    VJEPA2Encoder,
+    load_encoder,
+    read_encoder_file,
+    save_encoder,
+)
+from world_models.jepa.masking import MaskConfig, sample_masks
+from world_models.jepa.model import JEPA, JEPAConfig, Predictor, vicreg_terms
+from world_models.jepa.vit import PRESETS, ConfigError, ViT, ViTConfig, make_config
+
+__all__ = [
+    "PRESETS",
+    "ConfigError",
+    "EncoderSpecError",
+    "JEPA",
+    "JEPAConfig",
+    "JEPAEncoder",
+    "MaskConfig",
+    "Predictor",
+    "VJEPA2Encoder",
+    "ViT",
+    "ViTConfig",
+    "load_encoder",
+    "make_config",
+    "read_encoder_file",
+    "sample_masks",
+    "save_encoder",
+    "vicreg_terms",
+]

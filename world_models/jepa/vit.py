@@ -1,0 +1,181 @@
+"""Vision Transformer for small frames, with optional V-JEPA style spatio-temporal tubelets."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+PRESETS: dict[str, dict[str, int]] = {
+    # tiny trains on a 2-core CPU in minutes; small/base follow the usual ViT-S/B widths.
+    "tiny": {"width": 128, "depth": 4, "heads": 4},
+    "small": {"width": 384, "depth": 8, "heads": 6},
+    "base": {"width": 768, "depth": 12, "heads": 12},
+}
+
+
+class ConfigError(ValueError):
+    """Raised for an invalid JEPA/ViT configuration value."""
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Architecture of a JEPA ViT encoder; enough to rebuild it from a saved file."""
+
+    image_shape: tuple[int, int, int] = (64, 64, 3)  # H, W, C
+    patch: int = 8
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    frames_per_clip: int = 1
+    tubelet: int = 1
+    pos_embed: str = "sincos"  # "sincos" (fixed) or "learned"
+
+    def __post_init__(self) -> None:
+        h, w, _ = self.image_shape
+        if h % self.patch or w % self.patch:
+            raise ConfigError(f"image {h}x{w} is not divisible by patch {self.patch}")
+        if self.frames_per_clip % self.tubelet:
+            raise ConfigError(
+                f"frames_per_clip {self.frames_per_clip} is not divisible by tubelet {self.tubelet}"
+            )
+        if self.width % self.heads:
+            raise ConfigError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.pos_embed not in ("sincos", "learned"):
+            raise ConfigError(f"pos_embed {self.pos_embed!r}; allowed: 'sincos', 'learned'")
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Token grid (time, height, width)."""
+        h, w, _ = self.image_shape
+        return self.frames_per_clip // self.tubelet, h // self.patch, w // self.patch
+
+    @property
+    def num_tokens(self) -> int:
+        t, gh, gw = self.grid
+        return t * gh * gw
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_shape"] = list(self.image_shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ViTConfig:
+        d = dict(d)
+        d["image_shape"] = tuple(d["image_shape"])
+        return cls(**d)
+
+
+def make_config(
+    preset: str = "tiny",
+    image_shape: tuple[int, int, int] = (64, 64, 3),
+    frames_per_clip: int = 1,
+    **overrides,
+) -> ViTConfig:
+    """Build a ViTConfig from a named preset; tubelet depth is 2 whenever clips have >1 frame."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; allowed: {', '.join(PRESETS)}")
+    if frames_per_clip not in (1, 2, 4):
+        raise ConfigError(f"frames_per_clip {frames_per_clip}; allowed: 1, 2, 4")
+    tubelet = 1 if frames_per_clip == 1 else 2
+    kw = {**PRESETS[preset], **overrides}
+    return ViTConfig(
+        image_shape=tuple(image_shape), frames_per_clip=frames_per_clip, tubelet=tubelet, **kw
+    )
+
+
+def _sincos_1d(dim: int, pos: Tensor) -> Tensor:
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    out = pos.double()[:, None] * omega[None]
+    return torch.cat([out.sin(), out.cos()], dim=1)
+
+
+def sincos_pos_embed(dim: int, grid: tuple[int, int, int]) -> Tensor:
+    """Fixed sin-cos embedding [t*h*w, dim] for a (t, h, w) grid; time gets a quarter of dims."""
+    t, h, w = grid
+    # Keep every part even so sin/cos halves line up; time only gets channels if it varies.
+    dt = 0 if t == 1 else (dim // 4) // 2 * 2
+    dh = (dim - dt) // 2 // 2 * 2
+    dw = dim - dt - dh
+    tt, hh, ww = torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij")
+    parts = [_sincos_1d(dh, hh.flatten()), _sincos_1d(dw, ww.flatten())]
+    if dt:
+        parts.insert(0, _sincos_1d(dt, tt.flatten()))
+    return torch.cat(parts, dim=1).float()
+
+
+def transformer(width: int, depth: int, heads: int, mlp_ratio: float) -> nn.TransformerEncoder:
+    """Pre-norm GELU transformer stack (torch's own layers, no dropout)."""
+    layer = nn.TransformerEncoderLayer(
+        width,
+        heads,
+        dim_feedforward=int(width * mlp_ratio),
+        dropout=0.0,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
+    return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+
+
+class ViT(nn.Module):
+    """ViT over clips [B, T, H, W, C] (uint8 or float in [0, 255]); returns token features."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.image_shape[2]
+        self.patch_embed = nn.Conv3d(
+            c, cfg.width, kernel_size=(cfg.tubelet, cfg.patch, cfg.patch),
+            stride=(cfg.tubelet, cfg.patch, cfg.patch),
+        )
+        pos = sincos_pos_embed(cfg.width, cfg.grid)[None]
+        if cfg.pos_embed == "learned":
+            self.pos = nn.Parameter(pos.clone())
+        else:
+            self.register_buffer("pos", pos, persistent=False)
+        self.blocks = transformer(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio)
+        self.norm = nn.LayerNorm(cfg.width)
+        self.apply(_init_weights)
+
+    @property
+    def out_dim(self) -> int:
+        return self.cfg.width
+
+    def tokens(self, clip: Tensor) -> Tensor:
+        """Patch-embed a clip [B, T, H, W, C] to tokens [B, N, width] with positions added."""
+        x = clip.float() / 255.0 - 0.5
+        x = x.permute(0, 4, 1, 2, 3)  # B, C, T, H, W
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        return x + self.pos
+
+    def forward(self, clip: Tensor, keep: Tensor | None = None) -> Tensor:
+        """Encode a clip; `keep` [B, K] selects token indices (context-only encoding)."""
+        x = self.tokens(clip)
+        if keep is not None:
+            x = gather_tokens(x, keep)
+        return self.norm(self.blocks(x))
+
+
+def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
+    """x [B, N, D], idx [B, K] -> [B, K, D]."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv3d):
+        # Patch embedding initialised like a linear layer over the flattened patch.
+        fan_in = math.prod(m.weight.shape[1:])
+        nn.init.trunc_normal_(m.weight, std=1.0 / math.sqrt(fan_in))
+        nn.init.zeros_(m.bias)
