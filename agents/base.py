@@ -29,6 +29,7 @@ def register(name: str):
 def make_agent(name: str, obs_space: gym.spaces.Dict, act_space: gym.Space, config,
                **kwargs) -> Agent:
     import agents.dreamerv3  # noqa: F401  (registers dreamerv3)
+    import agents.jepa_agent  # noqa: F401  (registers jepa)
 
     if name not in AGENTS:
         raise UnknownAgentError(f"unknown agent '{name}'; available: {', '.join(sorted(AGENTS))}")

@@ -85,14 +85,18 @@ class DreamerV3Agent(Agent):
         enc_cfg = dict(mcfg["encoder"])
         mlp_kwargs = {k: enc_cfg[k] for k in ("layers", "units", "symlog") if k in enc_cfg}
         custom = build_encoder(config["encoder"], self.shapes, mlp_kwargs)
-        self.wm = DreamerWorldModel(
-            self.shapes, self.act_dim, mcfg["rssm"], enc_cfg, mcfg["decoder"],
-            mcfg["reward_head"], mcfg["cont_head"], mcfg["loss_scales"], custom_encoder=custom,
-        ).to(self.device)
+        self.wm = self.make_world_model(config, enc_cfg, custom).to(self.device)
         self.ac = ActorCritic(self.wm.rssm.feat_dim, self.act_dim, self.discrete,
                               **config["actor_critic"]).to(self.device)
         self.opt = LaProp(self._param_groups(config), **config["opt"])
         self.step = 0
+
+    def make_world_model(self, config, enc_cfg: dict, custom: nn.Module | None) -> nn.Module:
+        """The world model; subclasses (the JEPA agent) swap in their own."""
+        mcfg = config["model"]
+        return DreamerWorldModel(
+            self.shapes, self.act_dim, mcfg["rssm"], enc_cfg, mcfg["decoder"],
+            mcfg["reward_head"], mcfg["cont_head"], mcfg["loss_scales"], custom_encoder=custom)
 
     def _param_groups(self, config) -> list[dict]:
         enc = self.wm.encoder

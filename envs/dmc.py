@@ -5,7 +5,9 @@ size=(64, 64), repeat=2 (rewards summed over repeats), camera=None (the domain's
 camera: 2 for quadruped, else 0), fast_render=False (shadows and reflections off: ~3x
 faster frames, slightly different pictures), physics_info=False (adds flattened `qpos` and
 `qvel` to every info), time_limit=None (episode length in env frames; None keeps
-dm_control's 1000), render_mode=None ("rgb_array" for `render()` frames of `size`).
+dm_control's 1000), render_mode=None ("rgb_array" for `render()` frames of `size`),
+distractor=None ("noise", "shapes" or "video:DIR": a moving background behind the robot in
+every rendered frame, see envs/distractors.py; needs obs "pixels" or "both").
 Time-limit ends are `truncated`; only discount-0 ends are `terminated`.
 State observations never render.
 """
@@ -35,6 +37,8 @@ pick_gl_backend()
 
 from dm_control import mujoco, suite  # noqa: E402  (needs MUJOCO_GL set first)
 
+from envs.distractors import background_mask, make_distractor  # noqa: E402
+
 DEFAULTS: dict[str, Any] = {
     "obs": "state",
     "size": (64, 64),
@@ -44,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "physics_info": False,
     "time_limit": None,
     "render_mode": None,
+    "distractor": None,
 }
 _OBS_SUFFIXES = ("pixels", "state", "both")
 _DEFAULT_CAMERA = {"quadruped": 2}
@@ -85,7 +90,10 @@ class DMCEnv(gym.Env):
         physics_info: bool = False,
         time_limit: int | None = None,
         render_mode: str | None = None,
+        distractor: str | None = None,
     ):
+        self._distractor = make_distractor(distractor, size)
+        self._distractor_rng = np.random.default_rng()
         self._env = suite.load(domain, task, task_kwargs={"random": None})
         self._size = size
         self._repeat = repeat
@@ -130,7 +138,12 @@ class DMCEnv(gym.Env):
             h, w = self._size
             self._camera = mujoco.Camera(self._env.physics, h, w, self._camera_id)
         # The camera reuses its pixel buffer between calls.
-        return self._camera.render().copy()
+        frame = self._camera.render().copy()
+        if self._distractor is not None:
+            seg = self._camera.render(segmentation=True)
+            mask = background_mask(seg, self._env.physics.model.geom_type)
+            frame[mask] = self._distractor.frame(self._frames)[mask]
+        return frame
 
     def _obs(self, time_step: Any) -> dict[str, np.ndarray]:
         out = {}
@@ -152,6 +165,9 @@ class DMCEnv(gym.Env):
         if seed is not None:
             # dm_control draws initial states from the task's RandomState.
             self._env.task._random = np.random.RandomState(seed)
+            self._distractor_rng = np.random.default_rng(seed)
+        if self._distractor is not None:
+            self._distractor.reset(self._distractor_rng)
         self._frames = 0
         time_step = self._env.reset()
         return self._obs(time_step), self._info()
@@ -202,6 +218,9 @@ def make_env(task: str, *, suite: str = "dmc", **options: Any) -> gym.Env:
     check_choice("obs", opts["obs"], _OBS_SUFFIXES)
     check_choice("render_mode", opts["render_mode"], (None, "rgb_array"))
     opts["size"] = check_size(opts["size"])
+    if opts["distractor"] is not None and opts["obs"] == "state":
+        raise EnvSpecError(
+            f"option distractor={opts['distractor']!r} needs pixels; use obs='pixels' or 'both'")
     opts["repeat"] = check_positive_int("repeat", opts["repeat"])
     if opts["time_limit"] is not None:
         opts["time_limit"] = check_positive_int("time_limit", opts["time_limit"])

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.registration import EnvSpec
+
+# pygame (classic-control rendering) probes for a sound card otherwise and prints ALSA errors.
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
 from envs.core import (
     IMAGE_KEY,

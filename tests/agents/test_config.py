@@ -25,7 +25,7 @@ def test_layering_domain_and_size_presets():
     assert cfg.domain == "dmc_proprio" and cfg.size == "1m"
     assert cfg.env.spec == "dmc:walker-walk"
     assert cfg.env.options == {"obs": "state", "repeat": 2}
-    assert cfg.run.train_ratio == 512 and cfg.run.steps == 500000
+    assert cfg.run.train_ratio == 64 and cfg.run.steps == 500000
     # 1m preset reaches every network width.
     assert cfg.model.rssm.deter == 512 and cfg.model.rssm.hidden == 64
     assert cfg.model.rssm.classes == 4
@@ -65,11 +65,11 @@ def test_user_layers_order_and_explicit_values_beat_size(tmp_path):
 def test_explicit_domain_and_extra_defaults():
     cfg = load_config("gym:CartPole-v1", sets=["domain=atari100k"])
     assert cfg.domain == "atari100k" and cfg.run.prefill == 1024
-    cfg = load_config("gym:CartPole-v1", extra_defaults={"jepa": {"ema": 0.996}},
-                      sets=["jepa.ema=0.99"])
-    assert cfg.jepa.ema == 0.99
-    with pytest.raises(ConfigError, match="unknown config key 'jepa.ema'"):
-        load_config("gym:CartPole-v1", sets=["jepa.ema=0.99"])
+    cfg = load_config("gym:CartPole-v1", extra_defaults={"extra": {"ema": 0.996}},
+                      sets=["extra.ema=0.99"])
+    assert cfg.extra.ema == 0.99
+    with pytest.raises(ConfigError, match="unknown config key 'extra.ema'"):
+        load_config("gym:CartPole-v1", sets=["extra.ema=0.99"])
 
 
 @pytest.mark.parametrize(
