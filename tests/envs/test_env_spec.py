@@ -16,7 +16,7 @@ from envs.core import check_options
         ("walker-walk", {}, "not of the form 'suite:task'"),
         ("dmc:", {}, "has no task"),
         ("dmc:walker-fly", {}, "walker-walk"),
-        ("dmc:walker-walk", {"colour": 1}, "valid options: ['camera', 'fast_render'"),
+        ("dmc:walker-walk", {"colour": 1}, "valid options: ['camera', 'distractor', 'fast_render'"),
         ("dmc:walker-walk", {"obs": "rgb"}, "allowed: ['pixels', 'state', 'both']"),
         ("dmc:walker-walk-pixels", {"obs": "state"}, "conflicts"),
         ("dmc:walker-walk", {"repeat": 0}, "integer >= 1"),
