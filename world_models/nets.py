@@ -93,7 +93,9 @@ def mlp(
     """`layers` x (Linear, RMSNorm, SiLU), then an optional output Linear."""
     mods: list[nn.Module] = []
     for _ in range(layers):
-        mods += [Linear(inp, units, bias=False), *norm_act(units)]
+        # Keep the bias: RMSNorm(W x) without one is blind to the scale of x
+        # (RMSNorm(W 2x) == RMSNorm(W x)), which erases low-dimensional inputs.
+        mods += [Linear(inp, units), *norm_act(units)]
         inp = units
     if out is not None:
         mods.append(Linear(inp, out, outscale=outscale))

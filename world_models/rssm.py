@@ -42,11 +42,11 @@ class RSSM(nn.Module):
         self.deter, self.stoch, self.classes = deter, stoch, classes
         self.blocks, self.unimix, self.free_nats = blocks, unimix, free_nats
         self.feat_dim = deter + stoch * classes
-        self.dyn_deter = nn.Sequential(Linear(deter, hidden, bias=False), *norm_act(hidden))
+        self.dyn_deter = nn.Sequential(Linear(deter, hidden), *norm_act(hidden))
         self.dyn_stoch = nn.Sequential(
-            Linear(stoch * classes, hidden, bias=False), *norm_act(hidden)
+            Linear(stoch * classes, hidden), *norm_act(hidden)
         )
-        self.dyn_action = nn.Sequential(Linear(act_dim, hidden, bias=False), *norm_act(hidden))
+        self.dyn_action = nn.Sequential(Linear(act_dim, hidden), *norm_act(hidden))
         group_in = deter // blocks + 3 * hidden
         self.dyn_hidden = nn.ModuleList(
             BlockLinear(blocks * group_in if i == 0 else deter, deter, blocks)

@@ -36,3 +36,27 @@ class MatchCueEnv(gym.Env):
         if not self.hold:
             self.cue = int(self.np_random.integers(self.k))
         return self._obs(), reward, False, self.t >= self.length, {}
+
+
+class ReachCueEnv(gym.Env):
+    """Continuous twin of MatchCueEnv: a held cue in {-0.5, 0.5}; reward 1 - |a - cue|.
+
+    Optimum: `length`; uniform random actions in [-1, 1] score 0.375 * length."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, length: int = 10, render_mode: str | None = None):
+        self.length, self.render_mode = length, render_mode
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        self.cue = float(self.np_random.choice([-0.5, 0.5]))
+        return np.array([self.cue], np.float32), {}
+
+    def step(self, action):
+        reward = 1.0 - abs(float(np.clip(action[0], -1, 1)) - self.cue)
+        self.t += 1
+        return np.array([self.cue], np.float32), reward, False, self.t >= self.length, {}
