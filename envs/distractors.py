@@ -14,6 +14,7 @@ deterministic under the env seed and `render()` shows the same picture as the ob
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -38,7 +39,7 @@ def background_mask(segmentation: np.ndarray, geom_type: np.ndarray) -> np.ndarr
     return (objid < 0) | plane
 
 
-class Distractor:
+class Distractor(abc.ABC):
     """Background source; `reset(rng)` draws an episode, `frame(t)` gives [H, W, 3] uint8."""
 
     def __init__(self, size: tuple[int, int]):
@@ -48,8 +49,9 @@ class Distractor:
     def reset(self, rng: np.random.Generator) -> None:
         self.seed = int(rng.integers(2**63))
 
+    @abc.abstractmethod
     def frame(self, t: int) -> np.ndarray:
-        raise NotImplementedError
+        """The background for frame `t` of the current episode."""
 
 
 class NoiseDistractor(Distractor):

@@ -7,6 +7,7 @@ frozen-evaluation probes start from.
 
 from __future__ import annotations
 
+import abc
 import os
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def _check_shape(expected: tuple[int, ...], got: tuple[int, ...], what: str) -> 
         )
 
 
-class _FrameEncoder(nn.Module):
+class _FrameEncoder(nn.Module, abc.ABC):
     """Shared plumbing: flatten leading dims, encode, restore them; frozen encoders stay eval."""
 
     image_shape: tuple[int, int, int]
@@ -102,8 +103,9 @@ class _FrameEncoder(nn.Module):
             z = self.encode_frames(flat)
         return z.reshape(*lead, self.out_dim)
 
-    def encode_frames(self, frames: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def encode_frames(self, frames: Tensor) -> Tensor:
+        """Embed frames [N, H, W, C] uint8 -> [N, out_dim]."""
 
 
 class JEPAEncoder(_FrameEncoder):
