@@ -1,4 +1,4 @@
-"""DreamerV3 throughput: seconds per training update, parameter counts, policy latency
+"""Agent throughput: seconds per training update, parameter counts, policy latency
 and env steps per second while collecting with the policy.
 
     python -m benchmarks.throughput [--rows all|1m-state,12m-pixels,peer-state,...,collect]
@@ -7,8 +7,10 @@ and env steps per second while collecting with the policy.
 Updates use synthetic [16, 64] batches (uint8 images, float vectors), so no replay is
 involved. Rows: the 1m and 12m presets with state (24-d vector, 6-d continuous action,
 walker-like) or 64x64x3 pixels, and the model size of the peer implementation
-(NM512/dreamerv3-torch: deter 512, hidden 512, 32 x 32 latents, 512 units, CNN depth 32).
-`all` is every row but `peer-state`. `collect` times `dmc:walker-walk` (state) with 4 envs
+(NM512/dreamerv3-torch: deter 512, hidden 512, 32 x 32 latents, 512 units, CNN depth 32),
+also with stride-2 convs as the peer's CNN has (`peer-pixels-strided`). Rows named `jepa-*`
+time the JEPA agent (no pixel decoder in the update) at the same size, for the jepa vs
+dreamerv3 comparison. `all` is every row but `peer-state`. `collect` times `dmc:walker-walk` (state) with 4 envs
 and the 1m agent's policy.
 """
 
@@ -25,6 +27,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from agents.base import make_agent
 from agents.config import load_config
 from agents.dreamerv3 import DreamerV3Agent
 from agents.train import select_device
@@ -43,6 +46,7 @@ PEER_SETS = (
     "model.reward_head.layers=2", "model.cont_head.layers=2",
     "actor_critic.policy.layers=2", "actor_critic.value.layers=2",
 )
+STRIDED_SETS = ("model.encoder.strided=true", "model.decoder.strided=true")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Row:
     size: str
     pixels: bool
     sets: tuple[str, ...] = ()
+    agent: str = "dreamerv3"
 
 
 ROWS: dict[str, Row] = {
@@ -61,9 +66,14 @@ ROWS: dict[str, Row] = {
     "12m-pixels": Row("12m", True),
     "peer-pixels": Row("1m", True, PEER_SETS),
     "peer-state": Row("1m", False, PEER_SETS),
+    # The peer's CNN is stride-2 convs; ours follows the official conv + max-pool (4x FLOPs).
+    "peer-pixels-strided": Row("1m", True, PEER_SETS + STRIDED_SETS),
+    "jepa-1m-pixels": Row("1m", True, agent="jepa"),
+    "jepa-12m-pixels": Row("12m", True, agent="jepa"),
 }
 COLLECT = "collect"
-DEFAULT_ROWS = ("1m-state", "1m-pixels", "12m-state", "12m-pixels", "peer-pixels", COLLECT)
+DEFAULT_ROWS = ("1m-state", "1m-pixels", "12m-state", "12m-pixels", "peer-pixels",
+                "peer-pixels-strided", "jepa-1m-pixels", "jepa-12m-pixels", COLLECT)
 
 
 class BenchmarkArgError(ValueError):
@@ -71,11 +81,13 @@ class BenchmarkArgError(ValueError):
 
 
 def parse_rows(text: str) -> list[str]:
-    """`all` (DEFAULT_ROWS) or a comma-separated subset of ROWS and `collect`."""
+    """Comma-separated names of ROWS and `collect`; `all` stands for DEFAULT_ROWS."""
     names = [*ROWS, COLLECT]
-    picked = [t.strip() for t in text.split(",") if t.strip()]
-    if picked == ["all"]:
-        picked = list(DEFAULT_ROWS)
+    picked = []
+    for t in (t.strip() for t in text.split(",")):
+        for name in DEFAULT_ROWS if t == "all" else [t] if t else []:
+            if name not in picked:
+                picked.append(name)
     unknown = [t for t in picked if t not in names]
     if unknown or not picked:
         raise BenchmarkArgError(f"unknown row(s) {unknown or text!r}; allowed: all or "
@@ -93,9 +105,10 @@ def spaces(pixels: bool) -> tuple[gym.spaces.Dict, gym.spaces.Box]:
 
 def build_agent(row: Row, device: torch.device, precision: str) -> DreamerV3Agent:
     spec = "dmc:walker-walk-pixels" if row.pixels else "dmc:walker-walk"
-    cfg = load_config(spec, size=row.size, sets=list(row.sets))
+    cfg = load_config(spec, size=row.size, agent=row.agent, sets=list(row.sets))
     obs_space, act_space = spaces(row.pixels)
-    return DreamerV3Agent(obs_space, act_space, cfg, device=device, precision=precision)
+    return make_agent(row.agent, obs_space, act_space, cfg, device=device,
+                      precision=precision)
 
 
 def synthetic_batch(pixels: bool, B: int, T: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -158,7 +171,8 @@ def bench_row(name: str, args: argparse.Namespace, device: torch.device, precisi
     _, carry = agent.policy(one_obs(row.pixels, 1, True), None)
     obs = one_obs(row.pixels, 1, False)
     policy_s = timed(lambda: agent.policy(obs, carry), args.policy_calls, 3, device)
-    return {"row": name, "size": row.size, "obs": "pixels" if row.pixels else "state",
+    return {"row": name, "agent": row.agent, "size": row.size,
+            "obs": "pixels" if row.pixels else "state",
             "wm": count(agent.wm), "ac": count(agent.ac), "update_s": update_s,
             "policy_ms": policy_s * 1000}
 
@@ -191,14 +205,14 @@ def bench_collect(args: argparse.Namespace, device: torch.device, precision: str
 
 
 def table_header(args: argparse.Namespace) -> str:
-    return (f"| model | obs | world model params | actor-critic params | "
+    return (f"| model | agent | obs | world model params | actor-critic params | "
             f"s / update ({args.batch}x{args.length}, median of {args.updates}) | "
-            "policy ms (batch 1, median) |\n|---|---|---:|---:|---:|---:|")
+            "policy ms (batch 1, median) |\n|---|---|---|---:|---:|---:|---:|")
 
 
 def table_row(r: dict[str, object]) -> str:
-    return (f"| {r['row']} | {r['obs']} | {r['wm'] / 1e6:.2f}M | {r['ac'] / 1e6:.2f}M | "
-            f"{r['update_s']:.2f} | {r['policy_ms']:.1f} |")
+    return (f"| {r['row']} | {r['agent']} | {r['obs']} | {r['wm'] / 1e6:.2f}M | "
+            f"{r['ac'] / 1e6:.2f}M | {r['update_s']:.2f} | {r['policy_ms']:.1f} |")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,27 @@
+import pytest
+
+from benchmarks.throughput import BenchmarkArgError, main, parse_rows
+
+
+def test_parse_rows_all_and_errors():
+    rows = parse_rows("all")
+    assert "jepa-1m-pixels" in rows and "1m-pixels" in rows and "peer-state" not in rows
+    assert parse_rows("1m-state, collect") == ["1m-state", "collect"]
+    assert parse_rows("all,peer-state")[-1] == "peer-state"
+    with pytest.raises(BenchmarkArgError, match="unknown row.*allowed"):
+        parse_rows("2m-state")
+
+
+def test_tiny_rows_print_agent_params_and_seconds(capsys):
+    # Tiny batches: checks that each agent builds, updates and acts, not its speed.
+    main(["--rows", "1m-state,jepa-1m-pixels", "--batch", "2", "--length", "4",
+          "--updates", "1", "--warmup", "0", "--policy-calls", "1", "--threads", "1",
+          "--device", "cpu"])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+    by_row = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[1:-1]]
+              for ln in lines[1:]}
+    assert by_row["1m-state"][1:3] == ["dreamerv3", "state"]
+    assert by_row["jepa-1m-pixels"][1:3] == ["jepa", "pixels"]
+    for cells in by_row.values():
+        assert cells[3].endswith("M") and float(cells[3][:-1]) > 0
+        assert float(cells[5]) > 0 and float(cells[6]) > 0
