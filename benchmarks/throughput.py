@@ -10,8 +10,8 @@ walker-like) or 64x64x3 pixels, and the model size of the peer implementation
 (NM512/dreamerv3-torch: deter 512, hidden 512, 32 x 32 latents, 512 units, CNN depth 32),
 also with stride-2 convs as the peer's CNN has (`peer-pixels-strided`). Rows named `jepa-*`
 time the JEPA agent (no pixel decoder in the update) at the same size, for the jepa vs
-dreamerv3 comparison. `all` is every row but `peer-state`. `collect` times `dmc:walker-walk` (state) with 4 envs
-and the 1m agent's policy.
+dreamerv3 comparison. `all` is every row but `peer-state`. `collect` times `dmc:walker-walk`
+(state) with 4 envs and the 1m agent's policy.
 """
 
 from __future__ import annotations
