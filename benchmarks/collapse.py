@@ -5,6 +5,8 @@ training; `jepa` logs them only on replay batches).
 
     python -m benchmarks.collapse RUN [RUN ...] [--steps 1000] [--seed 1000] [--out FILE.md]
 
+Episodes are played whole, until at least `--steps` env steps.
+
 Prints one markdown row per run: agent, env, mean eval return of the episodes played, and
 the diagnostics of `world_models.diagnostics` (embedding size D in brackets).
 """
@@ -18,39 +20,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import envs
+from agents.collector import Collector
 from agents.inference import load_agent
+from agents.train import make_eval_env
 from world_models.diagnostics import collapse_metrics
 
 
 @torch.no_grad()
 def rollout_latents(agent, cfg, steps: int, seed: int) -> tuple[dict[str, torch.Tensor], list]:
-    """Play `steps` eval-mode steps in the run's env; the embeddings, RSSM features and
-    returns of the episodes that finished."""
-    env = envs.make(cfg.env.spec, seed=seed, **cfg.env.options.to_dict())
+    """Whole eval-mode episodes in the run's env until at least `steps` steps; the encoder
+    embeddings and RSSM features of every step and the episode returns."""
+    obs_rows, feats = [], []
+
+    def policy(obs, carry):
+        action, carry = agent.policy(obs, carry, mode="eval")
+        obs_rows.append({k: np.array(obs[k]) for k in agent.shapes})
+        feats.append(agent.wm.rssm.feat(carry[0]).float())
+        return action, carry
+
+    env = make_eval_env(cfg, 1, seed, False, agent.obs_space)
+    returns: list[float] = []
     try:
-        discrete = not hasattr(env.action_space, "low")
-        obs, _ = env.reset(seed=seed)
-        carry, first, ret, returns = None, True, 0.0, []
-        embeds, feats = [], []
-        for _ in range(steps):
-            batch = {k: v[None] for k, v in obs.items()} | {"is_first": np.array([first])}
-            data = agent._to_torch({k: batch[k] for k in agent.shapes})
-            with agent._amp():
-                embeds.append(agent.wm.encode(data).float())
-            action, carry = agent.policy(batch, carry, mode="eval")
-            feats.append(agent.wm.rssm.feat(carry[0]).float())
-            act = int(action[0].argmax()) if discrete else action[0]
-            obs, reward, terminated, truncated, _ = env.step(act)
-            ret += float(reward)
-            first = terminated or truncated
-            if first:
-                returns.append(ret)
-                ret = 0.0
-                obs, _ = env.reset()
+        collector = Collector(env)
+        while len(feats) < steps:
+            records, _ = collector.run_episodes(policy, 1, seed=seed + len(returns))
+            returns += [r["return"] for r in records]
     finally:
         env.close()
-    return {"embed": torch.cat(embeds), "feat": torch.cat(feats)}, returns
+    # One batched pass of the encoder over the visited observations.
+    obs = {k: torch.as_tensor(np.concatenate([r[k] for r in obs_rows]), device=agent.device)
+           for k in agent.shapes}
+    return {"embed": agent.wm.encode(obs).float(), "feat": torch.cat(feats)}, returns
 
 
 def measure(path: str | Path, steps: int, seed: int, device: str = "cpu") -> dict[str, object]:
@@ -83,7 +83,8 @@ def table(rows: list[dict[str, object]]) -> str:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories (or checkpoint files)")
-    parser.add_argument("--steps", type=int, default=1000, help="env steps per run")
+    parser.add_argument("--steps", type=int, default=1000,
+                        help="at least this many env steps per run (whole episodes)")
     parser.add_argument("--seed", type=int, default=1000, help="env seed of the episodes")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
