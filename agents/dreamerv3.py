@@ -96,7 +96,8 @@ class DreamerV3Agent(Agent):
         mcfg = config["model"]
         return DreamerWorldModel(
             self.shapes, self.act_dim, mcfg["rssm"], enc_cfg, mcfg["decoder"],
-            mcfg["reward_head"], mcfg["cont_head"], mcfg["loss_scales"], custom_encoder=custom)
+            mcfg["reward_head"], mcfg["cont_head"], mcfg["loss_scales"], custom_encoder=custom,
+            diag_every=mcfg["diag_every"])
 
     def _param_groups(self, config) -> list[dict]:
         enc = self.wm.encoder

@@ -20,7 +20,7 @@ class JEPAAgent(DreamerV3Agent):
         return JEPAWorldModel(
             self.shapes, self.act_dim, mcfg["rssm"], enc_cfg, mcfg["decoder"],
             mcfg["reward_head"], mcfg["cont_head"], mcfg["loss_scales"], config["jepa"],
-            self.discrete, custom_encoder=custom)
+            self.discrete, custom_encoder=custom, diag_every=mcfg["diag_every"])
 
     def train(self, batch) -> dict[str, float]:
         metrics = super().train(batch)

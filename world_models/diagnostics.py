@@ -15,12 +15,17 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 log = logging.getLogger(__name__)
+
+# Below this many distinct observations behind a batch (e.g. an env with 3 observations) a low
+# rank says nothing about collapse, so the warning is not raised.
+MIN_DISTINCT = 8
 
 
 class CollapseWarning(UserWarning):
@@ -118,3 +123,33 @@ def check_collapse(
             log.warning("representation collapse: %s", msg)
             warnings.warn(f"representation collapse: {msg}", CollapseWarning, stacklevel=2)
     return issues
+
+
+def distinct_rows(obs: Mapping[str, Tensor], limit: int = 1024) -> int:
+    """Number of distinct observations (image and/or vector) among the first `limit` steps."""
+    parts = [obs[k].reshape(-1, int(obs[k][0, 0].numel())).float()
+             for k in ("image", "vector") if k in obs]
+    rows = torch.cat(parts, -1)[:limit] if parts else torch.zeros(1, 1)
+    return int(torch.unique(rows, dim=0).shape[0])
+
+
+@torch.no_grad()
+def latent_diagnostics(latents: Mapping[str, Tensor], warn: bool = True,
+                       distinct: int | None = None, **thresholds: float) -> dict[str, float]:
+    """`collapse/{name}_*` metrics of each named latent batch (at most 1,024 rows each), with
+    `collapse/{name}_issues` counting the findings of `check_collapse` (warned when `warn`).
+    `thresholds` go to `check_collapse`. With `distinct` (the number of distinct observations
+    behind the batch) below MIN_DISTINCT nothing is judged: such a batch is low-rank by nature.
+    """
+    distinct = MIN_DISTINCT if distinct is None else distinct
+    out: dict[str, float] = {"collapse/distinct_obs": float(distinct)}
+    judged = distinct >= MIN_DISTINCT
+    for name, z in latents.items():
+        z = z.reshape(-1, z.shape[-1])[:1024]
+        prefix = f"collapse/{name}_"
+        m = collapse_metrics(z, prefix=prefix)
+        issues = check_collapse(m, z.shape[-1], z.shape[0], prefix=prefix,
+                                warn=warn and judged, **thresholds) if judged else []
+        m[f"{prefix}issues"] = float(len(issues))
+        out.update(m)
+    return out

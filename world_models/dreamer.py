@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from world_models.diagnostics import distinct_rows, latent_diagnostics
 from world_models.dists import Bernoulli, TwoHot
 from world_models.encoders import MultiDecoder, MultiEncoder
 from world_models.nets import mlp
@@ -50,6 +51,7 @@ class DreamerWorldModel(nn.Module):
         cont_head: Mapping,
         loss_scales: Mapping[str, float],
         custom_encoder: nn.Module | None = None,
+        diag_every: int = 0,
     ):
         super().__init__()
         self.encoder = custom_encoder if custom_encoder is not None else MultiEncoder(
@@ -60,6 +62,8 @@ class DreamerWorldModel(nn.Module):
         self.reward = RewardHead(feat, **reward_head)
         self.cont = ContinueHead(feat, **cont_head)
         self.scales = dict(loss_scales)
+        self.diag_every = int(diag_every)
+        self._loss_calls = 0
 
     def encode(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.encoder(obs)
@@ -87,7 +91,22 @@ class DreamerWorldModel(nn.Module):
             ent = -(post["logits"].exp() * post["logits"]).sum((-2, -1)).mean()
             prior_ent = -(prior["logits"].exp() * prior["logits"]).sum((-2, -1)).mean()
         metrics = {"train/post_ent": ent, "train/prior_ent": prior_ent}
+        metrics.update(self.periodic_diagnostics(embed, feat, batch))
         return losses, post, metrics
+
+    def periodic_diagnostics(self, embed, feat, obs) -> dict[str, float]:
+        """Collapse diagnostics on every `diag_every`-th loss call (none when 0)."""
+        self._loss_calls += 1
+        if self.diag_every <= 0 or (self._loss_calls - 1) % self.diag_every:
+            return {}
+        return self.diagnostics(embed, feat, distinct=distinct_rows(obs))
+
+    @torch.no_grad()
+    def diagnostics(self, embed: torch.Tensor, feat: torch.Tensor, warn: bool = True,
+                    distinct: int | None = None, **thresholds: float) -> dict[str, float]:
+        """RankMe, std score and spectrum of the encoder embeddings and RSSM features
+        (`collapse/embed_*`, `collapse/feat_*`), warning on collapse; see `latent_diagnostics`."""
+        return latent_diagnostics({"embed": embed, "feat": feat}, warn, distinct, **thresholds)
 
     def total(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Scaled sum of mean loss terms; `rec_*` terms share the `rec` scale."""

@@ -28,16 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from world_models.diagnostics import check_collapse, collapse_metrics
 from world_models.dreamer import DreamerWorldModel
 from world_models.nets import mlp
 from world_models.rssm import State
 
 # Official VICReg coefficients (Bardes et al. 2022): invariance 25, variance 25, covariance 1.
 VICREG_VAR, VICREG_COV = 25.0, 1.0
-# Below this many distinct embeddings in a batch (e.g. an env with 3 observations) a low rank
-# says nothing about collapse, so the warning is not raised.
-MIN_DISTINCT = 8
 
 
 def layer_norm(x: torch.Tensor) -> torch.Tensor:
@@ -62,14 +58,6 @@ def vicreg_terms(z: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torc
     return var, off.pow(2).sum() / d
 
 
-def distinct_rows(obs: Mapping[str, torch.Tensor], limit: int = 1024) -> int:
-    """Number of distinct observations (image and/or vector) among the first `limit` steps."""
-    parts = [obs[k].reshape(-1, int(obs[k][0, 0].numel())).float()
-             for k in ("image", "vector") if k in obs]
-    rows = torch.cat(parts, -1)[:limit] if parts else torch.zeros(1, 1)
-    return int(torch.unique(rows, dim=0).shape[0])
-
-
 def open_loop_weights(horizon: int, decay: float) -> list[float]:
     """Weights of the k = 1..horizon open-loop terms: decay ** (k - 1), summing to 1."""
     raw = [decay ** (k - 1) for k in range(1, horizon + 1)]
@@ -92,9 +80,10 @@ class JEPAWorldModel(DreamerWorldModel):
         jepa: Mapping,
         discrete: bool,
         custom_encoder: nn.Module | None = None,
+        diag_every: int = 0,
     ):
         super().__init__(obs_shapes, act_dim, rssm, encoder, decoder, reward_head, cont_head,
-                         loss_scales, custom_encoder=custom_encoder)
+                         loss_scales, custom_encoder=custom_encoder, diag_every=diag_every)
         cfg = dict(jepa)
         self.ema = float(cfg["ema"])
         if not 0.0 <= self.ema <= 1.0:
@@ -105,7 +94,6 @@ class JEPAWorldModel(DreamerWorldModel):
         self.weights = open_loop_weights(self.horizon, float(cfg["decay"]))
         self.stop_grad = bool(cfg["stop_grad"])
         self.use_vicreg, self.use_inverse = bool(cfg["vicreg"]), bool(cfg["inverse"])
-        self.diag_every = int(cfg["diag_every"])
         self.probe_stride = int(cfg["probe_stride"])
         if self.probe_stride < 1:
             raise ValueError(f"jepa.probe_stride={self.probe_stride} is invalid; expected >= 1")
@@ -123,7 +111,6 @@ class JEPAWorldModel(DreamerWorldModel):
         for p in self.target_encoder.parameters():
             p.requires_grad_(False)
         self.scales.update(cfg["scales"])
-        self._loss_calls = 0
 
     # -- target encoder ------------------------------------------------------------
     @torch.no_grad()
@@ -207,7 +194,6 @@ class JEPAWorldModel(DreamerWorldModel):
         metrics = self._metrics(post, prior, embed, feat, target, batch)
         if one_step is not None:
             metrics["jepa/pred_1step"] = one_step
-        self._loss_calls += 1
         return losses, post, metrics
 
     @torch.no_grad()
@@ -221,30 +207,8 @@ class JEPAWorldModel(DreamerWorldModel):
             keep = (~is_first[:, 1:].bool()).float()
             err = prediction_error(target[:, :-1], target[:, 1:])
             metrics["jepa/copy_last"] = (keep * err).sum() / keep.sum().clamp(min=1)
-        if self.diag_every > 0 and self._loss_calls % self.diag_every == 0:
-            metrics.update(self.diagnostics(embed, feat, distinct=distinct_rows(obs)))
+        metrics.update(self.periodic_diagnostics(embed, feat, obs))
         return metrics
-
-    @torch.no_grad()
-    def diagnostics(self, embed: torch.Tensor, feat: torch.Tensor, warn: bool = True,
-                    distinct: int | None = None, **thresholds: float) -> dict:
-        """Collapse metrics of the embeddings and RSSM features; warns on collapse.
-        `thresholds` go to `check_collapse` (its defaults otherwise). With `distinct` (the
-        number of distinct observations behind the batch) below MIN_DISTINCT nothing is
-        judged: the rank of such a batch is low by nature."""
-        out: dict[str, float] = {}
-        distinct = MIN_DISTINCT if distinct is None else distinct
-        out["collapse/distinct_obs"] = float(distinct)
-        for name, z in (("embed", embed), ("feat", feat)):
-            z = z.reshape(-1, z.shape[-1])[:1024]
-            prefix = f"collapse/{name}_"
-            m = collapse_metrics(z, prefix=prefix)
-            judge = warn and distinct >= MIN_DISTINCT
-            issues = check_collapse(m, z.shape[-1], z.shape[0], prefix=prefix, warn=judge,
-                                    **thresholds) if distinct >= MIN_DISTINCT else []
-            m[f"{prefix}issues"] = float(len(issues))
-            out.update(m)
-        return out
 
     def total(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Scaled sum of mean loss terms; `probe_rec_*` share the `probe_rec` scale."""

@@ -24,7 +24,7 @@ SMOKE = [
     "--set", "run.prefill=64", "--set", "run.train_ratio=16",
     "--set", "run.log_every=0", "--set", "run.eval_every=1000000",
     "--set", "run.report_every=100", "--set", "run.eval_episodes=1",
-    "--set", "jepa.diag_every=2",
+    "--set", "model.diag_every=2",
 ]
 
 

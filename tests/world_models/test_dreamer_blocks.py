@@ -295,22 +295,27 @@ def test_multi_decoder_shapes_and_loss():
     torch.testing.assert_close(losses["rec_vector"], expect)
 
 
-def world_model(free_nats: float = 1.0) -> DreamerWorldModel:
+def world_model(free_nats: float = 1.0, diag_every: int = 0) -> DreamerWorldModel:
     rssm = {"deter": 32, "hidden": 16, "stoch": 4, "classes": 3, "blocks": 4,
             "free_nats": free_nats}
     head = {"layers": 1, "units": 16}
     return DreamerWorldModel(
         SHAPES, act_dim=2, rssm=rssm, encoder=SMALL, decoder=SMALL, reward_head=head,
-        cont_head=head, loss_scales={"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1})
+        cont_head=head, loss_scales={"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1},
+        diag_every=diag_every)
+
+
+def wm_batch(B: int = 2, T: int = 4) -> dict[str, torch.Tensor]:
+    return {**obs_batch(B, T), "action": torch.randn(B, T, 2), "reward": torch.randn(B, T),
+            "is_first": torch.tensor([[1, 0, 0, 0], [1, 0, 1, 0]], dtype=torch.bool),
+            "is_terminal": torch.tensor([[0, 0, 0, 1], [0, 0, 0, 0]], dtype=torch.bool)}
 
 
 def test_world_model_loss_terms():
     torch.manual_seed(0)
     wm = world_model()
     B, T = 2, 4
-    batch = {**obs_batch(B, T), "action": torch.randn(B, T, 2), "reward": torch.randn(B, T),
-             "is_first": torch.tensor([[1, 0, 0, 0], [1, 0, 1, 0]], dtype=torch.bool),
-             "is_terminal": torch.tensor([[0, 0, 0, 1], [0, 0, 0, 0]], dtype=torch.bool)}
+    batch = wm_batch(B, T)
     losses, post, metrics = wm.loss(batch)
     assert set(losses) == {"dyn", "rep", "rec_image", "rec_vector", "rew", "con"}
     for name, value in losses.items():
@@ -329,3 +334,17 @@ def test_world_model_loss_terms():
                  "reward.net.3.weight", "cont.net.0.weight", "rssm.post_net.0.weight"):
         grad = dict(wm.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_world_model_collapse_diagnostics_every_n_loss_calls():
+    # diag_every=2: calls 1 and 3 carry RankMe / std score of embeddings and features.
+    torch.manual_seed(0)
+    wm = world_model(diag_every=2)
+    batch = wm_batch()
+    logged = [wm.loss(batch)[2] for _ in range(3)]
+    assert ["collapse/embed_rankme" in m for m in logged] == [True, False, True]
+    m = logged[0]
+    # 8 distinct observations, embedding of 4*4*4 + 16 dims, feature 32 + 4*3.
+    assert m["collapse/distinct_obs"] == 8 and m["collapse/embed_dim"] == 80
+    assert m["collapse/feat_dim"] == 44
+    assert 1.0 <= m["collapse/embed_rankme"] <= 8.0 and 0 < m["collapse/feat_std_score"]

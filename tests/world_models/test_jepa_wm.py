@@ -6,13 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from world_models.diagnostics import CollapseWarning
-from world_models.jepa_wm import (
-    JEPAWorldModel,
-    distinct_rows,
-    open_loop_weights,
-    prediction_error,
-)
+from world_models.diagnostics import CollapseWarning, distinct_rows
+from world_models.jepa_wm import JEPAWorldModel, open_loop_weights, prediction_error
 
 torch.set_num_threads(1)
 
@@ -25,7 +20,7 @@ SCALES = dict(rec=1.0, rew=1.0, con=1.0, dyn=1.0, rep=0.1)
 def jepa_cfg(**over):
     cfg = dict(ema=0.995, stop_grad=True, horizon=3, decay=0.5,
                predictor=dict(layers=1, units=32), vicreg=True, inverse=True,
-               probe_decoder=False, probe_stride=2, diag_every=0,
+               probe_decoder=False, probe_stride=2,
                scales=dict(jepa_post=1.0, jepa_open=1.0, vicreg=0.04, inverse=1.0,
                            probe_rec=1.0))
     cfg.update(over)
