@@ -2,7 +2,7 @@
 and env steps per second while collecting with the policy.
 
     python -m benchmarks.throughput [--rows all|1m-state,12m-pixels,peer-state,...,collect]
-        [--updates 3] [--device auto|cpu|cuda] [--threads 0]
+        [--updates 3] [--device auto|cpu|cuda] [--threads 0] [--set KEY=VALUE ...]
 
 Updates use synthetic [16, 64] batches (uint8 images, float vectors), so no replay is
 involved. Rows: the 1m and 12m presets with state (24-d vector, 6-d continuous action,
@@ -11,7 +11,9 @@ walker-like) or 64x64x3 pixels, and the model size of the peer implementation
 also with stride-2 convs as the peer's CNN has (`peer-pixels-strided`). Rows named `jepa-*`
 time the JEPA agent (no pixel decoder in the update) at the same size, for the jepa vs
 dreamerv3 comparison. `all` is every row but `peer-state`. `collect` times `dmc:walker-walk`
-(state) with 4 envs and the 1m agent's policy.
+(state) with 4 envs and the 1m agent's policy. `--set` applies config overrides to every
+model row, e.g. `--set model.encoder.strided=true --set model.decoder.strided=true` to time
+the strided CNN that the CPU pixel runs use.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 from agents.base import make_agent
-from agents.config import load_config
+from agents.config import ConfigError, load_config
 from agents.dreamerv3 import DreamerV3Agent
 from agents.train import select_device
 
@@ -103,9 +105,10 @@ def spaces(pixels: bool) -> tuple[gym.spaces.Dict, gym.spaces.Box]:
     return gym.spaces.Dict(obs), gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32)
 
 
-def build_agent(row: Row, device: torch.device, precision: str) -> DreamerV3Agent:
+def build_agent(row: Row, device: torch.device, precision: str,
+                sets: Sequence[str] = ()) -> DreamerV3Agent:
     spec = "dmc:walker-walk-pixels" if row.pixels else "dmc:walker-walk"
-    cfg = load_config(spec, size=row.size, agent=row.agent, sets=list(row.sets))
+    cfg = load_config(spec, size=row.size, agent=row.agent, sets=[*row.sets, *sets])
     obs_space, act_space = spaces(row.pixels)
     return make_agent(row.agent, obs_space, act_space, cfg, device=device,
                       precision=precision)
@@ -165,7 +168,7 @@ def one_obs(pixels: bool, n: int, first: bool) -> dict[str, np.ndarray]:
 def bench_row(name: str, args: argparse.Namespace, device: torch.device, precision: str
               ) -> dict[str, object]:
     row = ROWS[name]
-    agent = build_agent(row, device, precision)
+    agent = build_agent(row, device, precision, args.set)
     batch = synthetic_batch(row.pixels, args.batch, args.length)
     update_s = timed(lambda: agent.train(batch), args.updates, args.warmup, device)
     _, carry = agent.policy(one_obs(row.pixels, 1, True), None)
@@ -229,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="timed vector steps for the collect row")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every model row (repeatable)")
     args = parser.parse_args(argv)
     try:
         rows = parse_rows(args.rows)
@@ -237,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 raise BenchmarkArgError(f"--{key.replace('_', '-')} must be >= 1")
         if args.warmup < 0 or args.threads < 0:
             raise BenchmarkArgError("--warmup and --threads must be >= 0")
-    except BenchmarkArgError as e:
+        load_config("dmc:walker-walk", size="1m", sets=args.set)  # bad keys fail here
+    except (BenchmarkArgError, ConfigError) as e:
         parser.error(str(e))
     device, precision = select_device(args.device, "auto")
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
@@ -256,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     models = [name for name in rows if name != COLLECT]
     if models:
+        if args.set:
+            print(f"\nEvery row with {' '.join(args.set)}")
         print("\n" + table_header(args), flush=True)
     for name in models:
         print(table_row(bench_row(name, args, device, precision)), flush=True)

@@ -25,3 +25,21 @@ def test_tiny_rows_print_agent_params_and_seconds(capsys):
     for cells in by_row.values():
         assert cells[3].endswith("M") and float(cells[3][:-1]) > 0
         assert float(cells[5]) > 0 and float(cells[6]) > 0
+
+
+def test_set_overrides_every_row_and_bad_keys_are_refused(capsys):
+    tiny = ["--batch", "2", "--length", "4", "--updates", "1", "--warmup", "0",
+            "--policy-calls", "1", "--threads", "1", "--device", "cpu"]
+    main(["--rows", "1m-pixels", *tiny, "--set", "model.encoder.depth=2",
+          "--set", "model.decoder.depth=2"])
+    out = capsys.readouterr().out
+    assert "Every row with model.encoder.depth=2 model.decoder.depth=2" in out
+    small = float(next(ln for ln in out.splitlines() if ln.startswith("| 1m-pixels"))
+                  .split("|")[4].strip()[:-1])
+    main(["--rows", "1m-pixels", *tiny])
+    default = float(next(ln for ln in capsys.readouterr().out.splitlines()
+                         if ln.startswith("| 1m-pixels")).split("|")[4].strip()[:-1])
+    assert small < default  # a narrower CNN: fewer world-model parameters
+    with pytest.raises(SystemExit):
+        main(["--rows", "1m-pixels", *tiny, "--set", "model.encoder.dept=2"])
+    assert "model.encoder.depth" in capsys.readouterr().err
