@@ -25,7 +25,9 @@ def test_layering_domain_and_size_presets():
     assert cfg.domain == "dmc_proprio" and cfg.size == "1m"
     assert cfg.env.spec == "dmc:walker-walk"
     assert cfg.env.options == {"obs": "state", "repeat": 2}
-    assert cfg.run.train_ratio == 64 and cfg.run.steps == 500000
+    assert cfg.run.train_ratio == 128 and cfg.run.steps == 500000
+    # The preset's lr merges into the defaults' opt section, which keeps its other keys.
+    assert cfg.opt.lr == pytest.approx(3e-4) and cfg.opt.agc == 0.3
     # 1m preset reaches every network width.
     assert cfg.model.rssm.deter == 512 and cfg.model.rssm.hidden == 64
     assert cfg.model.rssm.classes == 4
