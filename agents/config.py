@@ -138,9 +138,11 @@ class Config(Mapping):
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> Config:
-        """Read a config written by :func:`save_config` (no layering or checks)."""
+        """Read a config written by :func:`save_config`. Keys added to `defaults.yaml` since
+        the run was written take their default, so older runs still load; nothing else is
+        layered or checked."""
         data = _read_yaml(Path(path))
-        return cls(data)
+        return cls(_merge(_read_yaml(CONFIG_DIR / "defaults.yaml"), data))
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:

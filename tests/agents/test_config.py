@@ -131,3 +131,16 @@ def test_save_and_read_back(tmp_path):
     back = Config.from_yaml(tmp_path / "run" / "config.yaml")
     assert back == cfg
     assert back.opt.lr == pytest.approx(3e-5)
+
+
+def test_reading_a_run_written_before_a_key_existed(tmp_path):
+    # A run's config.yaml from before `model.diag_every` was added still loads, with the
+    # default for the new key and the run's own values elsewhere.
+    cfg = load_config("dmc:walker-walk", sets=["opt.lr=3e-5"])
+    old = cfg.to_dict()
+    del old["model"]["diag_every"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))
+    back = Config.from_yaml(path)
+    assert back.model.diag_every == 100 and back.opt.lr == pytest.approx(3e-5)
+    assert back.run.train_ratio == 128 and back == cfg
