@@ -1,7 +1,7 @@
 """Collapse diagnostics of trained agents, compared on equal footing: RankMe and std score of
 the encoder's embeddings and of the RSSM features, on fresh evaluation episodes of each
-run's own env (distractors included), for any agent (`dreamerv3` logs no diagnostics while
-training; `jepa` logs them only on replay batches).
+run's own env (distractors included), for any agent (the `collapse/*` training metrics of
+both agents are measured on replay batches instead).
 
     python -m benchmarks.collapse RUN [RUN ...] [--steps 1000] [--seed 1000] [--out FILE.md]
 
