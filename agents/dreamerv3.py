@@ -61,7 +61,7 @@ def build_encoder(encoder_cfg: Mapping, shapes: Mapping, mlp_kwargs: Mapping) ->
     if IMAGE_KEY not in shapes:
         raise ValueError(f"encoder '{name}' needs image observations; this env has "
                          f"{sorted(shapes)} (use --obs pixels)")
-    from world_models.jepa import load_encoder
+    from world_models.vit_jepa import load_encoder
 
     mode = encoder_cfg["mode"]
     if mode not in ("frozen", "finetune"):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from world_models.diagnostics import check_collapse, collapse_metrics, eigen_spectrum
-from world_models.jepa import JEPA, JEPAConfig, make_config, save_encoder
+from world_models.vit_jepa import JEPA, JEPAConfig, make_config, save_encoder
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 VIDEO_EXTS = {".mp4", ".gif", ".avi", ".mov", ".mkv", ".webm"}

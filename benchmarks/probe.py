@@ -29,7 +29,7 @@ from agents.jepa_pretrain import (
     sample_clips,
 )
 from world_models.diagnostics import collapse_metrics
-from world_models.jepa import JEPA, JEPAConfig, ViT, ViTConfig, make_config
+from world_models.vit_jepa import JEPA, JEPAConfig, ViT, ViTConfig, make_config
 
 LAMBDAS = np.logspace(-3, 4, 15)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from agents.cli import run_main
-from world_models.jepa import ViT, make_config, save_encoder
+from world_models.vit_jepa import ViT, make_config, save_encoder
 
 SMOKE = [
     "--size", "1m", "--envs", "2", "--steps", "120", "--obs", "pixels",

@@ -88,7 +88,7 @@ def test_dmc_pixels_with_distractor_and_probe_video(tmp_path):
 
 
 def test_pretrained_jepa_vit_finetuned_with_ema_target(tmp_path):
-    from world_models.jepa import ViT, make_config, save_encoder
+    from world_models.vit_jepa import ViT, make_config, save_encoder
 
     path = tmp_path / "encoder.pt"
     save_encoder(path, ViT(make_config("tiny", (64, 64, 3), width=32, depth=1, heads=2)))

@@ -7,7 +7,7 @@ import torch
 
 from agents import jepa_pretrain
 from agents.jepa_pretrain import clip_starts, load_folder_frames, main
-from world_models.jepa import load_encoder
+from world_models.vit_jepa import load_encoder
 
 ARGS = ["--frames", "40", "--steps", "4", "--batch", "4", "--diag-every", "2",
         "--ckpt-every", "2", "--holdout", "8", "--threads", "1"]

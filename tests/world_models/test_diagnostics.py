@@ -9,7 +9,7 @@ from world_models.diagnostics import (
     rankme,
     std_score,
 )
-from world_models.jepa import JEPAEncoder, ViT, make_config
+from world_models.vit_jepa import JEPAEncoder, ViT, make_config
 
 
 def test_rankme_known_rank():

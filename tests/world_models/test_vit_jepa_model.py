@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from world_models.jepa import JEPA, JEPAConfig, Predictor, make_config, vicreg_terms
-from world_models.jepa.vit import ConfigError
+from world_models.vit_jepa import JEPA, JEPAConfig, Predictor, make_config, vicreg_terms
+from world_models.vit_jepa.vit import ConfigError
 
 
 def _tiny(fpc: int = 1) -> JEPA:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from world_models.jepa import (
+from world_models.vit_jepa import (
     EncoderSpecError,
     ViT,
     load_encoder,

@@ -1,6 +1,6 @@
 import torch
 
-from world_models.jepa.masking import MaskConfig, sample_masks
+from world_models.vit_jepa.masking import MaskConfig, sample_masks
 
 
 def _rect(idx: torch.Tensor, gw: int) -> tuple[int, int, bool]:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from world_models.jepa.vit import ViT, ViTConfig
+from world_models.vit_jepa.vit import ViT, ViTConfig
 
 FORMAT = "dreamjepa-jepa-encoder"
 VERSION = 1

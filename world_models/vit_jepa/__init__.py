@@ -1,6 +1,6 @@
 """JEPA perception: ViT encoder, multi-block masking, EMA-target pretraining, encoder adapters."""
 
-from world_models.jepa.encoder import (
+from world_models.vit_jepa.encoder import (
     EncoderSpecError,
     JEPAEncoder,
     VJEPA2Encoder,
@@ -8,9 +8,9 @@ from world_models.jepa.encoder import (
     read_encoder_file,
     save_encoder,
 )
-from world_models.jepa.masking import MaskConfig, sample_masks
-from world_models.jepa.model import JEPA, JEPAConfig, Predictor, vicreg_terms
-from world_models.jepa.vit import PRESETS, ConfigError, ViT, ViTConfig, make_config
+from world_models.vit_jepa.masking import MaskConfig, sample_masks
+from world_models.vit_jepa.model import JEPA, JEPAConfig, Predictor, vicreg_terms
+from world_models.vit_jepa.vit import PRESETS, ConfigError, ViT, ViTConfig, make_config
 
 __all__ = [
     "PRESETS",

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from world_models.jepa.masking import MaskConfig, sample_masks
-from world_models.jepa.vit import ViT, ViTConfig, gather_tokens, sincos_pos_embed, transformer
+from world_models.vit_jepa.masking import MaskConfig, sample_masks
+from world_models.vit_jepa.vit import ViT, ViTConfig, gather_tokens, sincos_pos_embed, transformer
 
 
 @dataclass(frozen=True)
