@@ -21,10 +21,26 @@ def _fail(err: BaseException) -> int:
 
 
 def run_main(argv: Sequence[str] | None = None) -> int:
-    from agents.train import run
+    from agents.cli_args import build_config, parse_run_args
 
+    args = parse_run_args(argv)
     try:
-        logdir = run(argv)
+        if getattr(args, "list_envs", None) is not None:
+            import envs
+
+            print("\n".join(envs.list_envs(args.list_envs or None)))
+            return 0
+        if not args.env:
+            raise ValueError("--env is required (e.g. --env dmc:walker-walk); "
+                             "--list-envs shows the specs")
+        cfg = build_config(args)
+        from agents.train import run_dir, train
+
+        if getattr(args, "print_config", False):
+            print(cfg.to_yaml(), end="")
+            print(f"# run directory: {run_dir(cfg).path}")
+            return 0
+        logdir = train(cfg)
     except USER_ERRORS as err:
         return _fail(err)
     print(f"run directory: {logdir}")

@@ -13,7 +13,7 @@ def run_parser() -> argparse.ArgumentParser:
         prog="dreamer-run",
         description="Train a model-based agent on an environment given by a spec string. "
         "Rerunning the same command with the same --logdir resumes.")
-    p.add_argument("--env", required=True,
+    p.add_argument("--env", default=None,
                    help="env spec: dmc:walker-walk, atari100k:pong, gym:CartPole-v1, "
                         "minigrid:MiniGrid-DoorKey-5x5-v0, gym:pkg.module:Class")
     p.add_argument("--agent", default=None, help="agent name: dreamerv3 (default) or jepa")
@@ -32,6 +32,10 @@ def run_parser() -> argparse.ArgumentParser:
                    help="YAML file of config overrides (repeatable, applied in order)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                    help="dotted config override, e.g. --set run.train_ratio=64 (repeatable)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config and the run directory, build nothing, exit")
+    p.add_argument("--list-envs", nargs="?", const="", default=None, metavar="SUITE",
+                   help="list the env specs (of one suite: dmc, atari100k, ...) and exit")
     return p
 
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from agents.rundir import atomic_write
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -60,6 +61,71 @@ _Loader.add_implicit_resolver(
 
 def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+
+
+# ---------------------------------------------------------------- dotted keys
+# The one set of helpers for dotted config keys ("run.train_ratio"), used by the CLI,
+# the sweep and the benchmark runners.
+
+
+def parse_value(text: str) -> Any:
+    """A value from text as a YAML file would read it (`1e-4` a float, `true` a bool);
+    text YAML cannot parse stays a string, for the type check to judge."""
+    if not text.strip():
+        return ""
+    try:
+        return _yaml_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`key=value` -> (dotted key, parsed value); ConfigError when there is no `=`."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key=value, got '{item}'")
+    return key.strip(), parse_value(raw)
+
+
+def get_dotted(data: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    """The value at a dotted key of nested mappings, or `default`."""
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key in nested dicts, creating the sections on the way."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
+
+
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys -> nested dicts, recursively: {"opt.lr": 1} -> {"opt": {"lr": 1}}.
+    A key below a plain value (`opt` = 1 and `opt.lr`) is a ConfigError."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        value = nest(value) if isinstance(value, Mapping) else value
+        *parents, leaf = str(key).split(".")
+        node = out
+        for i, part in enumerate(parents):
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                where = ".".join(parents[: i + 1])
+                raise ConfigError(f"config key '{key}' clashes with a value at '{where}'")
+            node = nxt
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf] = _merge(node[leaf], value)
+        elif leaf in node and isinstance(node[leaf], dict):
+            raise ConfigError(f"config key '{key}' clashes with the section at '{key}'")
+        else:
+            node[leaf] = value
+    return out
 
 
 def _freeze(value: Any) -> Any:
@@ -118,12 +184,7 @@ class Config(Mapping):
 
     def get(self, key: str, default: Any = None) -> Any:
         """Value at a dotted path (``cfg.get("run.steps")``), or ``default``."""
-        node: Any = self
-        for part in key.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                return default
-            node = node[part]
-        return node
+        return get_dotted(self, key, default)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dicts and lists (safe to dump, pickle or mutate)."""
@@ -147,16 +208,7 @@ class Config(Mapping):
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(cfg.to_yaml())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, cfg.to_yaml())
 
 
 def domain_for(spec: str, options: Mapping[str, Any]) -> str:
@@ -179,17 +231,19 @@ def load_config(
     files: Sequence[str | os.PathLike] | None = (),
     flags: Mapping[str, Any] | None = None,
     sets: Sequence[str] | None = (),
+    overrides: Mapping[str, Any] | None = None,
     extra_defaults: Mapping[str, Any] | None = None,
 ) -> Config:
     """Resolve the layered config for ``env_spec``; raises ConfigError on bad input.
 
     ``size``/``agent`` act like CLI flags (they beat files, lose to ``sets``);
-    ``flags`` maps dotted keys to values (``None`` values are skipped);
-    ``extra_defaults`` adds sections or keys to the schema (e.g. for other agents).
+    ``flags`` maps dotted keys to values (``None`` values are skipped); ``sets`` are
+    ``key=value`` strings; ``overrides`` maps dotted keys to values and comes last (the
+    Python way to say ``--set``); ``extra_defaults`` adds sections or keys to the schema.
     """
     defaults = _read_yaml(CONFIG_DIR / "defaults.yaml")
     if extra_defaults:
-        defaults = _merge(defaults, _expand(dict(extra_defaults)))
+        defaults = _merge(defaults, nest(dict(extra_defaults)))
     sizes = _read_yaml(CONFIG_DIR / "sizes.yaml")
     domains = _read_yaml(CONFIG_DIR / "domains.yaml")
 
@@ -199,14 +253,15 @@ def load_config(
         data = _read_yaml(Path(file))
         if not isinstance(data, Mapping):
             raise ConfigError(f"config file {file} must hold a mapping, got {type(data).__name__}")
-        layers.append((str(file), _expand(data)))
+        layers.append((str(file), nest(data)))
     cli = {k: v for k, v in (flags or {}).items() if v is not None}
     if size is not None:
         cli = {"size": size, **cli}
     if agent is not None:
         cli = {"agent": agent, **cli}
-    layers.append(("flags", _expand(cli)))
-    layers.append(("--set", _expand(dict(_parse_set(s) for s in sets or ()))))
+    layers.append(("flags", nest(cli)))
+    layers.append(("--set", nest(dict(parse_override(s) for s in sets or ()))))
+    layers.append(("overrides", nest(dict(overrides or {}))))
 
     user: dict[str, Any] = {}
     explicit: set[str] = set()
@@ -219,7 +274,7 @@ def load_config(
     domain = user.get("domain") or defaults.get("domain") or domain_for(env_spec, options)
     if domain not in domains:
         raise ConfigError(f"unknown domain '{domain}'; valid domains: {', '.join(domains)}")
-    preset = _check(_expand(domains[domain]), defaults, prefix="")
+    preset = _check(nest(domains[domain]), defaults, prefix="")
 
     cfg = _merge(defaults, preset)
     size_name = str(user.get("size", cfg["size"]))
@@ -228,13 +283,65 @@ def load_config(
     for field, keys in SIZE_KEYS.items():
         for key in keys:
             if key not in explicit and _has(defaults, key):
-                _set(cfg, key, _check_value(key, sizes[size_name][field], _lookup(defaults, key)))
+                value = _check_value(key, sizes[size_name][field], get_dotted(defaults, key))
+                set_dotted(cfg, key, value)
 
     cfg = _merge(cfg, user)
     cfg["domain"] = domain
     cfg["size"] = size_name
     cfg["env"]["spec"] = env_spec
+    check_ranges(cfg)
     return Config(cfg)
+
+
+# Numeric keys and the values they allow: (lowest, highest, whether lowest itself is allowed).
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "seed": (0, float("inf"), True),
+    "threads": (0, 4096, True),
+    "env.num_envs": (1, 4096, True),
+    "env.eval_envs": (1, 4096, True),
+    "run.steps": (1, float("inf"), True),
+    "run.train_ratio": (0, float("inf"), False),
+    "run.prefill": (0, float("inf"), True),
+    "run.log_every": (0, float("inf"), True),
+    "run.save_every": (0, float("inf"), False),
+    "run.eval_every": (1, float("inf"), True),
+    "run.eval_episodes": (0, float("inf"), True),
+    "run.report_every": (1, float("inf"), True),
+    "replay.size": (1, float("inf"), True),
+    "replay.batch_size": (1, 65536, True),
+    "replay.batch_length": (2, 65536, True),
+    "replay.recency": (0, 1, True),
+    "opt.lr": (0, 1, False),
+    "opt.agc": (0, float("inf"), False),
+    "opt.eps": (0, 1, False),
+    "opt.beta1": (0, 1, True),
+    "opt.beta2": (0, 1, True),
+    "opt.warmup": (0, float("inf"), True),
+    "actor_critic.imag_length": (1, 1000, True),
+    "actor_critic.horizon": (1, float("inf"), False),
+    "actor_critic.lam": (0, 1, True),
+    "actor_critic.slow_rate": (0, 1, True),
+    "model.rssm.deter": (1, float("inf"), True),
+    "model.rssm.hidden": (1, float("inf"), True),
+    "model.rssm.stoch": (1, float("inf"), True),
+    "model.rssm.classes": (1, float("inf"), True),
+    "model.rssm.blocks": (1, float("inf"), True),
+    "model.diag_every": (0, float("inf"), True),
+}
+
+
+def check_ranges(cfg: Mapping[str, Any]) -> None:
+    """ConfigError (one line) for the first numeric key outside its range."""
+    for key, (lo, hi, lo_ok) in RANGES.items():
+        value = get_dotted(cfg, key)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if (value > lo or (lo_ok and value == lo)) and value <= hi:
+            continue
+        low = f">= {lo:g}" if lo_ok else f"> {lo:g}"
+        allowed = low if hi == float("inf") else f"{low} and <= {hi:g}"
+        raise ConfigError(f"config key '{key}' = {value!r} is out of range; allowed: {allowed}")
 
 
 # ---------------------------------------------------------------- helpers
@@ -251,37 +358,6 @@ def _read_yaml(path: Path) -> Any:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"config file {path} is not valid YAML: {first}") from None
     return {} if data is None else data
-
-
-def _parse_set(item: str) -> tuple[str, Any]:
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set expects key=value, got '{item}'")
-    try:
-        value = _yaml_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw  # an unparseable value stays a string; the type check judges it
-    return key.strip(), value
-
-
-def _expand(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Turn dotted keys (``{"run.steps": 1}``) into nested dicts, recursively."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        value = _expand(value) if isinstance(value, Mapping) else value
-        parts = str(key).split(".")
-        node = out
-        for part in parts[:-1]:
-            nxt = node.get(part)
-            if not isinstance(nxt, dict):
-                nxt = node[part] = {}
-            node = nxt
-        leaf = parts[-1]
-        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
-            node[leaf] = _merge(node[leaf], value)
-        else:
-            node[leaf] = value
-    return out
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -308,23 +384,7 @@ def _flatten(data: Mapping[str, Any], free_form: Sequence[str], prefix: str = ""
 
 
 def _has(data: Mapping[str, Any], key: str) -> bool:
-    return _lookup(data, key, _MISSING) is not _MISSING
-
-
-def _lookup(data: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    node: Any = data
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def _set(data: dict[str, Any], key: str, value: Any) -> None:
-    *parents, leaf = key.split(".")
-    for part in parents:
-        data = data[part]
-    data[leaf] = value
+    return get_dotted(data, key, _MISSING) is not _MISSING
 
 
 def _all_keys(schema: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -339,11 +399,16 @@ def _all_keys(schema: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 def _unknown(key: str, schema_root: Mapping[str, Any]) -> ConfigError:
     valid = _all_keys(schema_root)
-    # Prefer keys at the same depth: 'model.rssm.foo' should not suggest 'model.rssm'.
-    same_depth = [k for k in valid if k.count(".") == key.count(".")]
-    hint = difflib.get_close_matches(key, same_depth, n=1, cutoff=0.6)
-    if hint:
-        return ConfigError(f"unknown config key '{key}'; did you mean '{hint[0]}'?")
+    ratio = lambda a, b: difflib.SequenceMatcher(None, a, b).ratio()
+    # Candidates: keys at the same depth ('model.rssm.foo' should not suggest 'model.rssm'),
+    # and keys anywhere whose leaf name is close ('model.dter' -> 'model.rssm.deter').
+    leaf, top = key.rpartition(".")[2], key.partition(".")[0]
+    scored = [(ratio(key, k), k) for k in valid if k.count(".") == key.count(".")]
+    scored += [(ratio(leaf, k.rpartition(".")[2]) - 0.01 * (not k.startswith(top + ".")), k)
+               for k in valid if "." in key]
+    best = max(scored, default=(0.0, ""))
+    if best[0] >= 0.6:
+        return ConfigError(f"unknown config key '{key}'; did you mean '{best[1]}'?")
     parent = key.rpartition(".")[0]
     siblings = [k for k in valid if k.rpartition(".")[0] == parent]
     return ConfigError(f"unknown config key '{key}'; valid keys here: {', '.join(siblings)}")

@@ -8,7 +8,8 @@ import envs
 from agents.base import Agent, make_agent
 from agents.checkpoint import CheckpointError, load_checkpoint
 from agents.config import Config
-from agents.train import CKPT_DIR, select_device
+from agents.rundir import CHECKPOINT as CKPT_DIR
+from agents.runtime import select_device
 
 
 def find_run(path: str | Path) -> tuple[Path, Path]:

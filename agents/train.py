@@ -1,40 +1,40 @@
-"""The training loop behind `dreamer-run`: collect, replay, train at a fixed
-ratio, evaluate, log, checkpoint and resume."""
+"""The training loop behind `dreamer-run`: collect, replay, train at a fixed ratio,
+evaluate, log, checkpoint and resume.
+
+`train(cfg)` is the API: it takes a resolved `Config` (see `agents.config.load_config`);
+argv belongs to the CLI alone. `build_parts` makes the env, agent, replay and logger, and
+`Trainer` receives them, so a test can hand it a fake agent.
+"""
 
 from __future__ import annotations
 
-import os
-import random
-import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import envs
-from agents.base import make_agent
+from agents.base import Agent, make_agent
 from agents.checkpoint import GracefulExit, load_checkpoint, save_checkpoint
-from agents.cli_args import build_config, parse_run_args
 from agents.collector import Collector
-from agents.config import Config, save_config
+from agents.config import Config, ConfigError, save_config
 from agents.logger import Progress, RunLogger, open_loop_video
+from agents.rundir import AGENT_FILE, REPLAY, RunDir
+from agents.runtime import seed_everything, select_device, set_threads
+from agents.schedules import Every, Ratio
 from replay import SequenceReplay
 
-CKPT_DIR = "checkpoint"
+Report = Callable[[dict], None]
 
-
-def select_device(device: str, precision: str) -> tuple[torch.device, str]:
-    """CUDA when present (bf16 autocast), else CPU with fp32."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if precision == "auto":
-        precision = "bf16" if dev.type == "cuda" else "fp32"
-    return dev, precision
+# Keys a resumed run may change: they steer logging, evaluation, budget and speed, not what
+# the checkpoint holds. Any other difference from the run's config.yaml is refused.
+RESUMABLE = ("logdir", "device", "precision", "threads", "env.eval_envs", "model.diag_every",
+             "run.steps", "run.log_every", "run.save_every", "run.eval_every",
+             "run.eval_episodes", "run.report_every", "run.video")
 
 
 def default_logdir(cfg: Config) -> Path:
@@ -45,20 +45,28 @@ def default_logdir(cfg: Config) -> Path:
     return Path("runs") / spec / f"{cfg.agent}-{cfg.size}-seed{cfg.seed}"
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def run_dir(cfg: Config, logdir: str | Path | None = None) -> RunDir:
+    """The run directory: `logdir`, else the config's `logdir`, else the default layout."""
+    return RunDir(logdir or cfg.logdir or default_logdir(cfg))
 
 
-def build(cfg: Config, device: torch.device, precision: str, num_envs: int | None = None,
-          **env_kwargs: Any):
-    """Vector env and agent for a resolved config."""
-    env = envs.make_vector(cfg.env.spec, num_envs or cfg.env.num_envs, seed=cfg.seed,
-                           **cfg.env.options.to_dict(), **env_kwargs)
-    agent = make_agent(cfg.agent, env.single_observation_space, env.single_action_space, cfg,
-                       device=device, precision=precision)
-    return env, agent
+def resume_changes(cfg: Config, run: RunDir) -> dict[str, tuple[Any, Any]]:
+    """Keys whose value differs from the run's saved config: {key: (old, new)}. Raises a
+    one-line ConfigError when one of them may not change on resume."""
+    if not run.exists():
+        return {}
+    old, new = Config.from_yaml(run.config).flat(), cfg.flat()
+    changed = {k: (old.get(k), v) for k, v in new.items()
+               if (k in old or k.startswith("env.options.")) and old.get(k) != v}
+    changed.update({k: (v, None) for k, v in old.items()
+                    if k.startswith("env.options.") and k not in new})
+    refused = [k for k in changed if k not in RESUMABLE]
+    if refused:
+        diff = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
+        raise ConfigError(
+            f"{run.path} holds a run trained with a different config ({diff}); resuming may "
+            f"change only {', '.join(RESUMABLE[1:])}: use another --logdir for a new run")
+    return changed
 
 
 def make_eval_env(cfg: Config, num_envs: int, seed: int, video: bool, obs_space):
@@ -69,83 +77,118 @@ def make_eval_env(cfg: Config, num_envs: int, seed: int, video: bool, obs_space)
                             **extra)
 
 
-class Trainer:
-    """State of one training run; `run()` drives it to `run.steps` agent steps."""
+@dataclass
+class Parts:
+    """What a training run is made of."""
 
-    def __init__(self, cfg: Config, logdir: Path, report: Callable[[dict], None] | None = None):
-        self.cfg, self.logdir, self.report_fn = cfg, logdir, report
-        self.device, precision = select_device(cfg.device, cfg.precision)
-        torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
-        seed_everything(cfg.seed)
-        self.env, self.agent = build(cfg, self.device, precision)
+    env: Any
+    agent: Agent
+    replay: SequenceReplay
+    logger: RunLogger
+
+
+def build_parts(cfg: Config, run: RunDir) -> Parts:
+    """Env and agent first, so that a bad spec or agent leaves no run directory behind;
+    then the directory, the replay and the logger."""
+    device, precision = select_device(cfg.device, cfg.precision)
+    set_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    env = envs.make_vector(cfg.env.spec, cfg.env.num_envs, seed=cfg.seed,
+                           **cfg.env.options.to_dict())
+    try:
+        agent = make_agent(cfg.agent, env.single_observation_space, env.single_action_space,
+                           cfg, device=device, precision=precision)
+    except BaseException:
+        env.close()
+        raise
+    run.path.mkdir(parents=True, exist_ok=True)
+    rcfg = cfg.replay
+    replay = SequenceReplay(int(rcfg.size), cfg.env.num_envs, recency=rcfg.recency,
+                            seed=cfg.seed,
+                            directory=str(run.path / REPLAY) if rcfg.on_disk else None)
+    return Parts(env, agent, replay, RunLogger(run.path))
+
+
+class Trainer:
+    """One training run over given parts; `run()` drives it to `run.steps` agent steps."""
+
+    def __init__(self, cfg: Config, run: RunDir, parts: Parts, report: Report | None = None):
+        self.cfg, self.rundir, self.report_fn = cfg, run, report
+        self.env, self.agent = parts.env, parts.agent
+        self.replay, self.logger = parts.replay, parts.logger
         self.repeat = int(self.env.metadata.get("action_repeat", 1))
-        self.num_envs = cfg.env.num_envs
-        rcfg = cfg.replay
-        self.replay = SequenceReplay(
-            int(rcfg.size), self.num_envs, recency=rcfg.recency, seed=cfg.seed,
-            directory=str(logdir / "replay") if rcfg.on_disk else None)
-        self.collector = Collector(self.env, self.replay)
+        self.num_envs = int(self.env.num_envs)
         self.counters = {"step": 0, "updates": 0, "train_start": -1, "time": 0.0,
                          "last_eval": 0, "last_report": 0}
-        self.logger = RunLogger(logdir)
-        self._restore()
+        self.collector = Collector(self.env, self.replay)
 
     # -- persistence -------------------------------------------------------------
-    def _restore(self) -> None:
-        ckpt = self.logdir / CKPT_DIR
-        if not ckpt.exists() and (self.logdir / f"{CKPT_DIR}.old").exists():
-            ckpt = self.logdir / f"{CKPT_DIR}.old"  # crashed between the two renames
-        if not (ckpt / "agent.pt").exists():
-            return
-        state = load_checkpoint(ckpt / "agent.pt")
+    def restore(self) -> bool:
+        """Load the latest checkpoint if there is one; whether one was loaded."""
+        folder = self.rundir.latest_checkpoint()
+        if folder is None:
+            self.logger.truncate_after(0)  # a run that died before its first checkpoint
+            return False
+        state = load_checkpoint(folder / AGENT_FILE)
         self.agent.load_state_dict(state["agent"])
         self.counters.update(state["counters"])
-        self.replay.load(ckpt / "replay")
+        self.replay.load(folder / REPLAY)
         self.logger.truncate_after(self.counters["step"])
-        print(f"resumed from {ckpt} at step {self.counters['step']}")
+        return True
 
     def save(self) -> None:
         """Checkpoint agent + optimizer + replay + counters; swapped in atomically."""
-        tmp, final, old = (self.logdir / f"{CKPT_DIR}{s}" for s in (".tmp", "", ".old"))
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_checkpoint(tmp / "agent.pt", {"agent": self.agent.state_dict(),
-                                           "counters": dict(self.counters)})
-        self.replay.save(tmp / "replay")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        def fill(folder: Path) -> None:
+            save_checkpoint(folder / AGENT_FILE, {"agent": self.agent.state_dict(),
+                                                  "counters": dict(self.counters)})
+            self.replay.save(folder / REPLAY)
+
+        self.rundir.write_checkpoint(fill)
         self._status()
 
     def _status(self) -> None:
-        step = self.counters["step"]
-        target = int(self.cfg.run.steps)
+        step, target = self.counters["step"], int(self.cfg.run.steps)
         self.logger.status(step=step, frames=step * self.repeat, target_steps=target,
                            finished=step >= target, updates=self.counters["updates"])
 
+    @property
+    def finished(self) -> bool:
+        return self.counters["step"] >= int(self.cfg.run.steps)
+
     # -- the loop ------------------------------------------------------------------
+    def _updates(self) -> Ratio:
+        """Updates due so that replayed steps (B x T per update) track `train_ratio` per
+        agent step, counted from the collect step in which training started."""
+        c, rcfg = self.counters, self.cfg.replay
+        ratio = Ratio(self.cfg.run.train_ratio / (rcfg.batch_size * rcfg.batch_length))
+        if c["train_start"] >= 0:
+            ratio.start(c["train_start"] - self.num_envs, done=c["updates"])
+        return ratio
+
     def run(self) -> None:
         cfg, c = self.cfg, self.counters
         B, T = cfg.replay.batch_size, cfg.replay.batch_length
-        ratio = cfg.run.train_ratio / (B * T)
-        total = int(cfg.run.steps)
+        updates = self._updates()
+        log_due, save_due = Every(cfg.run.log_every), Every(cfg.run.save_every)
+        eval_due = Every(cfg.run.eval_every, last=c["last_eval"])
+        report_due = Every(cfg.run.report_every, last=c["last_report"])
+        now = time.time()
+        log_due.last = save_due.last = now
         train_policy = lambda obs, carry: self.agent.policy(obs, carry, mode="train")
         random_policy = lambda obs, carry: self.agent.policy(obs, carry, mode="random")
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
         returns: list[float] = []
-        last_log = last_save = time.time()
-        start_time, start_step, start_clock = c["time"], c["step"], time.time()
+        start_time, start_step, start_clock = c["time"], c["step"], now
+        total = int(cfg.run.steps)
         progress = Progress(total, c["step"], self.repeat)
         with GracefulExit() as stop:
             while c["step"] < total and not stop.requested:
                 prefill = c["step"] < cfg.run.prefill
                 for ep in self.collector.collect(random_policy if prefill else train_policy, 1):
                     returns.append(ep["return"])
-                    self.logger.episode({"step": c["step"] + self.num_envs,
-                                         "frames": (c["step"] + self.num_envs) * self.repeat,
+                    step = c["step"] + self.num_envs
+                    self.logger.episode({"step": step, "frames": step * self.repeat,
                                          "return": ep["return"], "length": ep["length"],
                                          "time": c["time"]})
                 c["step"] += self.num_envs
@@ -153,29 +196,28 @@ class Trainer:
                 if not prefill and self.replay.can_sample(T):
                     if c["train_start"] < 0:
                         c["train_start"] = c["step"]
-                    due = int((c["step"] - c["train_start"] + self.num_envs) * ratio) - c["updates"]
-                    for _ in range(max(0, due)):
+                        updates.start(c["step"] - self.num_envs)
+                    for _ in range(updates(c["step"])):
                         for k, v in self.agent.train(self.replay.sample(B, T)).items():
                             sums[k] += v
                             counts[k] += 1
                         c["updates"] += 1
                 progress.update(self.num_envs, last_return=returns[-1] if returns else None)
                 now = time.time()
-                if now - last_log >= cfg.run.log_every or c["step"] >= total:
+                if log_due(now) or self.finished:
                     rate = (c["step"] - start_step) / max(now - start_clock, 1e-6)
                     self._log(sums, counts, returns, rate)
                     sums.clear(), counts.clear(), returns.clear()
-                    last_log = now
-                if c["step"] - c["last_eval"] >= cfg.run.eval_every or c["step"] >= total:
+                if eval_due(c["step"]) or self.finished:
                     self.evaluate()
-                if (c["updates"] and cfg.run.video
-                        and c["step"] - c["last_report"] >= cfg.run.report_every):
+                if c["updates"] and cfg.run.video and report_due(c["step"]):
                     self.open_loop_report()
-                if now - last_save >= cfg.run.save_every:
+                if save_due(now):
                     self.save()
-                    last_save = now
         progress.close()
         self.save()
+
+    def close(self) -> None:
         self.logger.close()
         self.env.close()
 
@@ -220,8 +262,7 @@ class Trainer:
     def open_loop_report(self) -> None:
         c, cfg = self.counters, self.cfg
         c["last_report"] = c["step"]
-        T = cfg.replay.batch_length
-        out = self.agent.report(self.replay.sample(4, T))
+        out = self.agent.report(self.replay.sample(4, cfg.replay.batch_length))
         video = out.pop("openl", None)
         self.logger.scalars(out, c["step"])
         if video is not None:
@@ -231,16 +272,31 @@ class Trainer:
             self.logger.video("openl", frames, c["step"])
 
 
-def run(argv: Sequence[str] | None = None, report: Callable[[dict], None] | None = None) -> Path:
-    """Train as `dreamer-run ARGV` would; returns the run directory.
+def train(cfg: Config, logdir: str | Path | None = None, report: Report | None = None,
+          log: Callable[[str], None] = print) -> Path:
+    """Train (or resume) the run that `cfg` describes; returns the run directory.
 
     `report` receives a flat metrics dict (`step`, `frames`, `episode/return`,
-    `eval/return`, ...) every time metrics are logged (Ray Tune hooks in here)."""
-    args = parse_run_args(argv)
-    cfg = build_config(args)
-    logdir = Path(cfg.logdir) if cfg.logdir else default_logdir(cfg)
-    logdir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, logdir / "config.yaml")
-    trainer = Trainer(cfg, logdir, report)
-    trainer.run()
-    return logdir
+    `eval/return`, ...) every time metrics are logged (Ray Tune hooks in here). The
+    config file is (re)written only once the run's checkpoint has loaded."""
+    run = run_dir(cfg, logdir)
+    changed = resume_changes(cfg, run)
+    parts = build_parts(cfg, run)
+    trainer = Trainer(cfg, run, parts, report)
+    try:
+        resumed = trainer.restore()
+        save_config(cfg, run.config)
+        total, step = int(cfg.run.steps), trainer.counters["step"]
+        if changed:
+            log("applied on resume: " + ", ".join(f"{k} {a!r} -> {b!r}"
+                                                   for k, (a, b) in changed.items()))
+        if resumed and trainer.finished:
+            log(f"already finished ({step} of {total} steps); nothing to do: {run.path}")
+            return run.path
+        if resumed:
+            log(f"resuming from step {step} of {total} ({trainer.counters['updates']} updates)"
+                f": {run.path}")
+        trainer.run()
+    finally:
+        trainer.close()
+    return run.path

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from agents.config import get_dotted
 from benchmarks.reference_tables import ATARI100K_GAMES
 
 __all__ = [
@@ -180,15 +181,6 @@ def read_tdmpc2_csv(path: str | Path, method: str | None = None) -> list[Run]:
     ]
 
 
-def _lookup(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
     lines = path.read_text().splitlines()
@@ -226,7 +218,7 @@ def read_run_dir(
         config = yaml.safe_load((path / "config.yaml").read_text()) or {}
     if task is None:
         for key in ("env.spec", "env.name", "env.id", "run.env", "env"):
-            value = _lookup(config, key)
+            value = get_dotted(config, key)
             if isinstance(value, str) and ":" in value:
                 task = task_id(value)
                 break
@@ -234,8 +226,8 @@ def read_run_dir(
         task = path.parent.name if path.name.startswith("seed_") else path.name
     if seed is None:
         for key in ("seed", "run.seed"):
-            if isinstance(_lookup(config, key), int):
-                seed = _lookup(config, key)
+            if isinstance(get_dotted(config, key), int):
+                seed = get_dotted(config, key)
                 break
     if seed is None:
         match = re.fullmatch(r"seed_(\w+)", path.name)
@@ -244,7 +236,7 @@ def read_run_dir(
         agent = next(
             (
                 v
-                for v in (_lookup(config, "agent.name"), _lookup(config, "agent"))
+                for v in (get_dotted(config, "agent.name"), get_dotted(config, "agent"))
                 if isinstance(v, str)
             ),
             None,

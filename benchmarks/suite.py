@@ -1,7 +1,8 @@
 """Shared suite runner: one Ray task per (task, seed) training run, then one score file.
 
-`benchmarks.atari100k` and `benchmarks.dmc` only say which env specs to run. Each run calls
-`agents.train.run([...])` in its own Ray worker (one run per worker process), writing to
+`benchmarks.atari100k` and `benchmarks.dmc` only say which env specs to run. Each run's
+config is resolved here (bad overrides fail before Ray starts) and trained with
+`agents.train.train(cfg)` in its own Ray worker (one run per worker process), writing to
 `OUT/<task>/seed_<s>/`. Runs whose `status.json` says finished are skipped; unfinished ones
 are started again with the same logdir, which resumes them. A failed run is reported and the
 others go on. At the end every run's scores go to `OUT/scores.json.gz` (official format) and
@@ -11,13 +12,14 @@ the aggregate table to `OUT/summary.md`, with plots beside it.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from agents.config import Config, ConfigError, load_config
+from benchmarks.ray_launch import add_ray_args, gpus_per_task, init_ray
 from benchmarks.scores import Run, ScoreFileError, read_run_dir, read_status, task_id, write_scores
 
 __all__ = [
@@ -39,13 +41,13 @@ class SuiteError(ValueError):
 
 @dataclass
 class RunSpec:
-    """One training run of a suite: env spec, seed, logdir and the `dreamer-run` argv."""
+    """One training run of a suite: env spec, seed, logdir and its resolved config."""
 
     env: str
     seed: int
     logdir: Path
     steps: int
-    argv: list[str] = field(default_factory=list)
+    config: Config
 
     @property
     def task(self) -> str:
@@ -66,7 +68,7 @@ def plan(
     size: str | None = None,
     sets: Sequence[str] = (),
 ) -> list[RunSpec]:
-    """Every (env, seed) run with its argv; agent steps = frames / action repeat."""
+    """Every (env, seed) run with its config; agent steps = frames / action repeat."""
     if seeds < 1:
         raise SuiteError(f"--seeds must be >= 1, got {seeds}")
     if frames < repeat:
@@ -76,13 +78,12 @@ def plan(
     for env in envs:
         for seed in range(seeds):
             logdir = Path(out).resolve() / task_id(env) / f"seed_{seed}"
-            argv = ["--env", env, "--agent", agent, "--steps", str(steps), "--seed", str(seed)]
-            argv += ["--logdir", str(logdir)]
-            if size:
-                argv += ["--size", size]
-            for item in sets:
-                argv += ["--set", item]
-            specs.append(RunSpec(env, seed, logdir, steps, argv))
+            flags = {"run.steps": steps, "seed": seed, "logdir": str(logdir)}
+            try:
+                cfg = load_config(env, size=size, agent=agent, flags=flags, sets=sets)
+            except ConfigError as err:
+                raise SuiteError(str(err)) from None
+            specs.append(RunSpec(env, seed, logdir, steps, cfg))
     return specs
 
 
@@ -92,32 +93,11 @@ def is_finished(logdir: str | Path) -> bool:
     return bool(status and status.get("finished"))
 
 
-def _train(argv: list[str]) -> str:
+def _train(cfg: Config) -> str:
     # Imported in the worker: the driver needs neither torch nor the agents.
-    from agents.train import run
+    from agents.train import train
 
-    return str(run(argv))
-
-
-def init_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Connect to a cluster (`--address`) or start embedded local Ray without a dashboard."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
-    if ray.is_initialized():
-        return
-    # Workers render MuJoCo headless; pass the GL backend on to every worker.
-    env_vars = {k: os.environ.get(k, "egl") for k in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
-    runtime_env = {"env_vars": env_vars}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-    else:
-        ray.init(
-            num_cpus=num_cpus or os.cpu_count() or 1,
-            include_dashboard=False,
-            runtime_env=runtime_env,
-            log_to_driver=False,
-        )
+    return str(train(cfg))
 
 
 def run_suite(
@@ -129,8 +109,7 @@ def run_suite(
     """Run every unfinished spec as a Ray task (Ray must be initialised); name -> outcome."""
     import ray
 
-    if gpus_per_run is None:
-        gpus_per_run = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    gpus_per_run = gpus_per_task(gpus_per_run)
     # max_calls=1: each run gets a fresh worker process, so no state leaks between runs.
     remote = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run, max_calls=1, max_retries=0)(
         _train
@@ -143,7 +122,7 @@ def run_suite(
             log(f"skip  {spec.name}: already finished")
             continue
         spec.logdir.mkdir(parents=True, exist_ok=True)
-        pending[remote.remote(spec.argv)] = (spec, time.time())
+        pending[remote.remote(spec.config)] = (spec, time.time())
     total = len(pending)
     if total:
         log(f"running {total} runs ({cpus_per_run} CPU, {gpus_per_run} GPU each)")
@@ -180,15 +159,7 @@ def add_common_args(parser: argparse.ArgumentParser, frames: int) -> None:
     parser.add_argument("--frames", type=int, default=frames, help="env frames per run")
     parser.add_argument("--agent", default="dreamerv3", help="agent name (dreamerv3, jepa)")
     parser.add_argument("--size", default=None, help="model size preset (default: domain's)")
-    parser.add_argument("--address", default=None, help="Ray cluster address ('auto', host:port)")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of embedded local Ray")
-    parser.add_argument("--cpus-per-run", type=float, default=1.0)
-    parser.add_argument(
-        "--gpus-per-run",
-        type=float,
-        default=None,
-        help="GPUs per run (default: 1 if the cluster has GPUs, else 0)",
-    )
+    add_ray_args(parser, unit="run")
     parser.add_argument("--out", default=None, help="output folder")
     parser.add_argument(
         "--set",
@@ -210,9 +181,6 @@ def add_common_args(parser: argparse.ArgumentParser, frames: int) -> None:
 
 def suite_main(args: argparse.Namespace, envs: Sequence[str], repeat: int, out: str) -> int:
     """Plan, run on Ray, aggregate and print; returns the exit status (1 if a run failed)."""
-    for item in args.sets:
-        if "=" not in item:
-            raise SuiteError(f"--set expects KEY=VALUE, got {item!r}")
     out_dir = Path(args.out or out)
     specs = plan(envs, args.seeds, args.frames, repeat, out_dir, args.agent, args.size, args.sets)
     init_ray(args.address, args.num_cpus)

@@ -32,7 +32,7 @@ import torch
 from agents.base import make_agent
 from agents.config import ConfigError, load_config
 from agents.dreamerv3 import DreamerV3Agent
-from agents.train import select_device
+from agents.runtime import select_device
 
 STATE_DIM, ACT_DIM, IMAGE = 24, 6, (64, 64, 3)
 

@@ -7,16 +7,7 @@ import signal
 import pytest
 
 from agents.cli import eval_main, run_main
-from agents.train import run
-
-# A few hundred steps with a tiny model and batch: checks wiring, not learning.
-SMOKE = [
-    "--size", "1m", "--envs", "2", "--set", "threads=1",
-    "--set", "replay.batch_size=4", "--set", "replay.batch_length=16",
-    "--set", "run.prefill=64", "--set", "run.train_ratio=16",
-    "--set", "run.log_every=0", "--set", "run.eval_every=1000000",
-    "--set", "run.report_every=100", "--set", "run.eval_episodes=1",
-]
+from agents.train import train
 
 
 def _lines(path):
@@ -34,9 +25,9 @@ def _lines(path):
     ],
     ids=["dmc-state", "dmc-pixels", "atari100k", "minigrid"],
 )
-def test_smoke_run_and_eval(tmp_path, spec, extra, capsys):
+def test_smoke_run_and_eval(tmp_path, spec, extra, capsys, smoke_argv):
     logdir = tmp_path / "run"
-    assert run_main(["--env", spec, "--steps", "200", "--logdir", str(logdir), *SMOKE,
+    assert run_main(["--env", spec, "--steps", "200", "--logdir", str(logdir), *smoke_argv,
                      *extra]) == 0
     status = json.loads((logdir / "status.json").read_text())
     assert status["finished"] and status["step"] >= 200 and status["updates"] > 0
@@ -54,9 +45,9 @@ def test_smoke_run_and_eval(tmp_path, spec, extra, capsys):
     assert json.loads((logdir / "eval" / "eval.json").read_text())["episodes"] == 1
 
 
-def test_interrupt_then_resume(tmp_path):
+def test_interrupt_then_resume(tmp_path, tiny_config):
     logdir = tmp_path / "run"
-    argv = ["--env", "gym:CartPole-v1", "--steps", "400", "--logdir", str(logdir), *SMOKE]
+    cfg = tiny_config("gym:CartPole-v1", logdir, 400)
     stopped = []
 
     def interrupt(metrics):  # Ctrl-C once training has started
@@ -64,10 +55,10 @@ def test_interrupt_then_resume(tmp_path):
             stopped.append(metrics["step"])
             os.kill(os.getpid(), signal.SIGINT)
 
-    run(argv, report=interrupt)
+    train(cfg, report=interrupt)
     first = json.loads((logdir / "status.json").read_text())
     assert stopped and not first["finished"] and first["step"] < 400
-    run(argv)  # the same command again resumes
+    train(cfg)  # the same command again resumes
     final = json.loads((logdir / "status.json").read_text())
     assert final["finished"] and final["step"] >= 400
     assert final["updates"] > first["updates"]

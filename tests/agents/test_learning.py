@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 from learning_envs import MatchCueEnv, ReachCueEnv
 
-from agents.train import run
+from agents.train import train
 
 ENV_ID = "MatchCue-v0"
 if ENV_ID not in gym.registry:
@@ -17,14 +17,14 @@ if REACH_ID not in gym.registry:
     gym.register(id=REACH_ID, entry_point=ReachCueEnv, kwargs={"length": 10})
 
 # Small enough to train in about a minute on 2 CPU cores.
-TINY = [
-    "--size", "1m", "--envs", "4", "--seed", "0", "--set", "threads=1",
-    "--set", "replay.batch_size=16", "--set", "replay.batch_length=16",
-    "--set", "run.prefill=400", "--set", "run.train_ratio=64",
-    "--set", "run.eval_episodes=20", "--set", "run.eval_every=100000",
-    "--set", "run.log_every=5", "--set", "run.video=false",
-    "--set", "opt.lr=1e-3", "--set", "opt.warmup=10",
-]
+TINY = {
+    "env.num_envs": 4, "seed": 0, "threads": 1,
+    "replay.batch_size": 16, "replay.batch_length": 16,
+    "run.prefill": 400, "run.train_ratio": 64,
+    "run.eval_episodes": 20, "run.eval_every": 100000,
+    "run.log_every": 5, "run.video": False,
+    "opt.lr": 1e-3, "opt.warmup": 10,
+}
 
 
 def test_random_policy_is_far_below_threshold():
@@ -42,17 +42,16 @@ def test_random_policy_is_far_below_threshold():
     assert np.mean(returns) < 4.0  # 10/3 expected
 
 
-def test_dreamer_learns_match_cue(tmp_path):
-    logdir = run(["--env", f"gym:{ENV_ID}", "--steps", "4000", "--logdir", str(tmp_path), *TINY])
+def test_dreamer_learns_match_cue(tmp_path, tiny_config):
+    logdir = train(tiny_config(f"gym:{ENV_ID}", tmp_path, 4000, base=TINY))
     evals = [json.loads(line) for line in (logdir / "eval_scores.jsonl").read_text().splitlines()]
     final = [e["return"] for e in evals if e["step"] == max(x["step"] for x in evals)]
     assert len(final) == 20
     assert np.mean(final) >= 8.0, f"mean eval return {np.mean(final):.2f} below 8 (optimum 10)"
 
 
-def test_dreamer_learns_continuous_reach_cue(tmp_path):
-    logdir = run(["--env", f"gym:{REACH_ID}", "--steps", "4000", "--logdir", str(tmp_path),
-                  *TINY])
+def test_dreamer_learns_continuous_reach_cue(tmp_path, tiny_config):
+    logdir = train(tiny_config(f"gym:{REACH_ID}", tmp_path, 4000, base=TINY))
     evals = [json.loads(line) for line in (logdir / "eval_scores.jsonl").read_text().splitlines()]
     final = [e["return"] for e in evals if e["step"] == max(x["step"] for x in evals)]
     # Uniform random actions score 3.75 on average; the optimum is 10.

@@ -17,9 +17,10 @@ def test_plan_argv_and_layout(tmp_path):
     first = specs[0]
     assert first.steps == 100_000  # 400k frames / action repeat 4
     assert first.logdir == tmp_path.resolve() / "atari100k_pong" / "seed_0"
-    assert first.argv == ["--env", "atari100k:pong", "--agent", "dreamerv3", "--steps", "100000",
-                          "--seed", "0", "--logdir", str(first.logdir), "--size", "1m",
-                          "--set", "run.train_ratio=64"]
+    cfg = first.config  # resolved up front, as dreamer-run would resolve those flags
+    assert (cfg.env.spec, cfg.agent, cfg.run.steps, cfg.seed, cfg.logdir, cfg.size) == (
+        "atari100k:pong", "dreamerv3", 100_000, 0, str(first.logdir), "1m")
+    assert cfg.run.train_ratio == 64 and specs[1].config.seed == 1
 
 
 def test_plan_rejects_bad_budget(tmp_path):
@@ -27,6 +28,8 @@ def test_plan_rejects_bad_budget(tmp_path):
         plan(["dmc:walker-walk"], 0, 1000, 2, tmp_path)
     with pytest.raises(SuiteError, match="--frames"):
         plan(["dmc:walker-walk"], 1, 1, 2, tmp_path)
+    with pytest.raises(SuiteError, match="did you mean 'run.train_ratio'"):
+        plan(["dmc:walker-walk"], 1, 1000, 2, tmp_path, sets=["run.trainratio=4"])
 
 
 def test_task_lists():

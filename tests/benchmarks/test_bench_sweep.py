@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from agents.sweep import Dist, SweepSpecError, nest, parse_param, trials_table, write_best
+from agents.config import ConfigError, load_config, nest
+from benchmarks.sweep import Dist, SweepSpecError, parse_param, trials_table, write_best
 
 
 def test_parse_distributions():
@@ -54,14 +55,13 @@ def test_best_yaml_is_a_nested_preset(tmp_path):
     assert text.startswith("# best trial\n")
     assert yaml.safe_load(text) == {"opt": {"lr": 1e-05}, "run": {"train_ratio": 64},
                                     "size": "1m"}
-    with pytest.raises(SweepSpecError, match="clashes"):
+    with pytest.raises(ConfigError, match="clashes"):
         nest({"opt": 1, "opt.lr": 2})
 
 
 def test_best_yaml_loads_as_dreamer_run_config(tmp_path):
-    config = pytest.importorskip("agents.config")
     path = write_best(tmp_path / "best.yaml", {"opt.lr": 2.5e-4, "run.train_ratio": 32})
-    cfg = config.load_config("gym:CartPole-v1", files=[str(path)])
+    cfg = load_config("gym:CartPole-v1", files=[str(path)])
     assert cfg.opt.lr == pytest.approx(2.5e-4) and cfg.run.train_ratio == 32
 
 

@@ -3,7 +3,8 @@
     dreamer-sweep --env dmc:walker-walk --param opt.lr=loguniform(1e-5,1e-3) \
         --param run.train_ratio=choice(128,256,512) --samples 8 --scheduler asha
 
-Every trial is one `agents.train.run` whose metric reports are forwarded to `tune.report`.
+Every trial is one `agents.train.train(cfg)`, its config resolved from the same flags as
+`dreamer-run` plus the sampled values; its metric reports are forwarded to `tune.report`.
 ASHA stops weak trials early on agent steps. Distributions: `choice(a,b,...)`,
 `uniform(lo,hi)`, `loguniform(lo,hi)` and `randint(lo,hi)` (hi exclusive, as in Tune).
 At the end a table of trials is printed and the best trial's overrides are written to
@@ -24,14 +25,15 @@ from typing import Any
 
 import yaml
 
+from agents.config import ConfigError, load_config, nest, parse_override, parse_value
+from benchmarks.ray_launch import add_ray_args, gpus_per_task, init_ray
+
 __all__ = [
     "DISTRIBUTIONS",
     "Dist",
     "SweepSpecError",
     "main",
-    "nest",
     "parse_param",
-    "parse_value",
     "trials_table",
     "write_best",
 ]
@@ -43,18 +45,6 @@ _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 class SweepSpecError(ValueError):
     """A bad `--param` (unknown distribution, wrong arguments) or sweep option."""
-
-
-def parse_value(text: str) -> Any:
-    """A config value from text as YAML would read it (`1e-4` is a float, `true` a bool)."""
-    text = text.strip()
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    value = yaml.safe_load(text) if text else ""
-    return value
 
 
 @dataclass(frozen=True)
@@ -113,20 +103,6 @@ def parse_param(text: str) -> tuple[str, Dist]:
     return key, Dist(kind, _bounds(kind, args, f"{key}={spec.strip()}"))
 
 
-def nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """Dotted keys -> nested dicts: {'opt.lr': 1} -> {'opt': {'lr': 1}}."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise SweepSpecError(f"config key {key!r} clashes with a value at {part!r}")
-        node[leaf] = value
-    return out
-
-
 def _plain(value: Any) -> Any:
     # Tune samples numpy scalars; YAML wants Python numbers.
     return value.item() if hasattr(value, "item") else value
@@ -159,16 +135,15 @@ def trials_table(rows: Sequence[dict[str, Any]], params: Sequence[str], metric: 
     return "\n".join(lines)
 
 
-def _trainable(config: dict[str, Any], base_argv: list[str], metric: str) -> None:
+def _trainable(config: dict[str, Any], request: dict[str, Any], metric: str) -> None:
     # Runs inside a Tune trial actor.
     from ray import tune
 
-    from agents.train import run
+    from agents.train import train
 
     trial_dir = Path(tune.get_context().get_trial_dir())
-    argv = [*base_argv, "--logdir", str(trial_dir / "run")]
-    for key, value in config.items():
-        argv += ["--set", f"{key}={_plain(value)}"]
+    overrides = {k: _plain(v) for k, v in config.items()}
+    cfg = load_config(**request, overrides={**overrides, "logdir": str(trial_dir / "run")})
     last: dict[str, float] = {}
 
     def report(metrics: dict[str, Any]) -> None:
@@ -182,7 +157,7 @@ def _trainable(config: dict[str, Any], base_argv: list[str], metric: str) -> Non
         result[metric] = last[metric]
         tune.report(result)
 
-    run(argv, report=report)
+    train(cfg, report=report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,15 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default=None)
     p.add_argument("--envs", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--address", default=None, help="Ray cluster address ('auto', host:port)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of embedded local Ray")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        default=None,
-        help="default: 1 if the cluster has GPUs, else 0",
-    )
+    add_ray_args(p, unit="trial")
     p.add_argument("--out", default="runs/sweep", help="output folder")
     p.add_argument(
         "--set",
@@ -234,41 +201,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check(args: argparse.Namespace) -> dict[str, Dist]:
+def _check(args: argparse.Namespace) -> tuple[dict[str, Dist], dict[str, Any]]:
+    """The searched distributions and the config request every trial resolves; the base
+    config is resolved once here, so a bad flag fails before Ray starts."""
     if not args.param:
         raise SweepSpecError("give at least one --param KEY=DIST to search over")
     params = dict(parse_param(p) for p in args.param)
     if args.samples < 1:
         raise SweepSpecError(f"--samples must be >= 1, got {args.samples}")
-    for item in args.sets:
-        if "=" not in item:
-            raise SweepSpecError(f"--set expects KEY=VALUE, got {item!r}")
-    return params
+    flags = {"run.steps": args.steps, "env.num_envs": args.envs, "seed": args.seed}
+    request = {"env_spec": args.env, "size": args.size, "agent": args.agent,
+               "flags": flags, "sets": list(args.sets)}
+    try:
+        load_config(**request)
+    except ConfigError as err:
+        raise SweepSpecError(str(err)) from None
+    return params, request
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        params = _check(args)
+        params, request = _check(args)
     except SweepSpecError as exc:
         parser.error(str(exc))
     from ray import tune
 
-    from benchmarks.suite import init_ray
-
-    base = ["--env", args.env]
-    for flag in ("agent", "size", "envs", "seed", "steps"):
-        if getattr(args, flag) is not None:
-            base += [f"--{flag}", str(getattr(args, flag))]
-    for item in args.sets:
-        base += ["--set", item]
     init_ray(args.address, args.num_cpus)
-    import ray
-
-    gpus = args.gpus_per_trial
-    if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    gpus = gpus_per_task(args.gpus_per_trial)
     scheduler = None
     if args.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
@@ -281,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             reduction_factor=2,
         )
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, base_argv=base, metric=args.metric),
+        tune.with_parameters(_trainable, request=request, metric=args.metric),
         {"cpu": args.cpus_per_trial, "gpu": gpus},
     )
     out = Path(args.out).resolve()
@@ -323,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for flag, key in (("agent", "agent"), ("size", "size"), ("envs", "env.num_envs"))
         if getattr(args, flag) is not None
     }
-    fixed.update({k: parse_value(v) for k, v in (s.split("=", 1) for s in args.sets)})
+    fixed.update(dict(parse_override(s) for s in args.sets))
     path = write_best(
         out / "best.yaml",
         {**fixed, **best.config},

@@ -1,0 +1,110 @@
+"""The run directory: the one place that knows its file names, and how files in it are
+written so that a crash never leaves a half-written one behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+CONFIG = "config.yaml"
+STATUS = "status.json"
+METRICS = "metrics.jsonl"
+SCORES = "scores.jsonl"
+EVAL_SCORES = "eval_scores.jsonl"
+VIDEOS = "videos"
+CHECKPOINT = "checkpoint"
+AGENT_FILE = "agent.pt"
+REPLAY = "replay"
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temp file beside `path`; on a clean exit it is fsynced and renamed over `path`,
+    on an error it is removed, so readers see the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write text or bytes to `path` atomically (see `atomic_open`)."""
+    with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    return Path(path)
+
+
+class RunDir:
+    """Layout of one training run: config, logs, videos and the checkpoint folder, which is
+    swapped in whole (`checkpoint.tmp` -> `checkpoint`, the previous one kept as
+    `checkpoint.old` until the swap is done)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    config = property(lambda self: self.path / CONFIG)
+    status = property(lambda self: self.path / STATUS)
+    metrics = property(lambda self: self.path / METRICS)
+    scores = property(lambda self: self.path / SCORES)
+    eval_scores = property(lambda self: self.path / EVAL_SCORES)
+    videos = property(lambda self: self.path / VIDEOS)
+    checkpoint = property(lambda self: self.path / CHECKPOINT)
+
+    def exists(self) -> bool:
+        """Whether a run was started here (it has its config)."""
+        return self.config.is_file()
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint folder, or None. `checkpoint.old` counts when a
+        crash fell between the two renames of a swap."""
+        for folder in (self.checkpoint, self.path / f"{CHECKPOINT}.old"):
+            if (folder / AGENT_FILE).is_file():
+                return folder
+        return None
+
+    def write_checkpoint(self, fill: Callable[[Path], None]) -> Path:
+        """Have `fill(folder)` write a checkpoint into a fresh temp folder, then swap it in."""
+        tmp, final, old = (self.path / f"{CHECKPOINT}{s}" for s in (".tmp", "", ".old"))
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        fill(tmp)
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    @staticmethod
+    def find(path: str | os.PathLike) -> tuple[RunDir, Path]:
+        """The run directory and agent file for a run directory, its checkpoint folder or the
+        agent file itself; FileNotFoundError (one line) when there is none."""
+        path = Path(path)
+        for file in (path / CHECKPOINT / AGENT_FILE, path / AGENT_FILE, path):
+            if file.is_file():
+                root = file.parent.parent if file.parent.name == CHECKPOINT else file.parent
+                run = RunDir(root)
+                if not run.exists():
+                    raise FileNotFoundError(f"no {CONFIG} beside checkpoint {file}")
+                return run, file
+        raise FileNotFoundError(f"no checkpoint at {path}; expected a run directory containing "
+                                f"{CHECKPOINT}/{AGENT_FILE}")

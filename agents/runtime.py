@@ -1,0 +1,49 @@
+"""Process set-up shared by every entry point: device and precision, threads, seeds."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def select_device(device: str = "auto", precision: str = "auto") -> tuple[torch.device, str]:
+    """CUDA when present (bf16 autocast), else CPU with fp32. Asking for CUDA on a machine
+    without it is a one-line error naming what is available."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device '{device}' asked for, but this machine has no CUDA device "
+                             f"(torch {torch.__version__}); available: cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device '{device}' asked for, but only cuda:0..cuda:{count - 1} "
+                             "exist")
+    elif dev.type != "cpu":
+        raise ValueError(f"device '{device}' is not supported; use auto, cpu, cuda or cuda:N")
+    if precision == "auto":
+        precision = "bf16" if dev.type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision '{precision}' unknown; use auto, fp32 or bf16")
+    return dev, precision
+
+
+def set_threads(threads: int = 0) -> int:
+    """Torch CPU threads: `threads`, or one per core this process may use when 0."""
+    n = int(threads) or len(os.sched_getaffinity(0))
+    torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

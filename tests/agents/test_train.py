@@ -1,0 +1,166 @@
+"""The training loop: update-ratio arithmetic (with a counting agent), schedules, and
+reruns that must never damage a trained run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import envs
+from agents.cli import run_main
+from agents.config import ConfigError
+from agents.inference import load_agent
+from agents.logger import RunLogger
+from agents.rundir import RunDir
+from agents.schedules import Every, Ratio
+from agents.train import Parts, Trainer, train
+from replay import SequenceReplay
+
+
+def test_every_fires_once_per_interval():
+    every = Every(10, last=0)
+    assert [every(t) for t in (5, 10, 15, 19, 20, 35)] == [False, True, False, False, True, True]
+    assert all(Every(0)(t) for t in range(3))
+
+
+def test_ratio_counts_whole_updates_from_its_start():
+    ratio = Ratio(0.125)
+    assert ratio(100) == 0  # not started
+    ratio.start(96)
+    # floor((step - 96) / 8) in all: 0 at 100, 1 at 104, 13 at 200.
+    assert ratio(100) == 0 and ratio(104) == 1 and ratio(200) == 12
+    assert ratio.done == 13
+    resumed = Ratio(0.125)
+    resumed.start(96, done=ratio.done)
+    assert resumed(200) == 0 and resumed(208) == 1
+
+
+class CountingAgent:
+    """Random actions; `train` only counts the batches it is given and their steps."""
+
+    def __init__(self, act_space):
+        self.act_space, self.updates, self.replayed = act_space, 0, 0
+
+    def policy(self, obs, carry=None, mode="train"):
+        n = len(obs["is_first"])
+        return np.eye(self.act_space.n, dtype=np.float32)[np.random.randint(2, size=n)], carry
+
+    def train(self, batch):
+        self.updates += 1
+        self.replayed += int(np.prod(batch["reward"].shape))
+        return {"loss/fake": 1.0}
+
+    def report(self, batch):
+        return {}
+
+    def state_dict(self):
+        return {"updates": self.updates}
+
+    def load_state_dict(self, state):
+        self.updates = state["updates"]
+
+
+@pytest.mark.parametrize("train_ratio", [16, 64, 256])
+def test_replayed_steps_track_train_ratio(tmp_path, tiny_config, train_ratio):
+    steps, num_envs, B, T = 1200, 4, 4, 8
+    cfg = tiny_config("gym:CartPole-v1", tmp_path, steps, {
+        "env.num_envs": num_envs, "replay.batch_size": B, "replay.batch_length": T,
+        "run.prefill": 200, "run.train_ratio": train_ratio, "run.eval_episodes": 0,
+        "run.video": False})
+    env = envs.make_vector(cfg.env.spec, num_envs, seed=0)
+    agent = CountingAgent(env.single_action_space)
+    run = RunDir(tmp_path)
+    parts = Parts(env, agent, SequenceReplay(10_000, num_envs, seed=0), RunLogger(tmp_path))
+    trainer = Trainer(cfg, run, parts)
+    trainer.run()
+    trainer.close()
+    c = trainer.counters
+    trained_steps = c["step"] - c["train_start"] + num_envs  # agent steps since training began
+    assert c["step"] == steps and c["updates"] == agent.updates
+    assert agent.replayed == agent.updates * B * T
+    # Whole updates only: the replayed steps lag the ratio by less than one update.
+    assert 0 <= trained_steps * train_ratio - agent.replayed < B * T
+    assert c["train_start"] >= 200
+
+
+SMALL = {"run.steps": 160, "run.report_every": 1_000_000, "run.video": False}
+
+
+def _finished_run(tmp_path, tiny_config):
+    cfg = tiny_config("gym:CartPole-v1", tmp_path / "run", 160, SMALL)
+    logdir = train(cfg)
+    return cfg, logdir, (logdir / "config.yaml").read_text()
+
+
+def test_rerun_with_changed_training_key_is_refused_and_leaves_run_intact(tmp_path, tiny_config,
+                                                                          capsys):
+    cfg, logdir, before = _finished_run(tmp_path, tiny_config)
+    for key, value in (("opt.lr", 1e-3), ("model.rssm.deter", 256)):
+        changed = tiny_config("gym:CartPole-v1", logdir, 160, {**SMALL, key: value})
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            train(changed)
+        assert (logdir / "config.yaml").read_text() == before
+    load_agent(logdir)  # the run still loads with its own config
+    argv = ["--env", "gym:CartPole-v1", "--logdir", str(logdir), "--size", "1m",
+            "--set", "model.rssm.deter=256"]
+    capsys.readouterr()
+    assert run_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "model.rssm.deter" in err
+
+
+def test_rerun_of_finished_run_says_so(tmp_path, tiny_config, capsys):
+    cfg, logdir, before = _finished_run(tmp_path, tiny_config)
+    status = json.loads((logdir / "status.json").read_text())
+    capsys.readouterr()
+    train(cfg)
+    assert "already finished (160 of 160 steps); nothing to do" in capsys.readouterr().out
+    assert json.loads((logdir / "status.json").read_text()) == status
+    assert (logdir / "config.yaml").read_text() == before
+
+
+def test_rerun_with_longer_budget_resumes_and_applies_it(tmp_path, tiny_config, capsys):
+    cfg, logdir, _ = _finished_run(tmp_path, tiny_config)
+    longer = tiny_config("gym:CartPole-v1", logdir, 240, SMALL)
+    capsys.readouterr()
+    train(longer)
+    out = capsys.readouterr().out
+    assert "applied on resume: run.steps 160 -> 240" in out
+    assert "resuming from step 160 of 240" in out
+    assert json.loads((logdir / "status.json").read_text())["step"] == 240
+    assert "steps: 240" in (logdir / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("argv", [
+    ["--env", "dmc:walker-walk2"],
+    ["--env", "nosuch:task"],
+    ["--env", "gym:CartPole-v1", "--agent", "nosuch"],
+])
+def test_failed_start_leaves_no_run_directory(tmp_path, argv, capsys):
+    logdir = tmp_path / "run"
+    assert run_main([*argv, "--logdir", str(logdir)]) == 2
+    assert "\n" not in capsys.readouterr().err.strip()
+    assert not logdir.exists()
+
+
+def test_print_config_builds_nothing(tmp_path, capsys):
+    logdir = tmp_path / "run"
+    assert run_main(["--env", "dmc:walker-walk", "--logdir", str(logdir), "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "train_ratio:" in out and f"# run directory: {logdir}" in out
+    assert not logdir.exists()
+
+
+@pytest.mark.parametrize("setting,key", [
+    ("run.train_ratio=-1", "run.train_ratio"), ("run.train_ratio=0", "run.train_ratio"),
+    ("replay.batch_length=0", "replay.batch_length"), ("opt.lr=fast", "opt.lr"),
+    ("env.num_envs=0", "env.num_envs"), ("run.steps=-5", "run.steps"),
+])
+def test_out_of_range_values_are_one_line_errors(tmp_path, setting, key, capsys):
+    logdir = tmp_path / "run"
+    assert run_main(["--env", "gym:CartPole-v1", "--logdir", str(logdir), "--set", setting]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and key in err
+    assert not logdir.exists()

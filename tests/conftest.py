@@ -1,0 +1,50 @@
+"""Fixtures shared by every test folder: one torch thread, and tiny training-run configs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from agents.config import Config, load_config
+
+# A few hundred steps with a tiny model and batch: checks wiring, not learning.
+SMOKE: dict[str, Any] = {
+    "env.num_envs": 2, "threads": 1, "replay.batch_size": 4, "replay.batch_length": 16,
+    "run.prefill": 64, "run.train_ratio": 16, "run.log_every": 0, "run.eval_every": 1_000_000,
+    "run.report_every": 100, "run.eval_episodes": 1,
+}
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread (two busy threads on two cores are slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_tiny_config(spec: str, logdir: str | Path, steps: int,
+                     overrides: dict[str, Any] | None = None, size: str = "1m",
+                     agent: str | None = None, base: dict[str, Any] | None = None) -> Config:
+    """A resolved config for a short run: `base` (default SMOKE), then the dotted-key
+    `overrides`, then the step budget and the run directory."""
+    values = {**(SMOKE if base is None else base), **(overrides or {})}
+    values.update({"run.steps": steps, "logdir": str(logdir)})
+    return load_config(spec, size=size, agent=agent, overrides=values)
+
+
+@pytest.fixture
+def tiny_config() -> Callable[..., Config]:
+    """Factory of tiny training-run configs (see `make_tiny_config`)."""
+    return make_tiny_config
+
+
+@pytest.fixture
+def smoke_argv() -> list[str]:
+    """The `dreamer-run` flags that spell SMOKE on the command line."""
+    return ["--size", "1m"] + [a for k, v in SMOKE.items() for a in ("--set", f"{k}={v}")]
