@@ -1,4 +1,5 @@
-"""Atomic, tagged checkpoints and a SIGINT/SIGTERM guard that lets a run save before exiting."""
+"""Atomic, tagged checkpoints and a SIGINT/SIGTERM/SIGHUP guard that lets a run save before
+exiting."""
 
 from __future__ import annotations
 
@@ -99,10 +100,12 @@ def _load(path: Path, weights_only: bool | None) -> Any:
 
 
 class GracefulExit:
-    """Context manager turning the first SIGINT/SIGTERM into ``.requested = True`` so the loop
-    can finish its step, checkpoint and exit; a second signal raises KeyboardInterrupt."""
+    """Context manager turning the first SIGINT/SIGTERM/SIGHUP into ``.requested = True`` so
+    the loop can finish its step, checkpoint and exit; a second signal raises
+    KeyboardInterrupt."""
 
-    SIGNALS = ("SIGINT", "SIGTERM")
+    # SIGHUP: a closed terminal or ssh session stops the run cleanly instead of killing it.
+    SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
     def __init__(self, message: bool = True) -> None:
         self.requested = False

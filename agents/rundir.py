@@ -48,9 +48,10 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
 
 
 class RunDir:
-    """Layout of one training run: config, logs, videos and the checkpoint folder, which is
-    swapped in whole (`checkpoint.tmp` -> `checkpoint`, the previous one kept as
-    `checkpoint.old` until the swap is done)."""
+    """Layout of one training run: config, logs, videos and the checkpoint folders. A
+    checkpoint is written whole into `checkpoint.tmp`, then swapped in as `checkpoint`; the
+    one before it stays as `checkpoint.prev`, so a corrupt latest one still leaves a
+    complete checkpoint behind."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -73,25 +74,30 @@ class RunDir:
         """Whether a run was started here (it has its config)."""
         return self.config.is_file()
 
+    def checkpoints(self) -> list[Path]:
+        """Checkpoint folders that hold an agent file, newest first: `checkpoint`, then
+        `checkpoint.prev` (also the newest one when a crash fell between the two renames of
+        a swap), then `checkpoint.old` (the name older versions used for it)."""
+        names = (CHECKPOINT, f"{CHECKPOINT}.prev", f"{CHECKPOINT}.old")
+        return [self.path / n for n in names if (self.path / n / AGENT_FILE).is_file()]
+
     def latest_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint folder, or None. `checkpoint.old` counts when a
-        crash fell between the two renames of a swap."""
-        for folder in (self.checkpoint, self.path / f"{CHECKPOINT}.old"):
-            if (folder / AGENT_FILE).is_file():
-                return folder
-        return None
+        """The newest checkpoint folder, or None."""
+        found = self.checkpoints()
+        return found[0] if found else None
 
     def write_checkpoint(self, fill: Callable[[Path], None]) -> Path:
-        """Have `fill(folder)` write a checkpoint into a fresh temp folder, then swap it in."""
-        tmp, final, old = (self.path / f"{CHECKPOINT}{s}" for s in (".tmp", "", ".old"))
+        """Have `fill(folder)` write a checkpoint into a fresh temp folder, then swap it in,
+        keeping the one it replaces as `checkpoint.prev`."""
+        tmp, final, prev = (self.path / f"{CHECKPOINT}{s}" for s in (".tmp", "", ".prev"))
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         fill(tmp)
-        shutil.rmtree(old, ignore_errors=True)
         if final.exists():
-            final.rename(old)
+            shutil.rmtree(prev, ignore_errors=True)
+            final.rename(prev)
         tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(self.path / f"{CHECKPOINT}.old", ignore_errors=True)
         return final
 
     @staticmethod

@@ -19,7 +19,7 @@ import numpy as np
 
 import envs
 from agents.base import Agent, make_agent
-from agents.checkpoint import GracefulExit, load_checkpoint, save_checkpoint
+from agents.checkpoint import CheckpointError, GracefulExit, load_checkpoint, save_checkpoint
 from agents.collector import Collector
 from agents.config import Config, ConfigError, save_config
 from agents.logger import Progress, RunLogger, open_loop_video
@@ -123,18 +123,30 @@ class Trainer:
         self.collector = Collector(self.env, self.replay)
 
     # -- persistence -------------------------------------------------------------
-    def restore(self) -> bool:
-        """Load the latest checkpoint if there is one; whether one was loaded."""
-        folder = self.rundir.latest_checkpoint()
-        if folder is None:
+    def restore(self, warn: Callable[[str], None] = print) -> bool:
+        """Load the newest checkpoint that loads whole (agent, counters, replay); warn in one
+        line about each that does not. Whether one was loaded."""
+        folders = self.rundir.checkpoints()
+        if not folders:
             self.logger.truncate_after(0)  # a run that died before its first checkpoint
             return False
-        state = load_checkpoint(folder / AGENT_FILE)
-        self.agent.load_state_dict(state["agent"])
-        self.counters.update(state["counters"])
-        self.replay.load(folder / REPLAY)
-        self.logger.truncate_after(self.counters["step"])
-        return True
+        initial = dict(self.counters)
+        for folder in folders:
+            try:
+                state = load_checkpoint(folder / AGENT_FILE)
+                self.agent.load_state_dict(state["agent"])
+                self.counters = {**initial, **state["counters"]}
+                self.replay.load(folder / REPLAY)
+            except Exception as err:  # noqa: BLE001 - any failure means: try the older one
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                warn(f"warning: checkpoint {folder} does not load ({type(err).__name__}: "
+                     f"{reason[:200]}); trying an older one")
+                continue
+            self.logger.truncate_after(self.counters["step"])
+            return True
+        raise CheckpointError(f"no checkpoint in {self.rundir.path} loads (tried "
+                              f"{', '.join(f.name for f in folders)}); move them away to start "
+                              "afresh")
 
     def save(self) -> None:
         """Checkpoint agent + optimizer + replay + counters; swapped in atomically."""
@@ -284,7 +296,7 @@ def train(cfg: Config, logdir: str | Path | None = None, report: Report | None =
     parts = build_parts(cfg, run)
     trainer = Trainer(cfg, run, parts, report)
     try:
-        resumed = trainer.restore()
+        resumed = trainer.restore(warn=log)
         save_config(cfg, run.config)
         total, step = int(cfg.run.steps), trainer.counters["step"]
         if changed:

@@ -4,6 +4,10 @@ reruns that must never damage a trained run."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -164,3 +168,55 @@ def test_out_of_range_values_are_one_line_errors(tmp_path, setting, key, capsys)
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and key in err
     assert not logdir.exists()
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_config, capsys,
+                                                                   smoke_argv):
+    cfg, logdir, _ = _finished_run(tmp_path, tiny_config)
+    longer = tiny_config("gym:CartPole-v1", logdir, 240, SMALL)
+    train(longer)  # the 160-step checkpoint is kept as checkpoint.prev
+    assert [p.name for p in RunDir(logdir).checkpoints()] == ["checkpoint", "checkpoint.prev"]
+    agent_file = logdir / "checkpoint" / "agent.pt"
+    agent_file.write_bytes(agent_file.read_bytes()[:1000])  # a write cut short
+    capsys.readouterr()
+    train(longer)
+    out = capsys.readouterr().out
+    assert "warning: checkpoint" in out and "does not load" in out
+    assert "resuming from step 160 of 240" in out
+    assert json.loads((logdir / "status.json").read_text())["step"] == 240
+    # Both broken: a one-line error, and nothing is overwritten.
+    for name in ("checkpoint", "checkpoint.prev"):
+        (logdir / name / "agent.pt").write_bytes(b"not a checkpoint")
+    argv = ["--env", "gym:CartPole-v1", "--logdir", str(logdir), "--steps", "240", *smoke_argv]
+    argv += [a for k, v in SMALL.items() if k != "run.steps" for a in ("--set", f"{k}={v}")]
+    assert run_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no checkpoint" in err and "loads" in err
+
+
+def _updates_logged(metrics) -> bool:
+    try:
+        lines = metrics.read_text().splitlines()
+        return any(json.loads(line).get("perf/updates", 0) > 0 for line in lines[:-1])
+    except (OSError, ValueError):
+        return False
+
+
+def test_sighup_checkpoints_and_exits(tmp_path, smoke_argv):
+    """A closed terminal (SIGHUP) finishes the step, saves and exits 0."""
+    logdir = tmp_path / "run"
+    argv = [sys.executable, "-c", "import sys; from agents.cli import run_main; "
+            "sys.exit(run_main())", "--env", "gym:CartPole-v1", "--steps", "100000",
+            "--logdir", str(logdir), *smoke_argv]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not _updates_logged(
+            logdir / "metrics.jsonl"):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "SIGHUP received" in err
+    status = json.loads((logdir / "status.json").read_text())
+    assert not status["finished"] and 0 < status["step"] < 100_000
+    assert RunDir(logdir).latest_checkpoint() is not None
