@@ -8,6 +8,7 @@ argv belongs to the CLI alone. `build_parts` makes the env, agent, replay and lo
 
 from __future__ import annotations
 
+import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 import envs
 from agents.base import Agent, make_agent
@@ -75,6 +77,18 @@ def make_eval_env(cfg: Config, num_envs: int, seed: int, video: bool, obs_space)
     extra = {"render_mode": "rgb_array"} if video and "image" not in obs_space.spaces else {}
     return envs.make_vector(cfg.env.spec, num_envs, seed=seed, **cfg.env.options.to_dict(),
                             **extra)
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch, numpy and python random streams (actions and latents are sampled)."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
 
 
 @dataclass
@@ -137,6 +151,8 @@ class Trainer:
                 self.agent.load_state_dict(state["agent"])
                 self.counters = {**initial, **state["counters"]}
                 self.replay.load(folder / REPLAY)
+                if "rng" in state:  # checkpoints before this key resume with fresh streams
+                    set_rng_state(state["rng"])
             except Exception as err:  # noqa: BLE001 - any failure means: try the older one
                 reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
                 warn(f"warning: checkpoint {folder} does not load ({type(err).__name__}: "
@@ -152,7 +168,8 @@ class Trainer:
         """Checkpoint agent + optimizer + replay + counters; swapped in atomically."""
         def fill(folder: Path) -> None:
             save_checkpoint(folder / AGENT_FILE, {"agent": self.agent.state_dict(),
-                                                  "counters": dict(self.counters)})
+                                                  "counters": dict(self.counters),
+                                                  "rng": rng_state()})
             self.replay.save(folder / REPLAY)
 
         self.rundir.write_checkpoint(fill)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,3 +221,21 @@ def test_sighup_checkpoints_and_exits(tmp_path, smoke_argv):
     status = json.loads((logdir / "status.json").read_text())
     assert not status["finished"] and 0 < status["step"] < 100_000
     assert RunDir(logdir).latest_checkpoint() is not None
+
+
+def test_exact_resume_in_a_fresh_process(tmp_path):
+    """N updates, checkpoint, restore in a new process, M more == N + M in one go, bit for
+    bit (CPU, eager fp32): the checkpoint holds agent, optimizer, slow critic, return
+    normalisation, replay with its sampler state, counters and the RNG streams."""
+    worker = [sys.executable, str(Path(__file__).with_name("resume_worker.py"))]
+    run = tmp_path / "run"
+    for mode, out in (("straight", "a.pt"), ("first", "b.pt"), ("second", "c.pt")):
+        subprocess.run([*worker, mode, str(run), str(tmp_path / out), "3", "4"], check=True,
+                       timeout=300)
+    import torch
+
+    straight, resumed = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "c.pt")
+    first = torch.load(tmp_path / "b.pt")
+    assert straight.keys() == resumed.keys() and len(straight) > 20
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert not all(torch.equal(straight[k], first[k]) for k in straight)  # M updates moved it
