@@ -34,13 +34,16 @@ def run_main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--env is required (e.g. --env dmc:walker-walk); "
                              "--list-envs shows the specs")
         cfg = build_config(args)
-        from agents.train import run_dir, train
+        from agents.train import DivergedError, run_dir, train
 
         if getattr(args, "print_config", False):
             print(cfg.to_yaml(), end="")
             print(f"# run directory: {run_dir(cfg).path}")
             return 0
-        logdir = train(cfg)
+        try:
+            logdir = train(cfg)
+        except DivergedError as err:
+            return _fail(err)
     except USER_ERRORS as err:
         return _fail(err)
     print(f"run directory: {logdir}")

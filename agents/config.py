@@ -308,6 +308,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "run.eval_every": (1, float("inf"), True),
     "run.eval_episodes": (0, float("inf"), True),
     "run.report_every": (1, float("inf"), True),
+    "run.max_bad_updates": (1, float("inf"), True),
     "replay.size": (1, float("inf"), True),
     "replay.batch_size": (1, 65536, True),
     "replay.batch_length": (2, 65536, True),

@@ -164,6 +164,9 @@ class DreamerV3Agent(Agent):
         metrics.update({f"loss/{k}": v.detach().mean() for k, v in wm_losses.items()})
         metrics.update({f"loss/{k}": v.detach().mean() for k, v in ac_losses.items()})
         metrics["loss/total"] = loss.detach()
+        # Updates the optimizer refused for a NaN/inf gradient (the trainer stops on a run).
+        metrics["train/skipped_updates"] = self.opt.skipped_total
+        metrics["train/skipped_in_a_row"] = self.opt.skipped_in_a_row
         return {k: float(v) for k, v in metrics.items()}
 
     @torch.no_grad()

@@ -50,13 +50,23 @@ class LaProp(torch.optim.Optimizer):
         super().__init__(params, defaults)
         # Last step's diagnostics as 0-dim tensors (no host sync until read).
         self.metrics: dict[str, Tensor] = {}
+        # Steps refused because a gradient was not finite: in a row, and in all.
+        self.skipped_in_a_row = 0
+        self.skipped_total = 0
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One update; a step whose gradients hold a NaN or inf changes nothing (parameters,
+        moments, step counts) and is counted in `skipped_in_a_row` / `skipped_total`."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if not self._grads_finite():
+            self.skipped_in_a_row += 1
+            self.skipped_total += 1
+            return loss
+        self.skipped_in_a_row = 0
         sq_norms: list[Tensor] = []
         clipped: list[Tensor] = []
         for group in self.param_groups:
@@ -80,6 +90,14 @@ class LaProp(torch.optim.Optimizer):
                 "grad_clip_frac": torch.cat([c.float().to(dev) for c in clipped]).mean(),
             }
         return loss
+
+    def _grads_finite(self) -> bool:
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return True
+        # One reduction per tensor and a single host sync for the whole step.
+        sums = torch.stack([g.detach().float().sum().to(grads[0].device) for g in grads])
+        return bool(torch.isfinite(sums.sum()))
 
     def _update(self, params: list[Tensor], group: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Update one same-device, same-dtype bucket; returns (squared grad norms, clipped)."""

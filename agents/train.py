@@ -31,6 +31,12 @@ from agents.schedules import Every, Ratio
 from replay import SequenceReplay
 
 Report = Callable[[dict], None]
+# Agents report updates skipped for a non-finite gradient under these keys (see LaProp.step).
+SKIPPED_IN_A_ROW, SKIPPED = "train/skipped_in_a_row", "train/skipped_updates"
+
+
+class DivergedError(RuntimeError):
+    """Training produced non-finite gradients or parameters; the run stopped."""
 
 # Keys a resumed run may change: they steer logging, evaluation, budget and speed, not what
 # the checkpoint holds. Any other difference from the run's config.yaml is refused.
@@ -77,6 +83,20 @@ def make_eval_env(cfg: Config, num_envs: int, seed: int, video: bool, obs_space)
     extra = {"render_mode": "rgb_array"} if video and "image" not in obs_space.spaces else {}
     return envs.make_vector(cfg.env.spec, num_envs, seed=seed, **cfg.env.options.to_dict(),
                             **extra)
+
+
+def nonfinite(state: Any, prefix: str = "") -> str:
+    """The first tensor path in a nested state dict holding a NaN or inf ('' if none)."""
+    if torch.is_tensor(state):
+        return "" if not state.is_floating_point() or bool(torch.isfinite(state).all()) \
+            else prefix.rstrip(".")
+    items = state.items() if isinstance(state, dict) else \
+        enumerate(state) if isinstance(state, list | tuple) else ()
+    for key, value in items:
+        found = nonfinite(value, f"{prefix}{key}.")
+        if found:
+            return found
+    return ""
 
 
 def rng_state() -> dict[str, Any]:
@@ -165,9 +185,16 @@ class Trainer:
                               "afresh")
 
     def save(self) -> None:
-        """Checkpoint agent + optimizer + replay + counters; swapped in atomically."""
+        """Checkpoint agent + optimizer + replay + counters; swapped in atomically. Never
+        over good checkpoints with non-finite parameters."""
+        state = self.agent.state_dict()
+        bad = nonfinite(state)
+        if bad:
+            raise DivergedError(f"parameters are not finite ({bad}); not writing a checkpoint: "
+                                f"{self.rundir.path} keeps the last good one")
+
         def fill(folder: Path) -> None:
-            save_checkpoint(folder / AGENT_FILE, {"agent": self.agent.state_dict(),
+            save_checkpoint(folder / AGENT_FILE, {"agent": state,
                                                   "counters": dict(self.counters),
                                                   "rng": rng_state()})
             self.replay.save(folder / REPLAY)
@@ -227,10 +254,14 @@ class Trainer:
                         c["train_start"] = c["step"]
                         updates.start(c["step"] - self.num_envs)
                     for _ in range(updates(c["step"])):
-                        for k, v in self.agent.train(self.replay.sample(B, T)).items():
+                        metrics = self.agent.train(self.replay.sample(B, T))
+                        for k, v in metrics.items():
                             sums[k] += v
                             counts[k] += 1
                         c["updates"] += 1
+                        if metrics.get(SKIPPED_IN_A_ROW, 0) >= cfg.run.max_bad_updates:
+                            self._log(sums, counts, returns, rate=0.0)
+                            self._stop_diverged(int(metrics[SKIPPED_IN_A_ROW]))
                 progress.update(self.num_envs, last_return=returns[-1] if returns else None)
                 now = time.time()
                 if log_due(now) or self.finished:
@@ -245,6 +276,15 @@ class Trainer:
                     self.save()
         progress.close()
         self.save()
+
+    def _stop_diverged(self, in_a_row: int) -> None:
+        """Stop after `run.max_bad_updates` skipped updates in a row. Skipped updates change
+        nothing, so the checkpoint written now holds the model from before the first one."""
+        self.save()
+        raise DivergedError(
+            f"{in_a_row} updates in a row had non-finite gradients (NaN or inf); stopped at "
+            f"step {self.counters['step']} with a checkpoint from before the first of them. "
+            "Lower opt.lr or check the env's rewards and observations")
 
     def close(self) -> None:
         self.logger.close()

@@ -60,3 +60,11 @@ class ReachCueEnv(gym.Env):
         reward = 1.0 - abs(float(np.clip(action[0], -1, 1)) - self.cue)
         self.t += 1
         return np.array([self.cue], np.float32), reward, False, self.t >= self.length, {}
+
+
+class NaNRewardEnv(MatchCueEnv):
+    """MatchCue whose rewards are NaN: every update sees a non-finite loss."""
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = super().step(action)
+        return obs, float("nan"), terminated, truncated, info

@@ -136,3 +136,27 @@ def test_state_dict_round_trip():
 def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="beta2"):
         LaProp([torch.zeros(1, requires_grad=True)], beta2=1.0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_gradient_skips_the_step(bad):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(4))]
+    opt = LaProp(params, lr=1e-2, warmup=0)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    before = [p.detach().clone() for p in params]
+    state = copy.deepcopy(opt.state_dict())
+    params[1].grad = torch.tensor([1.0, bad, 1.0, 1.0])
+    opt.step()
+    assert all(torch.equal(a, p) for a, p in zip(before, params))
+    after = opt.state_dict()
+    assert after["state"][0]["step"] == state["state"][0]["step"] == 1
+    assert torch.equal(after["state"][1]["v"], state["state"][1]["v"])
+    assert opt.skipped_in_a_row == 1 and opt.skipped_total == 1
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert opt.skipped_in_a_row == 0 and opt.skipped_total == 1
+    assert not torch.equal(before[0], params[0])

@@ -239,3 +239,25 @@ def test_exact_resume_in_a_fresh_process(tmp_path):
     assert straight.keys() == resumed.keys() and len(straight) > 20
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert not all(torch.equal(straight[k], first[k]) for k in straight)  # M updates moved it
+
+
+def test_nan_updates_are_skipped_then_the_run_stops(tmp_path, smoke_argv, capsys):
+    """Injected NaN: updates are skipped (parameters and optimizer untouched), counted, and
+    after `run.max_bad_updates` in a row the run stops with a checkpoint of good weights."""
+    import gymnasium as gym
+    import torch
+    from learning_envs import NaNRewardEnv
+
+    if "NaNReward-v0" not in gym.registry:
+        gym.register(id="NaNReward-v0", entry_point=NaNRewardEnv)
+    logdir = tmp_path / "run"
+    argv = ["--env", "gym:NaNReward-v0", "--logdir", str(logdir), "--steps", "2000",
+            *smoke_argv, "--set", "run.max_bad_updates=3", "--set", "run.video=false"]
+    assert run_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "3 updates in a row had non-finite gradients" in err
+    agent, _ = load_agent(logdir)
+    assert all(torch.isfinite(p).all() for p in agent.wm.parameters())
+    assert not agent.opt.state  # no update was ever applied
+    metrics = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert any(m.get("train/skipped_updates", 0) >= 3 for m in metrics)
