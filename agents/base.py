@@ -1,43 +1,65 @@
-"""The Agent interface and the registry that picks agents by name."""
+"""The Agent interface and the registry that picks agents by name.
+
+The registry holds entry points (`"module:Class"`, as Gymnasium's) and imports an agent's
+module only when that agent is made, so agent modules can import this one without a cycle.
+"""
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
-AGENTS: dict[str, Callable[..., Agent]] = {}
+AGENTS: dict[str, str | type[Agent]] = {
+    "dreamerv3": "agents.dreamerv3:DreamerV3Agent",
+    "jepa": "agents.dreamerv3:JEPAAgent",
+}
 
 
 class UnknownAgentError(ValueError):
     """Raised for an agent name that is not registered."""
 
 
-def register(name: str):
-    """Class decorator adding an agent to the registry under `name`."""
+def register(name: str, entry_point: str | type[Agent] | None = None):
+    """Add an agent: `register("mine", "my_pkg.agent:MyAgent")` or `register("mine", MyAgent)`;
+    with no entry point, a class decorator (`@register("mine")`)."""
+    if entry_point is None:
+        def deco(cls):
+            AGENTS[name] = cls
+            return cls
 
-    def deco(cls):
-        AGENTS[name] = cls
-        return cls
+        return deco
+    AGENTS[name] = entry_point
+    return entry_point
 
-    return deco
+
+def agent_class(name: str) -> type[Agent]:
+    """The class registered as `name`, importing its module on first use."""
+    if name not in AGENTS:
+        raise UnknownAgentError(f"unknown agent '{name}'; available: {', '.join(sorted(AGENTS))}")
+    entry = AGENTS[name]
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attr)
+    return entry
 
 
 def make_agent(name: str, obs_space: gym.spaces.Dict, act_space: gym.Space, config,
                **kwargs) -> Agent:
-    import agents.dreamerv3  # noqa: F401  (registers dreamerv3)
-    import agents.jepa_agent  # noqa: F401  (registers jepa)
-
-    if name not in AGENTS:
-        raise UnknownAgentError(f"unknown agent '{name}'; available: {', '.join(sorted(AGENTS))}")
-    return AGENTS[name](obs_space, act_space, config, **kwargs)
+    """Build the agent registered as `name` (kwargs: `device`, `precision`)."""
+    return agent_class(name)(obs_space, act_space, config, **kwargs)
 
 
 class Agent(ABC):
     """An agent acts with an explicit carry and trains on [B, T] replay batches."""
+
+    obs_space: gym.spaces.Dict  # the observation space it was built for (eval envs match it)
+    act_space: gym.Space
 
     @abstractmethod
     def policy(self, obs: Mapping[str, np.ndarray], carry: Any, mode: str = "train"
@@ -46,6 +68,12 @@ class Agent(ABC):
 
         `obs` holds observation keys and `is_first` [N]; `carry` is None at the start.
         `mode` is "train" (sample), "eval" (mode of the policy) or "random"."""
+
+    @abstractmethod
+    def features(self, obs: Mapping[str, np.ndarray], carry: Any
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For diagnostics: the encoder embeddings [N, D] of `obs` and the latent features
+        [N, F] held in `carry`, the carry `policy` returned for these observations."""
 
     @abstractmethod
     def train(self, batch) -> dict[str, float]:

@@ -25,8 +25,11 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--obs", default=None, choices=["state", "pixels", "both"],
                    help="observation kind for suites that offer several (dmc)")
     p.add_argument("--encoder", default=None,
-                   help="default | jepa:PATH/encoder.pt | hf:HUB_ID_OR_DIR (V-JEPA 2)")
-    p.add_argument("--encoder-mode", default=None, choices=["frozen", "finetune"])
+                   help="cnn (default) | jepa:PATH/encoder.pt | hf:HUB_ID_OR_DIR (V-JEPA 2); "
+                        "sets model.encoder.kind")
+    p.add_argument("--encoder-mode", default=None, choices=["frozen", "finetune"],
+                   help="a pretrained encoder frozen (default) or fine-tuned; "
+                        "sets model.encoder.mode")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--config", action="append", default=[], metavar="FILE",
                    help="YAML file of config overrides (repeatable, applied in order)")
@@ -51,8 +54,9 @@ def build_config(args: argparse.Namespace) -> Config:
         "logdir": args.logdir,
         "seed": args.seed,
         "env.options.obs": args.obs,
-        "encoder.name": args.encoder,
-        "encoder.mode": args.encoder_mode,
+        # `default` was the CNN's name before `cnn`; old command lines keep working.
+        "model.encoder.kind": "cnn" if args.encoder == "default" else args.encoder,
+        "model.encoder.mode": args.encoder_mode,
         "device": args.device,
     }
     return load_config(args.env, size=args.size, agent=args.agent, files=args.config,

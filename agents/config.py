@@ -22,6 +22,11 @@ from agents.rundir import atomic_write
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
+# Values an agent name implies, layered over the domain and size presets (user layers win).
+AGENT_PRESETS: dict[str, dict[str, Any]] = {
+    "jepa": {"model": {"objective": "latent"}},  # DreamerV3 whose world model predicts latents
+}
+
 # Keys whose children are forwarded untouched (to the env factory).
 FREE_FORM = ("env.options",)
 
@@ -202,8 +207,30 @@ class Config(Mapping):
         """Read a config written by :func:`save_config`. Keys added to `defaults.yaml` since
         the run was written take their default, so older runs still load; nothing else is
         layered or checked."""
-        data = _read_yaml(Path(path))
-        return cls(_merge(_read_yaml(CONFIG_DIR / "defaults.yaml"), data))
+        data = _upgrade_encoder_section(_read_yaml(Path(path)))
+        defaults = _read_yaml(CONFIG_DIR / "defaults.yaml")
+        if isinstance(data, Mapping) and data.get("agent") in AGENT_PRESETS:
+            # Written before agent presets existed: the agent implied its preset's values.
+            defaults = _merge(defaults, AGENT_PRESETS[data["agent"]])
+        return cls(_merge(defaults, data))
+
+
+def _upgrade_encoder_section(data: Any) -> Any:
+    """Compat shim for runs written before the encoder moved into the model section: their
+    top-level `encoder: {name, mode, lr_scale}` becomes `model.encoder.{kind, mode, lr_scale}`
+    (name `default` -> kind `cnn`), so old run directories still load and resume."""
+    old = data.get("encoder") if isinstance(data, Mapping) else None
+    if not isinstance(old, Mapping):
+        return data
+    data = {k: v for k, v in data.items() if k != "encoder"}
+    model = dict(data.get("model") or {})
+    new = dict(model.get("encoder") or {})
+    name = old.get("name", "default")
+    new.setdefault("kind", "cnn" if name == "default" else name)
+    new.update({k: old[k] for k in ("mode", "lr_scale") if k in old and k not in new})
+    model["encoder"] = new
+    data["model"] = model
+    return data
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
@@ -286,6 +313,8 @@ def load_config(
                 value = _check_value(key, sizes[size_name][field], get_dotted(defaults, key))
                 set_dotted(cfg, key, value)
 
+    agent_name = str(user.get("agent", cfg["agent"]))
+    cfg = _merge(cfg, AGENT_PRESETS.get(agent_name, {}))
     cfg = _merge(cfg, user)
     cfg["domain"] = domain
     cfg["size"] = size_name

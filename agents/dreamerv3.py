@@ -1,4 +1,5 @@
-"""DreamerV3 agent: world model + imagination actor-critic, one optimizer."""
+"""DreamerV3 agent: world model + imagination actor-critic, one optimizer; `JEPAAgent` is
+the same agent with the latent (JEPA) objective."""
 
 from __future__ import annotations
 
@@ -9,14 +10,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import nn
 
 from agents.actor_critic import ActorCritic
-from agents.base import Agent, register
+from agents.base import Agent
 from agents.optim import LaProp
-from world_models.dists import symlog
-from world_models.dreamer import DreamerWorldModel
-from world_models.encoders import IMAGE_KEY, VECTOR_KEY, MultiEncoder
+from world_models.encoders import IMAGE_KEY, VECTOR_KEY
+from world_models.world_model import WorldModel
 
 OBS_KEYS = (IMAGE_KEY, VECTOR_KEY)
 
@@ -34,45 +33,11 @@ def obs_shapes(space: gym.spaces.Dict) -> dict[str, tuple[int, ...]]:
     return {k: tuple(space[k].shape) for k in OBS_KEYS if k in space.spaces}
 
 
-class PretrainedImageEncoder(nn.Module):
-    """A pretrained image encoder (JEPA, V-JEPA 2) plus the MLP for `vector` if present."""
-
-    def __init__(self, image_encoder: nn.Module, shapes: Mapping, mlp_kwargs: Mapping):
-        super().__init__()
-        self.image = image_encoder
-        self.vector = None
-        self.out_dim = image_encoder.out_dim
-        if VECTOR_KEY in shapes:
-            self.vector = MultiEncoder({VECTOR_KEY: shapes[VECTOR_KEY]}, **mlp_kwargs)
-            self.out_dim += self.vector.out_dim
-
-    def forward(self, obs):
-        out = [self.image({IMAGE_KEY: obs[IMAGE_KEY]}).float()]
-        if self.vector is not None:
-            out.append(self.vector(obs))
-        return torch.cat(out, -1)
-
-
-def build_encoder(encoder_cfg: Mapping, shapes: Mapping, mlp_kwargs: Mapping) -> nn.Module | None:
-    """None for the default CNN/MLP; else the pretrained encoder named by `encoder.name`."""
-    name = encoder_cfg["name"]
-    if name == "default":
-        return None
-    if IMAGE_KEY not in shapes:
-        raise ValueError(f"encoder '{name}' needs image observations; this env has "
-                         f"{sorted(shapes)} (use --obs pixels)")
-    from world_models.vit_jepa import load_encoder
-
-    mode = encoder_cfg["mode"]
-    if mode not in ("frozen", "finetune"):
-        raise ValueError(f"encoder.mode '{mode}' unknown; use frozen or finetune")
-    image = load_encoder(name, shapes[IMAGE_KEY], frozen=mode == "frozen")
-    return PretrainedImageEncoder(image, shapes, mlp_kwargs)
-
-
-@register("dreamerv3")
 class DreamerV3Agent(Agent):
-    """DreamerV3 (2024-25 recipe) behind the Agent interface."""
+    """DreamerV3 (2024-25 recipe) behind the Agent interface; `model.objective` picks the
+    world model's representation loss (reconstruction or latent)."""
+
+    objective: str | None = None  # None: the config's model.objective
 
     def __init__(self, obs_space: gym.spaces.Dict, act_space: gym.Space, config,
                  device: str | torch.device = "cpu", precision: str = "fp32"):
@@ -82,34 +47,30 @@ class DreamerV3Agent(Agent):
         self.shapes = obs_shapes(obs_space)
         self.autocast = precision == "bf16"
         mcfg = config["model"]
-        enc_cfg = dict(mcfg["encoder"])
-        mlp_kwargs = {k: enc_cfg[k] for k in ("layers", "units", "symlog") if k in enc_cfg}
-        custom = build_encoder(config["encoder"], self.shapes, mlp_kwargs)
-        self.wm = self.make_world_model(config, enc_cfg, custom).to(self.device)
+        encoder = dict(mcfg["encoder"])
+        lr_scale = float(encoder.pop("lr_scale"))
+        # The latent objective's settings and scales live in the config's `jepa` section.
+        latent = dict(config["jepa"])
+        scales = {**mcfg["loss_scales"], **latent.pop("scales")}
+        self.wm = WorldModel(
+            self.shapes, self.act_dim, mcfg["rssm"], encoder, mcfg["decoder"],
+            mcfg["reward_head"], mcfg["cont_head"], scales,
+            objective=self.objective or mcfg["objective"], latent=latent,
+            discrete=self.discrete, diag_every=mcfg["diag_every"]).to(self.device)
         self.ac = ActorCritic(self.wm.rssm.feat_dim, self.act_dim, self.discrete,
                               **config["actor_critic"]).to(self.device)
-        self.opt = LaProp(self._param_groups(config), **config["opt"])
+        self.opt = LaProp(self._param_groups(config["opt"]["lr"] * lr_scale), **config["opt"])
         self.step = 0
 
-    def make_world_model(self, config, enc_cfg: dict, custom: nn.Module | None) -> nn.Module:
-        """The world model; subclasses (the JEPA agent) swap in their own."""
-        mcfg = config["model"]
-        return DreamerWorldModel(
-            self.shapes, self.act_dim, mcfg["rssm"], enc_cfg, mcfg["decoder"],
-            mcfg["reward_head"], mcfg["cont_head"], mcfg["loss_scales"], custom_encoder=custom,
-            diag_every=mcfg["diag_every"])
-
-    def _param_groups(self, config) -> list[dict]:
-        enc = self.wm.encoder
-        pretrained = isinstance(enc, PretrainedImageEncoder)
-        enc_params = {id(p) for p in enc.image.parameters()} if pretrained else set()
+    def _param_groups(self, pretrained_lr: float) -> list[dict]:
+        # Fine-tuned pretrained weights get their own, smaller learning rate.
+        tuned = self.wm.encoder.pretrained_parameters()
+        skip = {id(p) for p in tuned}
         main = [p for p in list(self.wm.parameters()) + list(self.ac.parameters())
-                if p.requires_grad and id(p) not in enc_params]
+                if p.requires_grad and id(p) not in skip]
         groups = [{"params": main}]
-        tuned = [p for p in enc.image.parameters() if p.requires_grad] if pretrained else []
         if tuned:
-            lr = config["opt"]["lr"] * config["encoder"]["lr_scale"]
-            groups.append({"params": tuned, "lr": lr})
+            groups.append({"params": tuned, "lr": pretrained_lr})
         return groups
 
     def _amp(self):
@@ -159,6 +120,7 @@ class DreamerV3Agent(Agent):
         loss.backward()
         self.opt.step()
         self.ac.update_slow()
+        self.wm.after_step()
         self.step += 1
         metrics.update(ac_metrics)
         metrics.update({f"loss/{k}": v.detach().mean() for k, v in wm_losses.items()})
@@ -171,39 +133,24 @@ class DreamerV3Agent(Agent):
 
     @torch.no_grad()
     def report(self, batch, context: int | None = None, videos: int = 4) -> dict[str, Any]:
-        """Open-loop prediction: observe the first half, imagine the rest with the
-        recorded actions; returns `openl/mse_*` metrics and an `openl` video."""
+        """Open-loop prediction: observe the first `context` steps (default half), imagine the
+        rest with the recorded actions; the objective's `openl/*` metrics and video."""
         data = self._to_torch(dict(batch.items()) if hasattr(batch, "items") else batch)
         data = {k: v[:videos] for k, v in data.items()}
-        T = data["reward"].shape[1]
-        context = context or T // 2
+        context = context or data["action"].shape[1] // 2
         with self._amp():
-            embed = self.wm.encode({k: v[:, :context] for k, v in data.items()})
-            post, _ = self.wm.observe(embed, data["action"][:, :context],
-                                      data["is_first"][:, :context])
-            state = {k: v[:, -1] for k, v in post.items() if k in ("deter", "stoch")}
-            states = []
-            for t in range(context, T):
-                state = self.wm.rssm.img_step(state, data["action"][:, t])
-                states.append(state)
-            feats = torch.cat([self.wm.rssm.feat(post),
-                               torch.stack([self.wm.rssm.feat(s) for s in states], 1)], 1)
-            recon = self.wm.decoder(feats)
-        out: dict[str, Any] = {}
-        targets = {}
-        if IMAGE_KEY in recon:
-            targets[IMAGE_KEY] = data[IMAGE_KEY].float() / 255.0
-        if VECTOR_KEY in recon:
-            targets[VECTOR_KEY] = symlog(data[VECTOR_KEY].float())
-        for key, target in targets.items():
-            err = (recon[key].float() - target).pow(2)
-            out[f"openl/mse_{key}_observed"] = float(err[:, :context].mean())
-            out[f"openl/mse_{key}_imagined"] = float(err[:, context:].mean())
-        if IMAGE_KEY in recon:
-            # Videos: [N, T, H, W, C] floats in [0, 1], truth and prediction.
-            truth, pred = targets[IMAGE_KEY], recon[IMAGE_KEY].float()
-            out["openl"] = (truth.cpu().numpy(), pred.cpu().numpy())
-        return out
+            feat = self.wm.open_loop(data, context)
+            return self.wm.objective.report(data, feat, context)
+
+    @torch.no_grad()
+    def features(self, obs: Mapping[str, np.ndarray], carry: Any
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder embeddings [N, D] of `obs` and RSSM features [N, F] of the latent state in
+        `carry`, the carry `policy` returned for these observations."""
+        data = self._to_torch({k: obs[k] for k in self.shapes})
+        with self._amp():
+            embed = self.wm.encode(data)
+        return embed.float(), self.wm.rssm.feat(carry[0]).float()
 
     # -- persistence ---------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -215,3 +162,10 @@ class DreamerV3Agent(Agent):
         self.ac.load_state_dict(state["ac"])
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
+
+
+class JEPAAgent(DreamerV3Agent):
+    """`--agent jepa`: DreamerV3 whose world model predicts latents (`model.objective=latent`,
+    settings in the config's `jepa` section) instead of reconstructing observations."""
+
+    objective = "latent"

@@ -1,5 +1,5 @@
 """Collapse diagnostics of trained agents, compared on equal footing: RankMe and std score of
-the encoder's embeddings and of the RSSM features, on fresh evaluation episodes of each
+the encoder's embeddings and of the latent features, on fresh evaluation episodes of each
 run's own env (distractors included), for any agent (the `collapse/*` training metrics of
 both agents are measured on replay batches instead).
 
@@ -29,13 +29,14 @@ from world_models.diagnostics import collapse_metrics
 @torch.no_grad()
 def rollout_latents(agent, cfg, steps: int, seed: int) -> tuple[dict[str, torch.Tensor], list]:
     """Whole eval-mode episodes in the run's env until at least `steps` steps; the encoder
-    embeddings and RSSM features of every step and the episode returns."""
-    obs_rows, feats = [], []
+    embeddings and latent features (`Agent.features`) of every step and the episode returns."""
+    embeds, feats = [], []
 
     def policy(obs, carry):
         action, carry = agent.policy(obs, carry, mode="eval")
-        obs_rows.append({k: np.array(obs[k]) for k in agent.shapes})
-        feats.append(agent.wm.rssm.feat(carry[0]).float())
+        embed, feat = agent.features(obs, carry)
+        embeds.append(embed.cpu())
+        feats.append(feat.cpu())
         return action, carry
 
     env = make_eval_env(cfg, 1, seed, False, agent.obs_space)
@@ -47,10 +48,7 @@ def rollout_latents(agent, cfg, steps: int, seed: int) -> tuple[dict[str, torch.
             returns += [r["return"] for r in records]
     finally:
         env.close()
-    # One batched pass of the encoder over the visited observations.
-    obs = {k: torch.as_tensor(np.concatenate([r[k] for r in obs_rows]), device=agent.device)
-           for k in agent.shapes}
-    return {"embed": agent.wm.encode(obs).float(), "feat": torch.cat(feats)}, returns
+    return {"embed": torch.cat(embeds), "feat": torch.cat(feats)}, returns
 
 
 def measure(path: str | Path, steps: int, seed: int, device: str = "cpu") -> dict[str, object]:

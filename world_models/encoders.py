@@ -1,8 +1,11 @@
-"""Observation encoders and decoders: CNN for `image`, symlog MLP for `vector`.
+"""Observation encoders and decoders: CNN for `image`, symlog MLP for `vector`, or a
+pretrained image encoder; `make_encoder` builds the one a config names.
 
 Encoder contract (any encoder, the JEPA ones included): an `nn.Module` whose
 `forward(obs)` maps a dict with `image` uint8 [..., H, W, C] and/or `vector`
-float32 [..., D] to an embedding [..., out_dim], and has an int `out_dim`.
+float32 [..., D] to an embedding [..., out_dim], has an int `out_dim`, and lists in
+`pretrained_parameters()` the fine-tuned pretrained weights (trained at a scaled
+learning rate; empty for encoders trained from scratch).
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ from torch import nn
 
 from world_models.dists import symlog
 from world_models.nets import Linear, conv_stack, mlp
+from world_models.vit_jepa.encoder import load_encoder
 
 IMAGE_KEY, VECTOR_KEY = "image", "vector"
+ENCODER_KINDS = "cnn, jepa:PATH/encoder.pt, hf:HUB_ID_OR_DIR"
+ENCODER_MODES = ("frozen", "finetune")
 
 
 def _check_image(shape: Sequence[int]) -> None:
@@ -67,6 +73,51 @@ class MultiEncoder(nn.Module):
             x = obs[VECTOR_KEY].float()
             outs.append(self.mlp(symlog(x) if self.use_symlog else x))
         return torch.cat(outs, -1)
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        return []  # trained from scratch at the base learning rate
+
+
+class PretrainedImageEncoder(nn.Module):
+    """A pretrained image encoder (JEPA ViT, V-JEPA 2) plus the symlog MLP for `vector`."""
+
+    def __init__(self, image: nn.Module, obs_shapes: Mapping[str, Sequence[int]],
+                 **mlp_kwargs):
+        super().__init__()
+        self.image = image
+        self.vector = None
+        self.out_dim = image.out_dim
+        if VECTOR_KEY in obs_shapes:
+            self.vector = MultiEncoder({VECTOR_KEY: obs_shapes[VECTOR_KEY]}, **mlp_kwargs)
+            self.out_dim += self.vector.out_dim
+
+    def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        out = [self.image({IMAGE_KEY: obs[IMAGE_KEY]}).float()]
+        if self.vector is not None:
+            out.append(self.vector(obs))
+        return torch.cat(out, -1)
+
+    def pretrained_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.image.parameters() if p.requires_grad]
+
+
+def make_encoder(obs_shapes: Mapping[str, Sequence[int]], kind: str = "cnn",
+                 mode: str = "frozen", **kwargs) -> nn.Module:
+    """The encoder named by `kind` (cnn | jepa:PATH | hf:ID_OR_DIR); `mode` (frozen |
+    finetune) applies to pretrained ones; `kwargs` configure the CNN/MLP."""
+    if mode not in ENCODER_MODES:
+        raise ValueError(f"encoder mode {mode!r} unknown; allowed: {', '.join(ENCODER_MODES)}")
+    if kind == "cnn":
+        return MultiEncoder(obs_shapes, **kwargs)
+    prefix, _, target = kind.partition(":")
+    if prefix not in ("jepa", "hf") or not target:
+        raise ValueError(f"encoder kind {kind!r} unknown; allowed: {ENCODER_KINDS}")
+    if IMAGE_KEY not in obs_shapes:
+        raise ValueError(f"encoder {kind!r} needs image observations; this env has "
+                         f"{sorted(obs_shapes)} (use --obs pixels)")
+    image = load_encoder(kind, tuple(obs_shapes[IMAGE_KEY]), frozen=mode == "frozen")
+    mlp_kwargs = {k: kwargs[k] for k in ("layers", "units", "symlog") if k in kwargs}
+    return PretrainedImageEncoder(image, obs_shapes, **mlp_kwargs)
 
 
 class MultiDecoder(nn.Module):

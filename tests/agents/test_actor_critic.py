@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from agents.actor_critic import ActorCritic, ReturnNorm, lambda_return
-from world_models.dreamer import DreamerWorldModel
+from world_models.world_model import WorldModel
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -98,7 +98,7 @@ SMALL = {"layers": 1, "units": 16}
 def models(discrete: bool, act_dim: int = 2):
     torch.manual_seed(0)
     rssm = {"deter": 32, "hidden": 16, "stoch": 4, "classes": 3, "blocks": 4}
-    wm = DreamerWorldModel(
+    wm = WorldModel(
         SHAPES, act_dim, rssm=rssm, encoder=SMALL, decoder=SMALL, reward_head=SMALL,
         cont_head=SMALL, loss_scales={"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1})
     ac = ActorCritic(wm.rssm.feat_dim, act_dim, discrete, policy=SMALL, value=SMALL,

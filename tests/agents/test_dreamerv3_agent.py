@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-from agents.base import make_agent
+from agents.base import AGENTS, UnknownAgentError, agent_class, make_agent, register
 from agents.config import load_config
 from agents.dreamerv3 import DreamerV3Agent, action_dim
 
@@ -174,3 +177,36 @@ def test_report_returns_open_loop_videos_for_images():
     vector_only = make("vector+continuous")
     out = vector_only.report(replay_batch(vector_only))
     assert "openl" not in out and np.isfinite(out["openl/mse_vector_imagined"])
+
+
+def test_registry_does_not_import_its_agents():
+    code = ("import sys, agents.base as b; assert 'agents.dreamerv3' not in sys.modules; "
+            "assert b.agent_class('jepa').__name__ == 'JEPAAgent'; "
+            "assert 'agents.dreamerv3' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_registry_names_and_user_entry_points():
+    assert {"dreamerv3", "jepa"} <= set(AGENTS)
+    with pytest.raises(UnknownAgentError, match="unknown agent 'nope'; available: .*dreamerv3"):
+        make_agent("nope", *SPACES["vector+continuous"], None)
+    try:
+        register("mine", "agents.dreamerv3:DreamerV3Agent")
+        assert agent_class("mine") is DreamerV3Agent
+        register("mine2")(DreamerV3Agent)
+        assert agent_class("mine2") is DreamerV3Agent
+    finally:
+        AGENTS.pop("mine", None)
+        AGENTS.pop("mine2", None)
+
+
+def test_features_give_embeddings_and_the_carried_latent():
+    agent = make("image+discrete")
+    obs = observation(agent, 3, True)
+    _, carry = agent.policy(obs, None, mode="eval")
+    embed, feat = agent.features(obs, carry)
+    assert embed.shape == (3, agent.wm.encoder.out_dim)
+    assert feat.shape == (3, agent.wm.rssm.feat_dim)
+    torch.testing.assert_close(feat, agent.wm.rssm.feat(carry[0]))
+    data = {k: torch.as_tensor(obs[k]) for k in agent.shapes}
+    torch.testing.assert_close(embed, agent.wm.encode(data).detach())

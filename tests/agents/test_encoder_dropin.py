@@ -4,8 +4,11 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from agents.cli import run_main
+from agents.cli_args import build_config, parse_run_args
+from agents.config import Config, load_config
 from world_models.vit_jepa import ViT, make_config, save_encoder
 
 SMOKE = [
@@ -58,3 +61,29 @@ def test_wrong_encoder_shape_is_one_line_error(tmp_path, capsys):
                      "--encoder", f"jepa:{path}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "32" in err and "64" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("flag, kind", [("default", "cnn"), ("cnn", "cnn"),
+                                         ("jepa:enc.pt", "jepa:enc.pt")])
+def test_encoder_flags_set_model_encoder(flag, kind):
+    args = parse_run_args(["--env", "gym:CartPole-v1", "--encoder", flag,
+                           "--encoder-mode", "finetune"])
+    cfg = build_config(args)
+    assert cfg.model.encoder.kind == kind and cfg.model.encoder.mode == "finetune"
+    assert "encoder" not in cfg  # no top-level section any more
+
+
+def test_old_run_config_with_top_level_encoder_section_loads(tmp_path):
+    old = load_config("gym:CartPole-v1", size="1m").to_dict()
+    for key in ("kind", "mode", "lr_scale"):
+        del old["model"]["encoder"][key]
+    old["encoder"] = {"name": "jepa:enc.pt", "mode": "finetune", "lr_scale": 0.5}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old))
+    cfg = Config.from_yaml(path)
+    assert "encoder" not in cfg
+    assert (cfg.model.encoder.kind, cfg.model.encoder.mode, cfg.model.encoder.lr_scale) == \
+        ("jepa:enc.pt", "finetune", 0.5)
+    old["encoder"] = {"name": "default", "mode": "frozen", "lr_scale": 0.1}
+    path.write_text(yaml.safe_dump(old))
+    assert Config.from_yaml(path).model.encoder.kind == "cnn"

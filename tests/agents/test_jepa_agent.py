@@ -12,9 +12,10 @@ from learning_envs import MatchCueEnv
 
 from agents.base import make_agent
 from agents.cli import eval_main, run_main
+from agents.cli_args import build_config, parse_run_args
 from agents.config import load_config
-from agents.jepa_agent import JEPAAgent
-from agents.train import run
+from agents.dreamerv3 import JEPAAgent
+from agents.train import train
 
 torch.set_num_threads(1)
 
@@ -28,6 +29,11 @@ SMOKE = [
 ]
 
 
+def run(argv, report=None):
+    """`dreamer-run ARGV` in-process; returns the run directory."""
+    return train(build_config(parse_run_args(argv)), report=report)
+
+
 def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -37,9 +43,11 @@ def test_registered_and_dreamer_config_untouched():
     space = gym.spaces.Dict({"vector": gym.spaces.Box(-1, 1, (4,), np.float32)})
     agent = make_agent("jepa", space, gym.spaces.Discrete(2), cfg)
     assert isinstance(agent, JEPAAgent) and agent.wm.decoder is None
-    dreamer = make_agent("dreamerv3", space, gym.spaces.Discrete(2), cfg)
+    assert cfg.model.objective == "latent"  # the jepa name is a preset of this key
+    dreamer_cfg = load_config("gym:CartPole-v1", size="1m", sets=["threads=1"])
+    dreamer = make_agent("dreamerv3", space, gym.spaces.Discrete(2), dreamer_cfg)
     assert type(dreamer).__name__ == "DreamerV3Agent" and dreamer.wm.decoder is not None
-    assert not hasattr(dreamer.wm, "target_encoder")
+    assert not hasattr(dreamer.wm.objective, "target_encoder")
 
 
 def test_cartpole_smoke_interrupt_resume_and_eval(tmp_path, capsys):
@@ -102,8 +110,8 @@ def test_pretrained_jepa_vit_finetuned_with_ema_target(tmp_path):
     state = torch.load(logdir / "checkpoint" / "agent.pt", weights_only=False)["state"]
     wm = state["agent"]["wm"]
     online = {k[len("encoder."):]: v for k, v in wm.items() if k.startswith("encoder.image.")}
-    target = {k[len("target_encoder."):]: v for k, v in wm.items()
-              if k.startswith("target_encoder.image.")}
+    target = {k[len("objective.target_encoder."):]: v for k, v in wm.items()
+              if k.startswith("objective.target_encoder.image.")}
     assert online and online.keys() == target.keys()
     # The target is an EMA that lags the fine-tuned online ViT, so the two differ.
     assert any(not torch.equal(online[k], target[k]) for k in online)

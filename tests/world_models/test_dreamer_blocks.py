@@ -18,9 +18,9 @@ from world_models.dists import (
     symexp,
     symlog,
 )
-from world_models.dreamer import DreamerWorldModel
 from world_models.encoders import MultiDecoder, MultiEncoder
 from world_models.nets import BlockLinear, ChannelRMSNorm, Linear, conv_stack, mlp
+from world_models.world_model import WorldModel
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -295,11 +295,11 @@ def test_multi_decoder_shapes_and_loss():
     torch.testing.assert_close(losses["rec_vector"], expect)
 
 
-def world_model(free_nats: float = 1.0, diag_every: int = 0) -> DreamerWorldModel:
+def world_model(free_nats: float = 1.0, diag_every: int = 0) -> WorldModel:
     rssm = {"deter": 32, "hidden": 16, "stoch": 4, "classes": 3, "blocks": 4,
             "free_nats": free_nats}
     head = {"layers": 1, "units": 16}
-    return DreamerWorldModel(
+    return WorldModel(
         SHAPES, act_dim=2, rssm=rssm, encoder=SMALL, decoder=SMALL, reward_head=head,
         cont_head=head, loss_scales={"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1},
         diag_every=diag_every)
@@ -330,7 +330,7 @@ def test_world_model_loss_terms():
     total.backward()
     # Both encoder branches and every head receive gradient (the reward head's output
     # layer is zero-initialised, so only that layer has gradient at the first step).
-    for name in ("encoder.cnn.0.weight", "encoder.mlp.0.weight", "decoder.space.weight",
+    for name in ("encoder.cnn.0.weight", "encoder.mlp.0.weight", "objective.decoder.space.weight",
                  "reward.net.3.weight", "cont.net.0.weight", "rssm.post_net.0.weight"):
         grad = dict(wm.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name

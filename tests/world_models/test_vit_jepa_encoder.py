@@ -76,3 +76,24 @@ def test_vjepa2_adapter_on_tiny_random_model(tmp_path):
         load_encoder(f"hf:{tmp_path / 'vjepa2'}", (32, 32, 1))
     with pytest.raises(EncoderSpecError, match="cannot load"):
         load_encoder(f"hf:{tmp_path / 'missing'}", (32, 32, 3))
+
+
+def test_vjepa2_finetune_trains_through_the_encoder(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from world_models.encoders import make_encoder
+
+    cfg = transformers.VJEPA2Config(
+        crop_size=32, frames_per_clip=2, tubelet_size=2, patch_size=16, hidden_size=32,
+        num_hidden_layers=1, num_attention_heads=2, pred_hidden_size=16,
+        pred_num_hidden_layers=1, pred_num_attention_heads=2,
+    )
+    torch.manual_seed(0)
+    transformers.VJEPA2Model(cfg).save_pretrained(tmp_path / "vjepa2")
+    enc = make_encoder({"image": (32, 32, 3)}, f"hf:{tmp_path / 'vjepa2'}", "finetune")
+    tuned = enc.pretrained_parameters()
+    assert tuned and enc.image.training
+    x = torch.randint(0, 255, (2, 32, 32, 3), dtype=torch.uint8)
+    enc({"image": x}).pow(2).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tuned)
+    frozen = make_encoder({"image": (32, 32, 3)}, f"hf:{tmp_path / 'vjepa2'}", "frozen")
+    assert frozen.pretrained_parameters() == []

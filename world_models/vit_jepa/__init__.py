@@ -1,5 +1,6 @@
 """JEPA perception: ViT encoder, multi-block masking, EMA-target pretraining, encoder adapters."""
 
+from world_models.regularizers import vicreg_terms
 from world_models.vit_jepa.encoder import (
     EncoderSpecError,
     JEPAEncoder,
@@ -9,7 +10,7 @@ from world_models.vit_jepa.encoder import (
     save_encoder,
 )
 from world_models.vit_jepa.masking import MaskConfig, sample_masks
-from world_models.vit_jepa.model import JEPA, JEPAConfig, Predictor, vicreg_terms
+from world_models.vit_jepa.model import JEPA, JEPAConfig, Predictor
 from world_models.vit_jepa.vit import PRESETS, ConfigError, ViT, ViTConfig, make_config
 
 __all__ = [

@@ -130,14 +130,15 @@ class JEPAEncoder(_FrameEncoder):
 
 
 class VJEPA2Encoder(_FrameEncoder):
-    """A published V-JEPA 2 (transformers `VJEPA2Model`), always frozen.
+    """A published V-JEPA 2 (transformers `VJEPA2Model`), frozen unless `frozen=False`.
 
     Frames are resized to the model's crop size, scaled to [0, 1], normalised with ImageNet
     statistics, and repeated `tubelet_size` times to form the shortest valid clip (one tubelet
     deep); the output is the mean over the encoder's tokens (D = hidden_size).
     """
 
-    def __init__(self, model: nn.Module, image_shape: tuple[int, int, int]) -> None:
+    def __init__(self, model: nn.Module, image_shape: tuple[int, int, int],
+                 frozen: bool = True) -> None:
         super().__init__()
         cfg = model.config
         if image_shape[2] != cfg.in_chans:
@@ -151,7 +152,7 @@ class VJEPA2Encoder(_FrameEncoder):
         self.clip_len = int(cfg.tubelet_size)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-        self.frozen = True
+        self.frozen = frozen
         self._freeze()
 
     def encode_frames(self, frames: Tensor) -> Tensor:
@@ -187,4 +188,4 @@ def load_encoder(spec: str, image_shape: tuple[int, int, int], frozen: bool = Tr
     except OSError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EncoderSpecError(f"cannot load V-JEPA 2 model {target!r}: {first}") from e
-    return VJEPA2Encoder(model, image_shape)
+    return VJEPA2Encoder(model, image_shape, frozen=frozen)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from world_models.regularizers import vicreg_terms
 from world_models.vit_jepa.masking import MaskConfig, sample_masks
 from world_models.vit_jepa.vit import ViT, ViTConfig, gather_tokens, sincos_pos_embed, transformer
 
@@ -53,17 +54,6 @@ class Predictor(nn.Module):
         nc = x.shape[1]
         out = self.blocks(torch.cat([x, q], dim=1))[:, nc:]
         return self.proj(self.norm(out)).reshape(b, m, nt, -1)
-
-
-def vicreg_terms(z: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
-    """VICReg variance (hinge on per-dim std at 1) and covariance (off-diagonal) terms, z [N, D]."""
-    z = z - z.mean(0)
-    std = torch.sqrt(z.var(0) + eps)
-    var = F.relu(1.0 - std).mean()
-    n, d = z.shape
-    cov = (z.T @ z) / max(n - 1, 1)
-    off = cov - torch.diag(torch.diag(cov))
-    return var, off.pow(2).sum() / d
 
 
 class JEPA(nn.Module):

@@ -1,4 +1,5 @@
-"""JEPA world model: loss terms, gradient paths, EMA target, safeguards, collapse detection."""
+"""The latent (JEPA) objective: loss terms, gradient paths, EMA target, safeguards, collapse
+detection."""
 
 import warnings
 
@@ -7,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from world_models.diagnostics import CollapseWarning, distinct_rows
-from world_models.jepa_wm import JEPAWorldModel, open_loop_weights, prediction_error
+from world_models.latent_objective import open_loop_weights, prediction_error
+from world_models.world_model import WorldModel
 
 torch.set_num_threads(1)
 
@@ -29,8 +31,10 @@ def jepa_cfg(**over):
 
 def make_wm(shapes=None, scales=SCALES, **over):
     shapes = shapes or {"vector": (8,)}
-    return JEPAWorldModel(shapes, 2, RSSM, ENC, dict(depth=4, layers=1, units=32), HEAD, HEAD,
-                          scales, jepa_cfg(**over), discrete=True)
+    latent = jepa_cfg(**over)
+    scales = {**scales, **latent.pop("scales")}
+    return WorldModel(shapes, 2, RSSM, ENC, dict(depth=4, layers=1, units=32), HEAD, HEAD,
+                      scales, objective="latent", latent=latent, discrete=True)
 
 
 def make_batch(B=4, T=12, image=False, seed=0):
@@ -70,7 +74,7 @@ def test_no_decoder_gradient_reaches_encoder_or_rssm():
     losses, _, _ = wm.loss(make_batch(image=True))
     losses["probe_rec_image"].mean().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in wm.decoder.parameters())
-    for module in (wm.encoder, wm.rssm, wm.predictor):
+    for module in (wm.encoder, wm.rssm, wm.objective.predictor):
         assert all(p.grad is None or p.grad.abs().sum() == 0 for p in module.parameters())
 
 
@@ -78,10 +82,10 @@ def test_no_decoder_without_probe_and_targets_without_gradient():
     torch.manual_seed(0)
     wm = make_wm()
     assert wm.decoder is None
-    assert all(not p.requires_grad for p in wm.target_encoder.parameters())
+    assert all(not p.requires_grad for p in wm.objective.target_encoder.parameters())
     losses, _, _ = wm.loss(make_batch())
     wm.total(losses).backward()
-    assert all(p.grad is None for p in wm.target_encoder.parameters())
+    assert all(p.grad is None for p in wm.objective.target_encoder.parameters())
     # Reward and JEPA gradients do reach the online encoder.
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in wm.encoder.parameters())
 
@@ -89,13 +93,13 @@ def test_no_decoder_without_probe_and_targets_without_gradient():
 def test_ema_update_math():
     torch.manual_seed(0)
     wm = make_wm(ema=0.9)
-    before = [p.detach().clone() for p in wm.target_encoder.parameters()]
+    before = [p.detach().clone() for p in wm.objective.target_encoder.parameters()]
     with torch.no_grad():
         for p in wm.encoder.parameters():
             p.add_(1.0)
     online = [p.detach().clone() for p in wm.encoder.parameters()]
-    wm.update_target()
-    for t, b, o in zip(wm.target_encoder.parameters(), before, online):
+    wm.objective.update_target()
+    for t, b, o in zip(wm.objective.target_encoder.parameters(), before, online):
         torch.testing.assert_close(t, 0.9 * b + 0.1 * o)
     assert abs(sum(open_loop_weights(3, 0.5)) - 1) < 1e-9
     assert open_loop_weights(3, 0.5) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
@@ -142,7 +146,7 @@ def _train(wm, batch, steps):
         opt.zero_grad()
         wm.total(losses).backward()
         opt.step()
-        wm.update_target()
+        wm.after_step()
     with torch.no_grad():
         return wm.encode(batch), wm.rssm.feat(post)
 

@@ -1,0 +1,90 @@
+"""Representation objectives of the world model: the loss terms that shape its latent state
+besides the shared KL, reward and continue terms. Each objective is a module of the world
+model; `reconstruction` (DreamerV3's decoder) lives here, `latent` (JEPA) in
+`world_models.latent_objective`.
+
+An objective declares its loss terms at construction (`terms`: term -> config scale name),
+so the world model can check that every term has a scale and every scale a term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from world_models.dists import symlog
+from world_models.encoders import IMAGE_KEY, VECTOR_KEY, MultiDecoder
+from world_models.rssm import RSSM, State
+
+
+class Objective(nn.Module):
+    """Base of the representation objectives: loss terms, open-loop report, after-step hook."""
+
+    # The config scale names this objective reads (its term groups, whether active or not).
+    SCALES: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.terms: dict[str, str] = {}
+        self.decoder: MultiDecoder | None = None
+
+    def loss(self, batch: Mapping[str, torch.Tensor], embed: torch.Tensor, post: State,
+             feat: torch.Tensor, rssm: RSSM) -> tuple[dict[str, torch.Tensor], dict]:
+        """Named [B, T] loss terms (exactly `self.terms`) and metrics."""
+        raise NotImplementedError
+
+    def report(self, data: Mapping[str, torch.Tensor], feat: torch.Tensor, context: int
+               ) -> dict[str, Any]:
+        """Open-loop metrics (`openl/...`) from the features of `WorldModel.open_loop`."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after each optimizer step (e.g. an EMA target update)."""
+
+
+def decoder_terms(decoder: MultiDecoder, prefix: str = "") -> dict[str, str]:
+    """The decoder's loss terms (`rec_image`, `rec_vector`, prefixed) -> their scale name."""
+    return {f"{prefix}rec_{k}": f"{prefix}rec" for k in decoder.keys}
+
+
+@torch.no_grad()
+def decoder_report(decoder: MultiDecoder, data: Mapping[str, torch.Tensor],
+                   feat: torch.Tensor, context: int) -> dict[str, Any]:
+    """`openl/mse_<key>_observed|imagined` of the decoded open-loop features and, for images,
+    `openl`: a (truth, prediction) pair of [N, T, H, W, C] float arrays in [0, 1]."""
+    recon = decoder(feat)
+    targets = {}
+    if IMAGE_KEY in recon:
+        targets[IMAGE_KEY] = data[IMAGE_KEY].float() / 255.0
+    if VECTOR_KEY in recon:
+        targets[VECTOR_KEY] = symlog(data[VECTOR_KEY].float())
+    out: dict[str, Any] = {}
+    for key, target in targets.items():
+        err = (recon[key].float() - target).pow(2)
+        out[f"openl/mse_{key}_observed"] = float(err[:, :context].mean())
+        out[f"openl/mse_{key}_imagined"] = float(err[:, context:].mean())
+    if IMAGE_KEY in recon:
+        out["openl"] = (targets[IMAGE_KEY].cpu().numpy(), recon[IMAGE_KEY].float().cpu().numpy())
+    return out
+
+
+class ReconstructionObjective(Objective):
+    """DreamerV3's objective: decode the observations from the features (`rec_image`,
+    `rec_vector`: summed squared error per step)."""
+
+    SCALES = ("rec",)
+
+    def __init__(self, feat_dim: int, obs_shapes: Mapping[str, Sequence[int]],
+                 decoder: Mapping) -> None:
+        super().__init__()
+        self.decoder = MultiDecoder(feat_dim, obs_shapes, **decoder)
+        self.terms = decoder_terms(self.decoder)
+
+    def loss(self, batch, embed, post, feat, rssm):
+        return self.decoder.loss(self.decoder(feat), batch), {}
+
+    def report(self, data, feat, context):
+        return decoder_report(self.decoder, data, feat, context)
