@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.cli_args import ArgParser
+
 # Errors a user can cause get one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
@@ -51,7 +53,7 @@ def run_main(argv: Sequence[str] | None = None) -> int:
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="dreamer-eval",
+    p = ArgParser(prog="dreamer-eval",
                                 description="Evaluate a trained agent from its run directory.")
     p.add_argument("path", help="run directory (or its checkpoint) written by dreamer-run")
     p.add_argument("--episodes", type=int, default=5)

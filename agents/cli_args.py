@@ -8,8 +8,17 @@ from collections.abc import Sequence
 from agents.config import Config, load_config
 
 
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (`prog: error: ...`), not usage plus error, so
+    every entry point fails the same way; `--help` still shows the usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        first = message.strip().splitlines()[0] if message.strip() else "bad arguments"
+        self.exit(2, f"{self.prog}: error: {first} (see --help)\n")
+
+
 def run_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgParser(
         prog="dreamer-run",
         description="Train a model-based agent on an environment given by a spec string. "
         "Rerunning the same command with the same --logdir resumes.")

@@ -268,6 +268,9 @@ def load_config(
     ``key=value`` strings; ``overrides`` maps dotted keys to values and comes last (the
     Python way to say ``--set``); ``extra_defaults`` adds sections or keys to the schema.
     """
+    from envs import parse_spec  # here: reading a config needs no env library
+
+    env_spec = ":".join(parse_spec(env_spec))  # `dmc_walker_walk` -> `dmc:walker_walk`
     defaults = _read_yaml(CONFIG_DIR / "defaults.yaml")
     if extra_defaults:
         defaults = _merge(defaults, nest(dict(extra_defaults)))

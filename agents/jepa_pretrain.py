@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.cli_args import ArgParser
 from world_models.diagnostics import check_collapse, collapse_metrics, eigen_spectrum
 from world_models.vit_jepa import JEPA, JEPAConfig, make_config, save_encoder
 
@@ -266,7 +267,7 @@ def plot_collapse(history: list[dict], spectra: dict[int, list[float]], path: Pa
 
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jepa-pretrain", description=__doc__.splitlines()[0])
+    p = ArgParser(prog="jepa-pretrain", description=__doc__.splitlines()[0])
     p.add_argument("--env", default="dmc:walker-walk", help="env spec for --source random")
     p.add_argument("--frames", type=int, default=100_000, help="frames to collect/use")
     p.add_argument("--out", required=True, help="output directory (rerun to resume)")

@@ -7,9 +7,9 @@ python -m benchmarks.atari100k [--games all|pong,boxing] [--seeds 5] [--frames 4
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
+from agents.cli_args import ArgParser
 from benchmarks.reference_tables import ATARI100K_GAMES
 from benchmarks.suite import SuiteError, add_common_args, exit_with, suite_main
 
@@ -31,7 +31,7 @@ def games_from(text: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgParser(
         description="Run the Atari-100k suite on Ray and aggregate human-normalised scores."
     )
     parser.add_argument("--games", default="all", help="all or comma-separated game ids")

@@ -13,13 +13,13 @@ the diagnostics of `world_models.diagnostics` (embedding size D in brackets).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from agents.cli_args import ArgParser
 from agents.collector import Collector
 from agents.inference import load_agent
 from agents.train import make_eval_env
@@ -79,7 +79,7 @@ def table(rows: list[dict[str, object]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories (or checkpoint files)")
     parser.add_argument("--steps", type=int, default=1000,
                         help="at least this many env steps per run (whole episodes)")
@@ -91,7 +91,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
     if args.steps < 2:
         parser.error("--steps must be >= 2 (RankMe needs several embeddings)")
     torch.set_num_threads(args.threads)
-    rows = [measure(run, args.steps, args.seed, args.device) for run in args.runs]
+    try:
+        rows = [measure(run, args.steps, args.seed, args.device) for run in args.runs]
+    except (ValueError, FileNotFoundError) as err:  # a missing or broken run: one line
+        parser.exit(2, f"{parser.prog}: error: {str(err).splitlines()[0]}\n")
     text = table(rows)
     print(text)
     if args.out:

@@ -16,7 +16,6 @@ a summary (trials resumed cleanly, steps lost per kill at most).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -28,6 +27,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from agents.cli_args import ArgParser
 
 # Small and quick: checkpoints every second, so many kills land near one.
 TINY = {"env.num_envs": 2, "threads": 1, "replay.batch_size": 4, "replay.batch_length": 8,
@@ -166,7 +167,7 @@ def run_trial(index: int, out: Path, env_spec: str, steps: int, kills: int, seed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--kills", type=int, default=3, help="kills per trial before the final run")
     p.add_argument("--steps", type=int, default=800, help="agent steps per run")

@@ -9,9 +9,9 @@ Proprio runs use state observations (`dmc:walker-walk`), vision runs 64x64 pixel
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
+from agents.cli_args import ArgParser
 from benchmarks.reference_tables import DMC_PROPRIO_TASKS, DMC_VISION_TASKS
 from benchmarks.suite import SuiteError, add_common_args, exit_with, suite_main
 
@@ -38,7 +38,7 @@ def tasks_from(suite: str, text: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgParser(
         description="Run a DMC suite on Ray and aggregate mean/median returns."
     )
     parser.add_argument("--suite", required=True, choices=sorted(SUITES))

@@ -9,12 +9,12 @@ run it while nothing else is busy.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import envs
+from agents.cli_args import ArgParser
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", type=int, default=8, help="envs per vector env")
     parser.add_argument("--steps", type=int, default=200, help="timed vector steps per case")
     names = [c.name for c in CASES]

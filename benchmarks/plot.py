@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agents.cli_args import ArgParser
 from benchmarks.aggregate import (
     Summary,
     aggregate_curve,
@@ -359,7 +360,7 @@ def report(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("runs", nargs="*", help="run directories, suite folders or score files")

@@ -12,7 +12,6 @@ keeps one frame counter for all episodes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -23,6 +22,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import yaml
+
+from agents.cli_args import ArgParser
 
 __all__ = ["EpisodeLog", "FlattenObs", "main", "make_env", "train_ppo"]
 
@@ -188,7 +189,7 @@ def train_ppo(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="RLlib PPO baseline on an env spec.")
+    parser = ArgParser(description="RLlib PPO baseline on an env spec.")
     parser.add_argument("--env", required=True, help="env spec, e.g. gym:CartPole-v1")
     parser.add_argument("--frames", type=int, required=True, help="env frames to train for")
     parser.add_argument("--seed", type=int, default=0)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.cli_args import ArgParser
 from agents.jepa_pretrain import (
     JEPATrainer,
     clip_starts,
@@ -180,7 +181,7 @@ def markdown_table(results: dict[str, dict[str, float]], title: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.probe",
+    p = ArgParser(prog="python -m benchmarks.probe",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--env", default="dmc:walker-walk", help="a dmc:DOMAIN-TASK spec")
     p.add_argument("--frames", type=int, default=4000)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.config import Config, ConfigError, load_config
+from agents.config import Config, load_config
 from benchmarks.ray_launch import add_ray_args, gpus_per_task, init_ray
 from benchmarks.scores import Run, ScoreFileError, read_run_dir, read_status, task_id, write_scores
 
@@ -81,7 +81,7 @@ def plan(
             flags = {"run.steps": steps, "seed": seed, "logdir": str(logdir)}
             try:
                 cfg = load_config(env, size=size, agent=agent, flags=flags, sets=sets)
-            except ConfigError as err:
+            except ValueError as err:  # ConfigError, EnvSpecError
                 raise SuiteError(str(err)) from None
             specs.append(RunSpec(env, seed, logdir, steps, cfg))
     return specs

@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from agents.config import ConfigError, load_config, nest, parse_override, parse_value
+from agents.cli_args import ArgParser
+from agents.config import load_config, nest, parse_override, parse_value
 from benchmarks.ray_launch import add_ray_args, gpus_per_task, init_ray
 
 __all__ = [
@@ -161,7 +162,7 @@ def _trainable(config: dict[str, Any], request: dict[str, Any], metric: str) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgParser(
         prog="dreamer-sweep",
         description=__doc__.split("\n\n")[0],
     )
@@ -214,7 +215,7 @@ def _check(args: argparse.Namespace) -> tuple[dict[str, Dist], dict[str, Any]]:
                "flags": flags, "sets": list(args.sets)}
     try:
         load_config(**request)
-    except ConfigError as err:
+    except ValueError as err:  # ConfigError, or EnvSpecError for a bad --env
         raise SweepSpecError(str(err)) from None
     return params, request
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from agents.base import make_agent
+from agents.cli_args import ArgParser
 from agents.config import ConfigError, load_config
 from agents.dreamerv3 import DreamerV3Agent
 from agents.runtime import select_device
@@ -219,7 +220,7 @@ def table_row(r: dict[str, object]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="all",
                         help=f"all or comma-separated: {', '.join([*ROWS, COLLECT])}")
     parser.add_argument("--updates", type=int, default=3, help="timed updates per row")

@@ -22,6 +22,7 @@ from envs.core import (
     EnvSpecError,
     SeedOnFirstReset,
     VectorSeedOnFirstReset,
+    closest,
     pick_gl_backend,
     vector_metadata,
 )
@@ -29,7 +30,8 @@ from envs.core import (
 # Importing anything that pulls in dm_control (ray.rllib does) before this would lock in GLFW.
 pick_gl_backend()
 
-__all__ = ["SUITES", "EnvSpecError", "make", "make_vector", "parse_spec"]
+__all__ = ["SUITES", "EnvSpecError", "list_envs", "make", "make_vector", "parse_spec",
+           "register_suite"]
 
 # Suite name -> module that implements it (see `_suite_module` for the interface).
 SUITES: dict[str, str] = {
@@ -49,24 +51,77 @@ _ASYNC_WHEN_RENDERING = frozenset({"dmc"})
 _GL_SUITES = frozenset({"dmc", "gym"})
 
 
+def register_suite(name: str, module: str) -> None:
+    """Make `name:TASK` specs build envs with the module `module` (an import path); see
+    `_suite_module` for what the module provides."""
+    if not name.isidentifier():
+        raise EnvSpecError(f"suite name {name!r} must be an identifier (letters, digits, _)")
+    SUITES[name] = module
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
-    """Split `suite:task` into its two parts, checking the suite name."""
-    if not isinstance(spec, str) or ":" not in spec:
-        raise EnvSpecError(
-            f"env spec {spec!r} is not of the form 'suite:task'; suites: {sorted(SUITES)}"
-        )
+    """Split `suite:task` into its two parts, checking the suite name. DreamerV3's spelling
+    `suite_task` (`dmc_walker_walk`, `atari100k_pong`) is accepted too."""
+    if not isinstance(spec, str):
+        raise EnvSpecError(f"env spec {spec!r} must be a string like 'dmc:walker-walk'")
+    if ":" not in spec:
+        suite = next((s for s in sorted(SUITES, key=len, reverse=True)
+                      if spec.startswith(f"{s}_")), None)
+        if suite is None:
+            raise EnvSpecError(f"env spec {spec!r} is not of the form 'suite:task'; "
+                               f"{_guess_specs(spec)}suites: {', '.join(sorted(SUITES))}")
+        spec = f"{suite}:{spec[len(suite) + 1:]}"
     suite, task = spec.split(":", 1)
     if suite not in SUITES:
-        raise EnvSpecError(f"unknown env suite '{suite}' in {spec!r}; suites: {sorted(SUITES)}")
+        _load_plugin_suites()
+    if suite not in SUITES:
+        close = closest(suite, sorted(SUITES))
+        guess = f"did you mean {', '.join(close)}? " if close else ""
+        raise EnvSpecError(f"unknown env suite '{suite}' in {spec!r}; {guess}"
+                           f"suites: {', '.join(sorted(SUITES))}")
     if not task:
         raise EnvSpecError(f"env spec {spec!r} has no task after '{suite}:'")
     return suite, task
 
 
+def _load_plugin_suites() -> None:
+    """Suites that installed packages declare under the entry-point group `dreamjepa.suites`
+    (`mysuite = "my_pkg.suite"`), so `dreamer-run --env mysuite:TASK` finds them."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="dreamjepa.suites"):
+        SUITES.setdefault(ep.name, ep.value)
+
+
+def list_envs(suite: str | None = None) -> list[str]:
+    """Every spec a suite (or every built-in suite) offers, e.g. `dmc:walker-walk`."""
+    if suite is not None and suite not in SUITES:
+        raise EnvSpecError(f"unknown env suite '{suite}'; suites: {', '.join(sorted(SUITES))}")
+    specs = []
+    for name in [suite] if suite else sorted(SUITES):
+        lister = getattr(_suite_module(name), "task_names", None)
+        specs += [f"{name}:{task}" for task in (lister() if lister else [])]
+    return specs
+
+
+def _guess_specs(name: str) -> str:
+    """'did you mean gym:CartPole-v1? ' for a bare task name, from every suite's list."""
+    specs = []
+    for suite in sorted(SUITES):
+        try:
+            specs += list_envs(suite)
+        except EnvSpecError:
+            continue  # a suite whose dependency is missing
+    by_task = {spec.split(":", 1)[1]: spec for spec in specs}
+    close = [by_task[t] for t in closest(name, list(by_task))]
+    return f"did you mean {', '.join(close)}? " if close else ""
+
+
 def _suite_module(suite: str) -> ModuleType:
     # Each module provides make_env(task, *, suite, **options) -> env (with
     # metadata["action_repeat"] set) and may provide
-    # make_vector_env(task, *, suite, num_envs, **options) for a native vector env.
+    # make_vector_env(task, *, suite, num_envs, **options) for a native vector env and
+    # task_names() -> list[str] for `list_envs` and the suggestions of unknown names.
     try:
         return importlib.import_module(SUITES[suite])
     except ImportError as exc:

@@ -33,6 +33,7 @@ from envs.core import (
     check_positive_int,
     check_size,
     image_space,
+    unknown_name,
     vector_metadata,
     with_metadata,
 )
@@ -59,10 +60,13 @@ def games() -> list[str]:
     return sorted(ale_py.roms.get_all_rom_ids())
 
 
+task_names = games  # the suite interface (see envs/__init__.py)
+
+
 def _resolve(task: str, suite: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     game = task.lower()
     if game not in games():
-        raise EnvSpecError(f"unknown {suite} game '{task}'; available: {', '.join(games())}")
+        raise unknown_name(f"{suite} game", task, games(), f"dreamer-run --list-envs {suite}")
     opts = check_options(suite, options, PRESETS[suite])
     opts["size"] = check_size(opts["size"])
     opts["repeat"] = check_positive_int("repeat", opts["repeat"])

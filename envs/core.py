@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes.util
+import difflib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +28,28 @@ def pick_gl_backend() -> None:
 
 class EnvSpecError(ValueError):
     """A bad env spec or option: the message names what was wrong and what is allowed."""
+
+
+def closest(name: str, names: list[str], n: int = 3) -> list[str]:
+    """The names most like `name`, ignoring case, `-` and `_` (`cartpole` ~ `CartPole-v1`)."""
+    norm = lambda s: s.lower().replace("_", "-")
+    by_norm: dict[str, str] = {}
+    for full in names:
+        by_norm.setdefault(norm(full), full)
+    found = difflib.get_close_matches(norm(name), list(by_norm), n=n, cutoff=0.5)
+    # A name that contains the query or starts like it is a good guess too.
+    found += [k for k in by_norm if norm(name) in k and k not in found]
+    return [by_norm[k] for k in found[:n]]
+
+
+def unknown_name(kind: str, name: str, names: list[str], listing: str) -> EnvSpecError:
+    """One line for an unknown task or game: the closest names, a few examples, and the
+    command that lists them all."""
+    close = closest(name, names)
+    guess = f"did you mean {', '.join(close)}? " if close else ""
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    return EnvSpecError(f"unknown {kind} '{name}'; {guess}{len(names)} available ({shown}; "
+                        f"`{listing}` lists them all)")
 
 
 def check_options(

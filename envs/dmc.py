@@ -29,6 +29,7 @@ from envs.core import (
     check_size,
     image_space,
     pick_gl_backend,
+    unknown_name,
     vector_space,
     with_metadata,
 )
@@ -59,6 +60,9 @@ def tasks() -> list[str]:
     return sorted(f"{d}-{t}" for d, t in suite.ALL_TASKS)
 
 
+task_names = tasks  # the suite interface (see envs/__init__.py)
+
+
 def _parse_task(task: str) -> tuple[str, str, str | None]:
     obs = None
     head, _, tail = task.rpartition("-")
@@ -68,7 +72,7 @@ def _parse_task(task: str) -> tuple[str, str, str | None]:
     # DreamerV3-style underscore names (walker_walk) are accepted too.
     by_name.update({f"{d}_{t}": (d, t) for d, t in suite.ALL_TASKS})
     if task not in by_name:
-        raise EnvSpecError(f"unknown dmc task '{task}'; available: {', '.join(tasks())}")
+        raise unknown_name("dmc task", task, tasks(), "dreamer-run --list-envs dmc")
     domain, name = by_name[task]
     return domain, name, obs
 

@@ -10,7 +10,6 @@ max_episode_steps=None (override the registered time limit), kwargs={} (passed t
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 from typing import Any
@@ -33,6 +32,7 @@ from envs.core import (
     image_space,
     rescale_actions,
     resize_image,
+    unknown_name,
     vector_space,
     with_metadata,
 )
@@ -94,6 +94,12 @@ class DictObservation(gym.ObservationWrapper):
         return out
 
 
+def task_names() -> list[str]:
+    """Registered Gymnasium ids; Atari ids belong to the atari suites and are left out."""
+    return sorted(k for k, s in gym.registry.items()
+                  if not str(s.entry_point).startswith("ale_py"))
+
+
 def _make_base(task: str, opts: dict[str, Any]) -> gym.Env:
     kwargs = dict(opts["kwargs"])
     common = {"render_mode": opts["render_mode"], "max_episode_steps": opts["max_episode_steps"]}
@@ -108,13 +114,7 @@ def _make_base(task: str, opts: dict[str, Any]) -> gym.Env:
         spec = EnvSpec(id=f"{attr}-v0", entry_point=task, kwargs=kwargs)
         return gym.make(spec, **common)
     if task not in gym.registry:
-        # Atari ids belong to the atari suites; leave them out of the list.
-        ids = sorted(
-            k for k, s in gym.registry.items() if not str(s.entry_point).startswith("ale_py")
-        )
-        close = difflib.get_close_matches(task, ids, n=3)
-        hint = f"did you mean {close}? " if close else ""
-        raise EnvSpecError(f"unknown Gymnasium env id '{task}'; {hint}registered: {', '.join(ids)}")
+        raise unknown_name("Gymnasium env id", task, task_names(), "dreamer-run --list-envs gym")
     try:
         return gym.make(task, **common, **kwargs)
     except (gym.error.DependencyNotInstalled, ImportError) as exc:

@@ -31,6 +31,7 @@ from envs.core import (
     check_size,
     image_space,
     resize_image,
+    unknown_name,
     vector_space,
     with_metadata,
 )
@@ -48,6 +49,9 @@ MISSION_DIM = 64
 def env_ids() -> list[str]:
     """Registered MiniGrid and BabyAI env ids."""
     return sorted(k for k in gym.registry if k.startswith(("MiniGrid-", "BabyAI-")))
+
+
+task_names = env_ids  # the suite interface (see envs/__init__.py)
 
 
 def encode_mission(mission: str, dim: int = MISSION_DIM) -> np.ndarray:
@@ -95,7 +99,7 @@ def make_env(task: str, *, suite: str = "minigrid", **options: Any) -> gym.Env:
     check_choice("render_mode", opts["render_mode"], (None, "rgb_array"))
     size = check_size(opts["size"])
     if task not in gym.registry or not task.startswith(("MiniGrid-", "BabyAI-")):
-        raise EnvSpecError(f"unknown minigrid env '{task}'; available: {', '.join(env_ids())}")
+        raise unknown_name("minigrid env", task, env_ids(), "dreamer-run --list-envs minigrid")
     if not isinstance(opts["kwargs"], dict):
         raise EnvSpecError(f"option kwargs={opts['kwargs']!r} is invalid; expected a dict")
     env = gym.make(task, render_mode=opts["render_mode"], **opts["kwargs"])

@@ -12,7 +12,7 @@ from envs.core import check_options
 @pytest.mark.parametrize(
     ("spec", "options", "fragment"),
     [
-        ("nosuch:task", {}, "suites: ['atari', 'atari100k', 'dmc', 'gym', 'minigrid']"),
+        ("nosuch:task", {}, "suites: atari, atari100k, dmc, gym, minigrid"),
         ("walker-walk", {}, "not of the form 'suite:task'"),
         ("dmc:", {}, "has no task"),
         ("dmc:walker-fly", {}, "walker-walk"),
@@ -22,13 +22,13 @@ from envs.core import check_options
         ("dmc:walker-walk", {"repeat": 0}, "integer >= 1"),
         ("dmc:walker-walk", {"size": "big"}, "expected (height, width)"),
         ("dmc:walker-walk", {"camera": 9}, "allowed: -1 (free) to 1"),
-        ("atari100k:notagame", {}, "ms_pacman"),
+        ("atari100k:notagame", {}, "`dreamer-run --list-envs atari100k` lists them all"),
         ("atari:pong", {"sticky": 2.0}, "0 <= p <= 1"),
         ("atari100k:pong", {"frameskip": 4}, "valid options: ["),
-        ("gym:NoSuchEnv-v9", {}, "CartPole-v1"),
-        ("gym:CartPol-v1", {}, "did you mean ['CartPole-v1'"),
+        ("gym:NoSuchEnv-v9", {}, "`dreamer-run --list-envs gym` lists them all"),
+        ("gym:CartPol-v1", {}, "did you mean CartPole-v1"),
         ("gym:no_such_module:Env", {}, "package.module:Class"),
-        ("minigrid:MiniGrid-Nope-v0", {}, "MiniGrid-DoorKey-5x5-v0"),
+        ("minigrid:MiniGrid-Nope-v0", {}, "`dreamer-run --list-envs minigrid` lists them all"),
         ("minigrid:MiniGrid-Empty-5x5-v0", {"view": "top"}, "allowed: ['full', 'partial']"),
     ],
 )

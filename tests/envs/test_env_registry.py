@@ -1,0 +1,113 @@
+"""The README's "Add an environment" recipe, followed to the letter with a throwaway suite
+module, plus spec spellings, listing and suggestions for unknown names."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import envs
+from envs import EnvSpecError
+
+# The module the README shows (kept identical: test_readme_shows_this_recipe checks it).
+RECIPE = textwrap.dedent('''
+    import gymnasium as gym
+
+    from envs.core import rescale_actions, unknown_name, with_metadata
+    from envs.gym_suite import DictObservation
+
+    TASKS = {"swing": "Pendulum-v1", "balance": "CartPole-v1"}
+
+
+    def task_names():
+        return sorted(TASKS)
+
+
+    def make_env(task, *, suite, **options):
+        if task not in TASKS:
+            raise unknown_name(f"{suite} task", task, task_names(),
+                               f"dreamer-run --list-envs {suite}")
+        env = gym.make(TASKS[task], **options)
+        env = rescale_actions(DictObservation(env, (64, 64)))
+        return with_metadata(env, 1)  # 1: no action repeat
+''')
+
+
+@pytest.fixture
+def mysuite(tmp_path, monkeypatch):
+    (tmp_path / "my_suite.py").write_text(RECIPE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(envs.SUITES, "mysuite", "my_suite")  # undone after the test
+    envs.register_suite("mysuite", "my_suite")
+    yield
+    sys.modules.pop("my_suite", None)
+
+
+def test_readme_shows_this_recipe():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert RECIPE.strip() in readme
+    assert 'envs.register_suite("mysuite", "my_suite")' in readme
+
+
+def test_recipe_suite_makes_envs_and_vector_envs(mysuite):
+    env = envs.make("mysuite:swing", seed=0)
+    obs, _ = env.reset()
+    assert set(obs) == {"vector"} and obs["vector"].dtype == np.float32
+    assert env.metadata["action_repeat"] == 1
+    env.close()
+    vec = envs.make_vector("mysuite:balance", 2, seed=0)
+    obs, _ = vec.reset()
+    assert obs["vector"].shape == (2, 4)
+    vec.close()
+    assert envs.list_envs("mysuite") == ["mysuite:balance", "mysuite:swing"]
+    with pytest.raises(EnvSpecError, match="did you mean swing"):
+        envs.make("mysuite:swin")
+
+
+def test_plugin_suites_from_entry_points(tmp_path, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    (tmp_path / "plug_suite.py").write_text(RECIPE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(envs, "SUITES", dict(envs.SUITES))
+    eps = [EntryPoint("plug", "plug_suite", "dreamjepa.suites")]
+    monkeypatch.setattr("importlib.metadata.entry_points",
+                        lambda group=None: eps if group == "dreamjepa.suites" else [])
+    env = envs.make("plug:swing")
+    assert env.metadata["action_repeat"] == 1
+    env.close()
+
+
+@pytest.mark.parametrize(("spec", "hint"), [
+    ("dmc:walker-run2", "did you mean walker-run"),
+    ("gym:cartpole", "did you mean CartPole-v1"),
+    ("cartpole", "did you mean gym:CartPole-v1"),
+    ("dmcc:walker-walk", "did you mean dmc?"),
+    ("atari100k:pongg", "did you mean pong"),
+])
+def test_unknown_names_suggest_the_closest_in_one_short_line(spec, hint):
+    with pytest.raises(EnvSpecError) as err:
+        envs.make(spec)
+    message = str(err.value)
+    assert hint in message and "\n" not in message and len(message) < 400
+
+
+def test_dreamerv3_spelling_is_accepted():
+    assert envs.parse_spec("dmc_walker_walk") == ("dmc", "walker_walk")
+    assert envs.parse_spec("atari100k_pong") == ("atari100k", "pong")
+    env = envs.make("dmc_walker_walk")
+    assert env.observation_space["vector"].shape == (24,)
+    env.close()
+
+
+def test_list_envs():
+    dmc = envs.list_envs("dmc")
+    assert "dmc:walker-walk" in dmc and "dmc:cartpole-balance" in dmc
+    assert "atari100k:pong" in envs.list_envs("atari100k")
+    with pytest.raises(EnvSpecError, match="unknown env suite"):
+        envs.list_envs("nosuch")
