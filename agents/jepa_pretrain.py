@@ -311,6 +311,22 @@ def _get_frames(args: argparse.Namespace, out: Path) -> tuple[np.ndarray, np.nda
     return np.load(fpath, mmap_mode="r"), data["episodes"]
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Bad flags fail before any frame is collected or file written."""
+    if args.steps < 1 or args.batch < 1 or args.frames < 1:
+        raise PretrainError("--steps, --batch and --frames must be positive")
+    make_config(args.preset)  # an unknown preset names the allowed ones
+    kind, _, target = args.source.partition(":")
+    if kind not in ("random", "run", "folder") or (kind != "random" and not target):
+        raise PretrainError(f"--source {args.source!r}; allowed: random, run:LOGDIR, folder:DIR")
+    if kind != "random" and not Path(target).exists():
+        raise PretrainError(f"--source {args.source}: {target} does not exist")
+    if kind == "random":
+        import envs
+
+        envs.parse_spec(args.env)
+
+
 def _arch_args(args: argparse.Namespace) -> dict:
     return {"preset": args.preset, "frames_per_clip": args.frames_per_clip,
             "vicreg": args.vicreg, "steps": args.steps, "lr": args.lr, "batch": args.batch}
@@ -321,10 +337,9 @@ def run(args: argparse.Namespace) -> dict:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
+    check_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.steps < 1 or args.batch < 1 or args.frames < 1:
-        raise PretrainError("--steps, --batch and --frames must be positive")
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )

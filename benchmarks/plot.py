@@ -32,7 +32,7 @@ from benchmarks.aggregate import (
     summarize,
 )
 from benchmarks.reference_tables import PUBLISHED_AGGREGATES
-from benchmarks.scores import Run, domain_of, read_scores
+from benchmarks.scores import Run, ScoreFileError, domain_of, read_scores
 
 __all__ = [
     "Panel",
@@ -359,6 +359,20 @@ def report(
     return text, pngs
 
 
+REFERENCE_HINT = ("published score file or folder of them (DreamerV3's repository, `scores/`: "
+                  "e.g. dmc_proprio-dreamerv3.json.gz)")
+
+
+def _read(path: str, what: str) -> list:
+    """The runs in `path`; ScoreFileError (one line) when it is missing or holds none."""
+    if not Path(path).exists():
+        raise ScoreFileError(f"{path}: no such {what}")
+    runs = read_scores(path)
+    if not runs:
+        raise ScoreFileError(f"{path}: holds no scores (expected a {what})")
+    return runs
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = ArgParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -384,8 +398,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.runs and not args.reference:
         parser.error("give run directories/score files, --reference files, or both")
-    ours = [run for path in args.runs for run in read_scores(path)]
-    refs = [run for path in args.reference for run in read_scores(path)]
+    try:
+        ours = [run for path in args.runs for run in _read(path, "run directory or score file")]
+        refs = [run for path in args.reference for run in _read(path, REFERENCE_HINT)]
+    except ScoreFileError as err:
+        parser.error(str(err))
     text, pngs = report(ours, refs, args.out, args.budget, args.rule, args.bins, args.spread)
     print(text)
     print(f"wrote {len(pngs)} plots and summary.md to {args.out}")
