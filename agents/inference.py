@@ -8,22 +8,17 @@ import envs
 from agents.base import Agent, make_agent
 from agents.checkpoint import CheckpointError, load_checkpoint
 from agents.config import Config
-from agents.rundir import CHECKPOINT as CKPT_DIR
+from agents.rundir import RunDir
 from agents.runtime import select_device
 
 
 def find_run(path: str | Path) -> tuple[Path, Path]:
     """(run directory, agent checkpoint file) for a logdir, its checkpoint dir or file."""
-    path = Path(path)
-    candidates = [path / CKPT_DIR / "agent.pt", path / "agent.pt", path]
-    for file in candidates:
-        if file.is_file():
-            logdir = file.parent.parent if file.parent.name == CKPT_DIR else file.parent
-            if not (logdir / "config.yaml").exists():
-                raise CheckpointError(f"no config.yaml beside checkpoint {file}")
-            return logdir, file
-    raise CheckpointError(f"no checkpoint at {path}; expected a run directory containing "
-                          f"{CKPT_DIR}/agent.pt")
+    try:
+        run, file = RunDir.find(path)
+    except FileNotFoundError as err:
+        raise CheckpointError(str(err)) from None
+    return run.path, file
 
 
 def load_agent(path: str | Path, device: str = "auto") -> tuple[Agent, Config]:
@@ -33,7 +28,7 @@ def load_agent(path: str | Path, device: str = "auto") -> tuple[Agent, Config]:
     >>> env = envs.make(cfg.env.spec, **cfg.env.options.to_dict())
     """
     logdir, file = find_run(path)
-    cfg = Config.from_yaml(logdir / "config.yaml")
+    cfg = Config.from_yaml(RunDir(logdir).config)
     dev, precision = select_device(device, cfg.precision)
     probe = envs.make(cfg.env.spec, seed=cfg.seed, **cfg.env.options.to_dict())
     try:

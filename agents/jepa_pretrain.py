@@ -21,7 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agents.checkpoint import load_checkpoint, save_checkpoint
 from agents.cli_args import ArgParser
+from agents.logger import RunLogger
+from agents.rundir import atomic_open
+from agents.runtime import select_device
 from world_models.diagnostics import check_collapse, collapse_metrics, eigen_spectrum
 from world_models.vit_jepa import JEPA, JEPAConfig, make_config, save_encoder
 
@@ -140,11 +144,8 @@ def load_run_frames(logdir: str | os.PathLike, limit: int | None = None) -> dict
     rb = SequenceReplay(meta["capacity"], meta["num_envs"])
     rb.load(metas[0].parent)
     rows = rb.steps_per_env
-    data = rb._buffer.storage[:rows]  # [rows, num_envs]; the replay has no public bulk read
-    if rows == rb.rows:  # full ring: the oldest row sits at the write cursor
-        order = np.roll(np.arange(rows), -(int(rb._buffer._writer._cursor) % rows))
-        data = data[torch.from_numpy(order)]
-    if "image" not in data.keys():
+    data = rb.chronological()  # [rows, num_envs], oldest first
+    if data is None or "image" not in data.keys():
         raise PretrainError(f"replay under {str(logdir)!r} stores no 'image' key")
     img = data["image"].transpose(0, 1).numpy()  # env-major so each stream is contiguous
     first = data["is_first"].transpose(0, 1).reshape(-1).numpy().astype(bool)
@@ -225,12 +226,6 @@ def embed_frames(vit: torch.nn.Module, frames: np.ndarray, device: torch.device,
 
 
 # ----------------------------------------------------------------------------- outputs
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def plot_collapse(history: list[dict], spectra: dict[int, list[float]], path: Path) -> None:
     """PNG with the eigenvalue spectrum (first/last diagnostics) and RankMe/std over training."""
     import matplotlib
@@ -304,10 +299,9 @@ def _get_frames(args: argparse.Namespace, out: Path) -> tuple[np.ndarray, np.nda
         data = load_run_frames(target, limit=args.frames)
     else:
         raise PretrainError(f"--source {args.source!r}; allowed: random, run:LOGDIR, folder:DIR")
-    np.save(epath.with_suffix(".tmp.npy"), data["episodes"])
-    np.save(fpath.with_suffix(".tmp.npy"), data["frames"])
-    os.replace(epath.with_suffix(".tmp.npy"), epath)
-    os.replace(fpath.with_suffix(".tmp.npy"), fpath)
+    for path, array in ((epath, data["episodes"]), (fpath, data["frames"])):
+        with atomic_open(path) as f:
+            np.save(f, array)
     return np.load(fpath, mmap_mode="r"), data["episodes"]
 
 
@@ -334,15 +328,12 @@ def _arch_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     """Pretrain as the CLI does; returns the final diagnostics."""
-    from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
     check_args(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
+    device, _ = select_device(args.device)
     torch.manual_seed(args.seed)
     frames, episodes = _get_frames(args, out)
     n_hold = min(args.holdout, len(frames) // 5)
@@ -361,7 +352,7 @@ def run(args: argparse.Namespace) -> dict:
     ckpt_path = out / "checkpoint.pt"
     start, history, spectra = 0, [], {}
     if ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = load_checkpoint(ckpt_path)
         if ck["args"] != _arch_args(args):
             raise PretrainError(
                 f"{ckpt_path} was written with {ck['args']}, not {_arch_args(args)}; "
@@ -371,19 +362,14 @@ def run(args: argparse.Namespace) -> dict:
         trainer.opt.load_state_dict(ck["opt"])
         start, history, spectra = ck["step"], ck["history"], ck["spectra"]
         print(f"resuming from step {start} ({ckpt_path})")
-    # Drop log lines from after the last checkpoint so a resumed run does not duplicate them.
-    mpath = out / "metrics.jsonl"
-    kept = [ln for ln in (mpath.read_text().splitlines() if mpath.is_file() else [])
-            if json.loads(ln)["step"] <= start]
-    mpath.write_text("".join(ln + "\n" for ln in kept))
-    writer = SummaryWriter(str(out / "tb"), purge_step=start)
+    # metrics.jsonl and TensorBoard events; lines from after the last checkpoint are dropped
+    # so a resumed run does not duplicate them.
+    logger = RunLogger(out)
+    logger.truncate_after(start)
     d = vit_cfg.width
 
     def log(step: int, metrics: dict[str, float]) -> None:
-        with mpath.open("a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
-        for k, v in metrics.items():
-            writer.add_scalar(k, v, step)
+        logger.scalars(metrics, step)
 
     def diagnose(step: int) -> dict[str, float]:
         z = embed_frames(model.target, held, device)
@@ -400,9 +386,9 @@ def run(args: argparse.Namespace) -> dict:
                 "steps": step, "preset": args.preset, "frames_per_clip": args.frames_per_clip,
                 "seed": args.seed, **(history[-1] if history else {})}
         save_encoder(out / "encoder.pt", model.target, info)
-        _atomic_save({"model": model.state_dict(), "opt": trainer.opt.state_dict(),
-                      "step": step, "args": _arch_args(args), "history": history,
-                      "spectra": spectra}, ckpt_path)
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "opt": trainer.opt.state_dict(),
+                                    "step": step, "args": _arch_args(args), "history": history,
+                                    "spectra": spectra})
 
     if start == 0:
         diagnose(0)
@@ -426,7 +412,7 @@ def run(args: argparse.Namespace) -> dict:
             save(done)
     if start >= args.steps:
         save(args.steps)
-    writer.close()
+    logger.close()
     final = history[-1]
     print(f"encoder: {out / 'encoder.pt'} | " + ", ".join(
         f"{k.split('/')[-1]}={v:.3f}" for k, v in final.items() if k != "step"))

@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-METRICS = "metrics.jsonl"
-SCORES = "scores.jsonl"
-EVAL_SCORES = "eval_scores.jsonl"
+from agents.rundir import EVAL_SCORES, METRICS, SCORES, STATUS, VIDEOS, atomic_write
 
 
 def _scalar(value: Any) -> Any:
@@ -31,17 +29,6 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _repair_tail(path: Path) -> None:
@@ -120,9 +107,15 @@ class RunLogger:
         if pad_h or pad_w:
             video = np.pad(video, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
         safe = name.replace("/", "_")
-        path = self.logdir / "videos" / f"{safe}_{int(step)}.mp4"
+        path = self.logdir / VIDEOS / f"{safe}_{int(step)}.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
         imageio.mimwrite(path, list(video), fps=fps, macro_block_size=2, codec="libx264")
+        if self.writer is not None:
+            # TensorBoard's add_video needs moviepy, which we do not install: log the clip as
+            # a strip of frames (every frame up to 16, else 16 evenly spaced) instead.
+            keep = np.linspace(0, len(video) - 1, min(len(video), 16)).round().astype(int)
+            strip = np.concatenate(list(video[keep]), axis=1)
+            self.writer.add_image(f"videos/{safe}", strip, int(step), dataformats="HWC")
         return path
 
     def status(self, **fields: Any) -> None:
@@ -131,7 +124,7 @@ class RunLogger:
         self._status.update({k: _scalar(v) if hasattr(v, "item") else v for k, v in fields.items()})
         self._status["updated"] = time.time()
         text = json.dumps(self._status, indent=1, default=_json_default)
-        _atomic_write(self.logdir / "status.json", text + "\n")
+        atomic_write(self.logdir / STATUS, text + "\n")
 
     def truncate_after(self, step: int) -> None:
         """Drop JSONL lines with ``step`` > ``step`` (written after the checkpoint a resume
@@ -148,7 +141,7 @@ class RunLogger:
                     continue  # a line cut short by the crash
                 if not isinstance(record, dict) or record.get("step", -math.inf) <= step:
                     kept.append(line)
-            _atomic_write(path, "".join(f"{line}\n" for line in kept))
+            atomic_write(path, "".join(f"{line}\n" for line in kept))
         if self._writer is None:
             self._purge_step = int(step) + 1
 
@@ -206,7 +199,9 @@ def open_loop_video(truth: Any, pred: Any, error_gain: float = 2.0) -> np.ndarra
 
 
 class Progress:
-    """tqdm bar over agent steps with frames, fps and last return in the postfix."""
+    """tqdm bar over agent steps with frames, fps and last return in the postfix. When
+    stderr is not a terminal (output sent to a file) the bar turns itself off and a plain
+    line is printed every `every` seconds instead."""
 
     def __init__(
         self,
@@ -215,19 +210,41 @@ class Progress:
         action_repeat: int = 1,
         disable: bool | None = None,
         desc: str = "train",
+        every: float = 30.0,
+        stream: IO[str] | None = None,
+        clock=time.monotonic,
     ) -> None:
         from tqdm.auto import tqdm
 
         self.action_repeat = action_repeat
+        self.total = int(total_steps)
         self.steps = int(initial)
         self.last_return: float | None = None
         self._t0 = time.perf_counter()
         self._s0 = self.steps
+        self.stream = sys.stderr if stream is None else stream
+        self.clock, self.every = clock, float(every)
+        self._last_line = clock()
         # disable=None lets tqdm turn itself off when stderr is not a terminal.
         self.bar = tqdm(
-            total=int(total_steps), initial=int(initial), unit="step", desc=desc,
-            disable=disable, dynamic_ncols=True, smoothing=0.05,
+            total=self.total, initial=int(initial), unit="step", desc=desc,
+            disable=disable, dynamic_ncols=True, smoothing=0.05, file=self.stream,
         )
+        self.desc = desc
+        self.plain = self.bar.disable and disable is None  # off because not a terminal
+
+    def line(self) -> str:
+        """`train 1200/50000 steps (2400 frames), 310 frames/s, return 12.5, ETA 5m13s`."""
+        text = (f"{self.desc} {self.steps}/{self.total} steps "
+                f"({self.steps * self.action_repeat} frames), {self.fps:.0f} frames/s")
+        if self.last_return is not None:
+            text += f", return {self.last_return:.1f}"
+        rate = self.fps / max(self.action_repeat, 1)
+        if rate > 0 and self.steps < self.total:
+            eta = int((self.total - self.steps) / rate)
+            text += f", ETA {eta // 3600}h{eta % 3600 // 60:02d}m" if eta >= 3600 else \
+                f", ETA {eta // 60}m{eta % 60:02d}s"
+        return text
 
     @property
     def fps(self) -> float:
@@ -242,6 +259,10 @@ class Progress:
             self.last_return = float(last_return)
         if self.bar.disable:
             self.bar.n = self.steps
+            now = self.clock()
+            if self.plain and (now - self._last_line >= self.every or self.steps >= self.total):
+                self._last_line = now
+                print(self.line(), file=self.stream, flush=True)
             return
         postfix = {"frames": self.steps * self.action_repeat, "fps": f"{self.fps:.0f}"}
         if self.last_return is not None:

@@ -237,7 +237,7 @@ class Trainer:
         returns: list[float] = []
         start_time, start_step, start_clock = c["time"], c["step"], now
         total = int(cfg.run.steps)
-        progress = Progress(total, c["step"], self.repeat)
+        progress = Progress(total, c["step"], self.repeat, every=max(cfg.run.log_every, 1))
         with GracefulExit() as stop:
             while c["step"] < total and not stop.requested:
                 prefill = c["step"] < cfg.run.prefill
@@ -296,6 +296,7 @@ class Trainer:
         if returns:
             metrics["episode/return"] = float(np.mean(returns))
             metrics["episode/count"] = len(returns)
+        metrics.update(self.replay.stats())
         metrics.update({"replay/size": len(self.replay), "perf/agent_steps_per_s": rate,
                         "perf/updates": c["updates"], "frames": c["step"] * self.repeat})
         self.logger.scalars(metrics, c["step"])

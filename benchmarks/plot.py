@@ -95,10 +95,6 @@ def budgets_for(ours: Sequence[Run], refs: Sequence[Run], budget: float | None) 
     return result
 
 
-def _is_ours(run: Run, ours_methods: set[str]) -> bool:
-    return run.method in ours_methods
-
-
 def _series(
     label: str, runs: Sequence[Run], budget: float, bins: int, spread: str, ours: bool
 ) -> Series | None:

@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from agents.cli_args import ArgParser
+from agents.rundir import RunDir, atomic_write
 
 __all__ = ["EpisodeLog", "FlattenObs", "main", "make_env", "train_ppo"]
 
@@ -112,9 +113,7 @@ def make_env(config: dict[str, Any]) -> gym.Env:
 
 def _write_status(logdir: Path, steps: int, frames: int, target_steps: int, done: bool) -> None:
     status = {"step": steps, "frames": frames, "target_steps": target_steps, "finished": done}
-    tmp = logdir / "status.json.tmp"
-    tmp.write_text(json.dumps(status, indent=1))
-    os.replace(tmp, logdir / "status.json")
+    atomic_write(RunDir(logdir).status, json.dumps(status, indent=1))
 
 
 def train_ppo(
@@ -144,7 +143,7 @@ def train_ppo(
     repeat = int(probe.metadata.get("action_repeat", 1))
     probe.close()
     target_steps = max(1, frames // repeat)
-    (logdir / "scores.jsonl").unlink(missing_ok=True)  # PPO has no resume: start afresh
+    RunDir(logdir).scores.unlink(missing_ok=True)  # PPO has no resume: start afresh
     config_dump = {
         "agent": "ppo",
         "seed": seed,
@@ -152,7 +151,7 @@ def train_ppo(
         "run": {"steps": target_steps, "frames": frames},
         "ppo": {"batch": batch, "minibatch": minibatch, "epochs": epochs, "lr": lr},
     }
-    (logdir / "config.yaml").write_text(yaml.safe_dump(config_dump, sort_keys=False))
+    atomic_write(RunDir(logdir).config, yaml.safe_dump(config_dump, sort_keys=False))
     if not ray.is_initialized():
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     register_env(ENV_NAME, make_env)

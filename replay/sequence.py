@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Mapping
@@ -14,6 +15,10 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, ReplayBuffer
 
 from replay.sampler import StreamSliceSampler
+
+# torchrl announces every storage it allocates at INFO, in colour, in the middle of the
+# training progress bar; its warnings still show.
+logging.getLogger("torchrl").setLevel(logging.WARNING)
 
 _META_FILE = "sequence_replay.json"
 _STATE_FILE = "state.pt"  # writer cursor, storage length, RNG
@@ -135,6 +140,15 @@ class SequenceReplay:
         data = self._buffer.sample(batch_size=int(batch_size) * int(length))
         self.sampled += int(batch_size) * int(length)
         return data.reshape(int(batch_size), int(length))
+
+    def chronological(self) -> TensorDictBase | None:
+        """Every stored step as a [rows, num_envs] TensorDict, oldest row first (the ring
+        unrolled at the write cursor once it has wrapped); None when empty."""
+        data = self._filled_data()
+        if data is None or self.steps_per_env < self.rows:
+            return data
+        cursor = int(self._buffer._writer._cursor) % self.rows
+        return torch.cat([data[cursor:], data[:cursor]], 0)
 
     def stats(self) -> dict[str, float]:
         """Metrics under the ``replay/`` namespace."""

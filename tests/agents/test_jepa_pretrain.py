@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from agents import jepa_pretrain
+from agents.checkpoint import load_checkpoint
 from agents.jepa_pretrain import clip_starts, load_folder_frames, main
 from world_models.vit_jepa import load_encoder
 
@@ -61,7 +62,7 @@ def test_resume_after_crash_matches_uninterrupted(frame_folder, tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         main(["--out", str(tmp_path / "crash"), *src])
     monkeypatch.setattr(jepa_pretrain.JEPATrainer, "step", real_step)
-    assert torch.load(tmp_path / "crash" / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert load_checkpoint(tmp_path / "crash" / "checkpoint.pt")["step"] == 2
     main(["--out", str(tmp_path / "crash"), *src])
 
     a = torch.load(tmp_path / "full" / "encoder.pt", weights_only=True)["state_dict"]

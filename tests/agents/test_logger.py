@@ -112,3 +112,38 @@ def test_progress_counts_and_postfix():
     with Progress(100, disable=True) as quiet:
         quiet.update(7, last_return=1.0)
         assert quiet.steps == 7
+
+
+def test_progress_prints_plain_lines_when_not_a_terminal():
+    import io
+
+    from agents.logger import Progress
+
+    stream, now = io.StringIO(), [0.0]
+    progress = Progress(1000, 0, action_repeat=2, every=30, stream=stream, clock=lambda: now[0])
+    assert progress.plain  # StringIO is no terminal: tqdm is off, plain lines on
+    progress.update(100, last_return=5.0)
+    assert stream.getvalue() == ""  # less than 30 s since the start
+    now[0] = 31.0
+    progress.update(100)
+    line = stream.getvalue().strip()
+    assert "\n" not in line and line.startswith("train 200/1000 steps (400 frames)")
+    assert "return 5.0" in line and "ETA" in line
+    now[0] = 40.0
+    progress.update(800)  # the last step always prints
+    assert stream.getvalue().strip().splitlines()[-1].startswith("train 1000/1000 steps")
+    progress.close()
+
+
+def test_videos_also_go_to_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from agents.logger import RunLogger
+
+    with RunLogger(tmp_path) as logger:
+        logger.video("eval", np.zeros((5, 8, 8, 3), np.uint8), 7)
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    assert "videos/eval" in events.Tags()["images"]
+    (image,) = events.Images("videos/eval")
+    assert image.step == 7 and image.width == 5 * 8 and image.height == 8

@@ -265,3 +265,12 @@ def test_save_load_after_wrap_into_used_replay(tmp_path, on_disk):
     assert len(used) == 0 and not used.can_sample(1)
     fill(used, 2)
     assert used.sample(2, 2)["t"][:, 0].eq(0).all()
+
+
+def test_chronological_unrolls_the_ring_oldest_first():
+    replay = SequenceReplay(8, 2)  # 4 rows per env stream
+    assert replay.chronological() is None
+    for t in range(6):  # wraps: rows hold steps 4, 5, 2, 3
+        replay.add({"x": torch.full((2,), float(t)), "is_first": torch.zeros(2, dtype=torch.bool)})
+    order = replay.chronological()["x"][:, 0].tolist()
+    assert order == [2.0, 3.0, 4.0, 5.0]

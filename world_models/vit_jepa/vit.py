@@ -53,11 +53,6 @@ class ViTConfig:
         h, w, _ = self.image_shape
         return self.frames_per_clip // self.tubelet, h // self.patch, w // self.patch
 
-    @property
-    def num_tokens(self) -> int:
-        t, gh, gw = self.grid
-        return t * gh * gw
-
     def to_dict(self) -> dict:
         d = asdict(self)
         d["image_shape"] = list(self.image_shape)
