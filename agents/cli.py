@@ -36,20 +36,36 @@ def run_main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--env is required (e.g. --env dmc:walker-walk); "
                              "--list-envs shows the specs")
         cfg = build_config(args)
-        from agents.train import DivergedError, run_dir, train
+        from agents.train import RunError, run_dir, train
 
+        if getattr(args, "check", False):
+            return _check_env(cfg)
         if getattr(args, "print_config", False):
             print(cfg.to_yaml(), end="")
             print(f"# run directory: {run_dir(cfg).path}")
             return 0
         try:
             logdir = train(cfg)
-        except DivergedError as err:
+        except RunError as err:
             return _fail(err)
     except USER_ERRORS as err:
         return _fail(err)
     print(f"run directory: {logdir}")
     return 0
+
+
+def _check_env(cfg) -> int:
+    from envs.check import check
+
+    problems, notes = check(cfg.env.spec, cfg.env.options.to_dict())
+    for note in notes:
+        print(f"warning: {note}")
+    for problem in problems:
+        print(f"problem: {problem}")
+    if not problems:
+        print(f"ok: {cfg.env.spec} passes Gymnasium's env checker and the dreamjepa contract "
+              "(dict observations, actions, metadata, an episode that ends, a vector env)")
+    return 1 if problems else 0
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:

@@ -44,6 +44,9 @@ def run_parser() -> argparse.ArgumentParser:
                    help="YAML file of config overrides (repeatable, applied in order)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                    help="dotted config override, e.g. --set run.train_ratio=64 (repeatable)")
+    p.add_argument("--check", action="store_true",
+                   help="check the env (Gymnasium's checker and our contract), print one line "
+                        "per problem, exit")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config and the run directory, build nothing, exit")
     p.add_argument("--list-envs", nargs="?", const="", default=None, metavar="SUITE",

@@ -24,7 +24,7 @@ def find_run(path: str | Path) -> tuple[Path, Path]:
 def load_agent(path: str | Path, device: str = "auto") -> tuple[Agent, Config]:
     """Rebuild the agent of a run and load its weights.
 
-    >>> agent, cfg = load_agent("runs/dmc-walker-walk/dreamerv3-1m-seed0")
+    >>> agent, cfg = load_agent("runs/dmc-walker-walk-state/dreamerv3-1m-seed0")
     >>> env = envs.make(cfg.env.spec, **cfg.env.options.to_dict())
     """
     logdir, file = find_run(path)

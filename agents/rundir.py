@@ -91,8 +91,12 @@ class RunDir:
         keeping the one it replaces as `checkpoint.prev`."""
         tmp, final, prev = (self.path / f"{CHECKPOINT}{s}" for s in (".tmp", "", ".prev"))
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        fill(tmp)
+        try:
+            tmp.mkdir(parents=True)
+            fill(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk keeps what was complete
+            raise
         if final.exists():
             shutil.rmtree(prev, ignore_errors=True)
             final.rename(prev)

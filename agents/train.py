@@ -35,8 +35,16 @@ Report = Callable[[dict], None]
 SKIPPED_IN_A_ROW, SKIPPED = "train/skipped_in_a_row", "train/skipped_updates"
 
 
-class DivergedError(RuntimeError):
+class RunError(RuntimeError):
+    """The run stopped for a reason the CLI reports in one line."""
+
+
+class DivergedError(RunError):
     """Training produced non-finite gradients or parameters; the run stopped."""
+
+
+class SaveError(RunError):
+    """A checkpoint could not be written (a full disk, a read-only folder)."""
 
 # Keys a resumed run may change: they steer logging, evaluation, budget and speed, not what
 # the checkpoint holds. Any other difference from the run's config.yaml is refused.
@@ -199,8 +207,15 @@ class Trainer:
                                                   "rng": rng_state()})
             self.replay.save(folder / REPLAY)
 
-        self.rundir.write_checkpoint(fill)
-        self._status()
+        try:
+            self.rundir.write_checkpoint(fill)
+            self._status()
+        except OSError as err:
+            # Stop rather than train on without a way back: the previous checkpoint is whole.
+            reason = err.strerror or str(err)
+            raise SaveError(f"cannot write a checkpoint in {self.rundir.path} ({reason}); the "
+                            "previous checkpoint is intact: free space or fix the folder, then "
+                            "rerun the same command to resume") from None
 
     def _status(self) -> None:
         step, target = self.counters["step"], int(self.cfg.run.steps)

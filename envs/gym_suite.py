@@ -102,7 +102,11 @@ def task_names() -> list[str]:
 
 def _make_base(task: str, opts: dict[str, Any]) -> gym.Env:
     kwargs = dict(opts["kwargs"])
-    common = {"render_mode": opts["render_mode"], "max_episode_steps": opts["max_episode_steps"]}
+    # render_mode only when asked for: an env class whose constructor has no render_mode
+    # keyword (plenty of users' envs) must still build.
+    common: dict[str, Any] = {"max_episode_steps": opts["max_episode_steps"]}
+    if opts["render_mode"] is not None:
+        common["render_mode"] = opts["render_mode"]
     if ":" in task:
         module_name, _, attr = task.partition(":")
         try:
@@ -112,7 +116,10 @@ def _make_base(task: str, opts: dict[str, Any]) -> gym.Env:
                 f"cannot load env class '{task}' (expected 'package.module:Class'): {exc}"
             ) from exc
         spec = EnvSpec(id=f"{attr}-v0", entry_point=task, kwargs=kwargs)
-        return gym.make(spec, **common)
+        try:
+            return gym.make(spec, **common)
+        except TypeError as exc:  # the constructor refused an argument: say which, one line
+            raise EnvSpecError(f"cannot build {task}: {str(exc).splitlines()[0]}") from None
     if task not in gym.registry:
         raise unknown_name("Gymnasium env id", task, task_names(), "dreamer-run --list-envs gym")
     try:

@@ -195,6 +195,15 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny
     assert "\n" not in err and "no checkpoint" in err and "loads" in err
 
 
+def _error_line(stderr: str) -> str:
+    """The error of a run that stopped mid-training: one `error:` line, the last one (the
+    lines before it are the plain progress lines a non-terminal stderr gets)."""
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == lines[-1:], stderr[-2000:]
+    return errors[0]
+
+
 def _updates_logged(metrics) -> bool:
     try:
         lines = metrics.read_text().splitlines()
@@ -254,10 +263,48 @@ def test_nan_updates_are_skipped_then_the_run_stops(tmp_path, smoke_argv, capsys
     argv = ["--env", "gym:NaNReward-v0", "--logdir", str(logdir), "--steps", "2000",
             *smoke_argv, "--set", "run.max_bad_updates=3", "--set", "run.video=false"]
     assert run_main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "3 updates in a row had non-finite gradients" in err
+    err = _error_line(capsys.readouterr().err)
+    assert "3 updates in a row had non-finite gradients" in err
     agent, _ = load_agent(logdir)
     assert all(torch.isfinite(p).all() for p in agent.wm.parameters())
     assert not agent.opt.state  # no update was ever applied
     metrics = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     assert any(m.get("train/skipped_updates", 0) >= 3 for m in metrics)
+
+
+def test_readme_paths_are_the_default_run_directory():
+    """The README's `dreamer-eval` and `load_agent` examples name the directory that
+    `make run` (dreamer-run --env dmc:walker-walk) writes."""
+    from agents.config import load_config
+    from agents.train import default_logdir
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    path = str(default_logdir(load_config("dmc:walker-walk")))
+    assert path == "runs/dmc-walker-walk-state/dreamerv3-1m-seed0"
+    assert f"dreamer-eval {path} " in readme and f'load_agent("{path}")' in readme
+
+
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, tiny_config,
+                                                               monkeypatch, smoke_argv, capsys):
+    import errno
+
+    import agents.train as train_module
+
+    cfg, logdir, _ = _finished_run(tmp_path, tiny_config)
+    before = (logdir / "checkpoint" / "agent.pt").read_bytes()
+
+    def full_disk(path, state):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train_module, "save_checkpoint", full_disk)
+    argv = ["--env", "gym:CartPole-v1", "--logdir", str(logdir), "--steps", "240", *smoke_argv]
+    argv += [a for k, v in SMALL.items() if k != "run.steps" for a in ("--set", f"{k}={v}")]
+    capsys.readouterr()
+    assert run_main(argv) == 2
+    err = _error_line(capsys.readouterr().err)
+    assert "No space left on device" in err and "intact" in err
+    assert (logdir / "checkpoint" / "agent.pt").read_bytes() == before
+    assert not (logdir / "checkpoint.tmp").exists()
+    monkeypatch.undo()
+    assert run_main(argv) == 0  # space again: the same command resumes and finishes
+    assert json.loads((logdir / "status.json").read_text())["step"] == 240
