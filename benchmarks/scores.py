@@ -273,8 +273,12 @@ def read_scores(path: str | Path) -> list[Run]:
     if (path / "scores.jsonl").is_file():
         return [read_run_dir(path)]
     runs = [read_run_dir(p.parent) for p in sorted(path.rglob("scores.jsonl"))]
+    if not runs:  # a folder of published score files (DreamerV3's `scores/`)
+        runs = [run for f in sorted(path.glob("*.json*")) if f.name.endswith((".json.gz", ".json"))
+                for run in _read_official(f)]
     if not runs:
         runs = [run for csv_path in sorted(path.glob("*.csv")) for run in read_tdmpc2_csv(csv_path)]
     if not runs:
-        raise ScoreFileError(f"{path}: holds no run directory (scores.jsonl) and no CSV file")
+        raise ScoreFileError(f"{path}: holds no run directory (scores.jsonl), no score file "
+                             "(.json.gz) and no CSV file")
     return runs

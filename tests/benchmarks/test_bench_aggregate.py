@@ -115,3 +115,49 @@ def test_binning_and_aggregate_curve():
     curve = aggregate_curve([run, other, second], edges)
     # walker seed-mean [5, 7, 50]; cheetah [nan, nan, 50] -> mean over tasks with data.
     np.testing.assert_allclose(curve, [5.0, 7.0, 50.0])
+
+
+# The same rules on small files a fresh clone builds itself (`fake_curves`), worked by hand.
+def test_fixture_atari100k_window_rule(fake_curves):
+    (summary,) = summarize(read_scores(fake_curves / "atari100k-dreamerv3.json.gz"))
+    assert summary.budget == 400_000 and summary.window == 10_000
+    # Episodes ending in [390k, 400k]: pong seed 0 (-10, -6, -2) -> -6, seed 1 (-9, -5, 1)
+    # -> -13/3; boxing (30, 40) -> 35.
+    pong = (-6 + -13 / 3) / 2
+    assert summary.per_task["atari100k_pong"] == pytest.approx(pong)
+    assert summary.per_task["atari100k_boxing"] == pytest.approx(35.0)
+    # HNS = (score - random) / (human - random): pong (-20.7, 14.6), boxing (0.1, 12.1).
+    h_pong, h_boxing = (pong + 20.7) / 35.3, (35 - 0.1) / 12.0
+    assert summary.aggregates["mean_hns"] == pytest.approx((h_pong + h_boxing) / 2)
+    assert summary.aggregates["median_hns"] == pytest.approx((h_pong + h_boxing) / 2)
+    assert summary.aggregates["superhuman"] == 1  # boxing only
+
+
+def test_fixture_atari100k_last_episode_rule(fake_curves):
+    (summary,) = summarize(read_scores(fake_curves / "atari100k-dreamerv3.json.gz"),
+                           rule="last")
+    # The last episode at or before 400k: pong -2 and 1 -> -0.5; boxing 40.
+    assert summary.per_task["atari100k_pong"] == pytest.approx(-0.5)
+    assert summary.per_task["atari100k_boxing"] == pytest.approx(40.0)
+    runs_hns = [(-2 + 20.7) / 35.3, (1 + 20.7) / 35.3, (40 - 0.1) / 12.0]
+    assert summary.aggregates["iqm_hns"] == pytest.approx(iqm(runs_hns))
+
+
+def test_fixture_dmc_proprio_500k(fake_curves):
+    (summary,) = summarize(read_scores(fake_curves / "dmc_proprio-dreamerv3.json.gz"),
+                           budget=500_000)
+    assert summary.window == 50_000  # 10% of the budget, at most 50k: [450k, 500k]
+    # walker: seed 0 (900, 910, 920) -> 910, seed 1 (700, 800, 900) -> 800: 855.
+    # cartpole: (990 x 3) -> 990 and (950, 970, 960) -> 960: 975.
+    assert summary.per_task["dmc_walker_walk"] == pytest.approx(855.0)
+    assert summary.aggregates["mean"] == pytest.approx((855 + 975) / 2)
+    assert summary.aggregates["median"] == pytest.approx((855 + 975) / 2)
+
+
+def test_fixture_tdmpc2_csv_interpolated(fake_curves):
+    runs = read_scores(fake_curves / "tdmpc2_results" / "tdmpc2")
+    # Logged step 250k = 500k frames: halfway between the 200k and 300k evaluations.
+    (summary,) = summarize(runs, budget=500_000)
+    assert summary.per_task["dmc_walker_walk"] == pytest.approx((850 + 650) / 2)
+    assert summary.per_task["dmc_cartpole_balance"] == pytest.approx(990.0)
+    assert summary.aggregates["tasks"] == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from benchmarks.plot import aggregate_panels, budgets_for, draw, main, task_panels
 from benchmarks.scores import Run, read_scores, write_scores
@@ -68,3 +69,21 @@ def test_reference_only(curves, tmp_path, capsys):
     assert "## dmc at 500,000 env frames" in printed
     assert "| **mean** | 741.4 |" in printed and "| **median** | 842.6 |" in printed
     assert len(list(tmp_path.glob("*.png"))) == 18 + 1
+
+
+def test_fixture_reference_only(fake_curves, tmp_path, capsys):
+    main(["--reference", str(fake_curves / "dmc_proprio-dreamerv3.json.gz"), "--out",
+          str(tmp_path), "--bins", "10", "--budget", "500000"])
+    printed = capsys.readouterr().out
+    assert "## dmc at 500,000 env frames" in printed
+    assert "| **mean** | 915.0 |" in printed and "| **median** | 915.0 |" in printed
+    assert len(list(tmp_path.glob("*.png"))) == 2 + 1  # one per task and the aggregate
+
+
+def test_plot_of_a_missing_or_empty_folder_is_one_line(tmp_path, capsys):
+    for path in (tmp_path / "missing", tmp_path):
+        with pytest.raises(SystemExit) as exit_:
+            main([str(path)])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and str(path) in err

@@ -96,3 +96,11 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ScoreFileError, match="no run directory"):
         read_scores(tmp_path / "empty")
+
+
+def test_fixture_reference_file(fake_curves):
+    runs = read_scores(fake_curves / "atari100k-dreamerv3.json.gz")
+    assert len(runs) == 3 and {r.task for r in runs} == {"atari100k_pong", "atari100k_boxing"}
+    assert max(r.xs[-1] for r in runs) <= 400_000
+    folder = read_scores(fake_curves)  # a folder of score files reads them all
+    assert len(folder) >= 3 + 4
