@@ -261,7 +261,7 @@ class Trainer:
                     step = c["step"] + self.num_envs
                     self.logger.episode({"step": step, "frames": step * self.repeat,
                                          "return": ep["return"], "length": ep["length"],
-                                         "time": c["time"]})
+                                         "env": ep["env"], "time": c["time"]})
                 c["step"] += self.num_envs
                 c["time"] = start_time + time.time() - start_clock
                 if not prefill and self.replay.can_sample(T):

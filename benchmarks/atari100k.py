@@ -2,7 +2,10 @@
 
 python -m benchmarks.atari100k [--games all|pong,boxing] [--seeds 5] [--frames 400000]
     [--agent dreamerv3] [--address auto] [--cpus-per-run N] [--gpus-per-run G]
-    [--out DIR] [--set k=v ...]
+    [--out DIR] [--set k=v ...] [--reference FILE_OR_DIR ...]
+
+Runs go to `runs/atari100k` unless `--out` says otherwise; plot them with
+`python -m benchmarks.plot runs/atari100k --reference DREAMERV3_SCORES_DIR`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from collections.abc import Sequence
 
 from agents.cli_args import ArgParser
 from benchmarks.reference_tables import ATARI100K_GAMES
+from benchmarks.references import reference_files
+from benchmarks.scores import ScoreFileError
 from benchmarks.suite import SuiteError, add_common_args, exit_with, suite_main
 
 REPEAT = 4  # frames per agent step (Atari-100k frameskip)
@@ -32,6 +37,7 @@ def games_from(text: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = ArgParser(
+        prog="python -m benchmarks.atari100k",
         description="Run the Atari-100k suite on Ray and aggregate human-normalised scores."
     )
     parser.add_argument("--games", default="all", help="all or comma-separated game ids")
@@ -39,8 +45,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         envs = [f"atari100k:{game}" for game in games_from(args.games)]
+        # Checked now, not after hours of training; a folder becomes its matching files.
+        args.reference = [str(f) for f in reference_files(args.reference, ["atari100k"])]
         code = suite_main(args, envs, REPEAT, out="runs/atari100k")
-    except SuiteError as exc:
+    except (SuiteError, ScoreFileError) as exc:
         parser.error(str(exc))
     exit_with(code)
 

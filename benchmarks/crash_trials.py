@@ -34,7 +34,7 @@ from agents.cli_args import ArgParser
 TINY = {"env.num_envs": 2, "threads": 1, "replay.batch_size": 4, "replay.batch_length": 8,
         "run.prefill": 64, "run.train_ratio": 8, "run.log_every": 0, "run.save_every": 1,
         "run.eval_every": 1_000_000, "run.video": False, "run.eval_episodes": 0}
-RESUMED = re.compile(r"resuming from step (\d+) of")
+RESUMED = re.compile(r"resuming from step (\d+) of|already finished \((\d+) of")
 
 
 @dataclass
@@ -113,7 +113,7 @@ def _check_resume(output: str, expected: int | None, trial: Trial, required: boo
     match = RESUMED.search(output)
     if match is None and not required and expected is not None:
         return
-    got = int(match.group(1)) if match else None
+    got = int(match.group(1) or match.group(2)) if match else None
     if got != expected:
         trial.problems.append(f"resumed from {got}, last complete checkpoint was {expected}")
 

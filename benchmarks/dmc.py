@@ -5,6 +5,8 @@
 
 Proprio runs use state observations (`dmc:walker-walk`), vision runs 64x64 pixels
 (`dmc:walker-walk-pixels`); proprio has 18 tasks, vision the same plus two quadruped tasks.
+Runs go to `runs/dmc_proprio` or `runs/dmc_vision` unless `--out` says otherwise; plot them
+with `python -m benchmarks.plot runs/dmc_proprio --reference DREAMERV3_SCORES_DIR`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections.abc import Sequence
 
 from agents.cli_args import ArgParser
 from benchmarks.reference_tables import DMC_PROPRIO_TASKS, DMC_VISION_TASKS
+from benchmarks.references import reference_files
+from benchmarks.scores import ScoreFileError, task_id
 from benchmarks.suite import SuiteError, add_common_args, exit_with, suite_main
 
 REPEAT = 2  # frames per agent step, as in the published curves
@@ -39,6 +43,7 @@ def tasks_from(suite: str, text: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = ArgParser(
+        prog="python -m benchmarks.dmc",
         description="Run a DMC suite on Ray and aggregate mean/median returns."
     )
     parser.add_argument("--suite", required=True, choices=sorted(SUITES))
@@ -47,8 +52,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         envs = tasks_from(args.suite, args.tasks)
+        # Checked now, not after hours of training; a folder becomes its matching files.
+        args.reference = [str(f) for f in reference_files(
+            args.reference, [f"dmc_{args.suite}"], {task_id(e) for e in envs})]
         code = suite_main(args, envs, REPEAT, out=f"runs/dmc_{args.suite}")
-    except SuiteError as exc:
+    except (SuiteError, ScoreFileError) as exc:
         parser.error(str(exc))
     exit_with(code)
 

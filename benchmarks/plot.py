@@ -1,10 +1,12 @@
 """Plot our runs against published curves and tabulate final scores.
 
-    python -m benchmarks.plot RUNS... [--reference FILE...] [--out DIR] [--budget FRAMES]
+    python -m benchmarks.plot RUNS... [--reference FILE_OR_DIR...] [--out DIR] [--budget N]
 
-RUNS are run directories, suite output folders or score files; references are DreamerV3
-score files, TD-MPC2 CSVs (or folders of them). Writes `<task>.png` per task,
-`aggregate_<domain>.png` (mean HNS for Atari-100k, mean return otherwise) and `summary.md`.
+RUNS are run directories, suite output folders (`runs/dmc_proprio`, `runs/atari100k`) or
+score files; references are DreamerV3 score files, TD-MPC2 CSVs, or folders of them (from a
+folder, the files of our runs' benchmarks; see benchmarks/references.py). Writes
+`<task>.png` per task, `aggregate_<domain>.png` (mean HNS for Atari-100k, mean return
+otherwise) and `summary.md`.
 Curves are binned on env frames (mean return of the episodes ending in each bin), averaged
 over seeds, shaded min-max (or +-std) across seeds, and cut at the budget so every method is
 compared at equal frames. The budget defaults to the published one (400k Atari-100k, 500k
@@ -14,6 +16,7 @@ DMC), or to where our runs stop if that is earlier than 90% of it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import warnings
 from collections import defaultdict
@@ -32,6 +35,7 @@ from benchmarks.aggregate import (
     summarize,
 )
 from benchmarks.reference_tables import PUBLISHED_AGGREGATES
+from benchmarks.references import read_references
 from benchmarks.scores import Run, ScoreFileError, domain_of, read_scores
 
 __all__ = [
@@ -355,31 +359,36 @@ def report(
     return text, pngs
 
 
-REFERENCE_HINT = ("published score file or folder of them (DreamerV3's repository, `scores/`: "
-                  "e.g. dmc_proprio-dreamerv3.json.gz)")
-
-
-def _read(path: str, what: str) -> list:
-    """The runs in `path`; ScoreFileError (one line) when it is missing or holds none."""
+def _read(path: str) -> list[Run]:
+    """Our runs in `path`; ScoreFileError (one line) when it is missing or holds none."""
     if not Path(path).exists():
-        raise ScoreFileError(f"{path}: no such {what}")
+        # `runs/dmc` -> `runs/dmc_proprio`: the names next to it that start or look like it.
+        parent, name = Path(path).parent, Path(path).name
+        near = sorted(p.name for p in parent.iterdir()) if parent.is_dir() else []
+        close = [n for n in near if n.startswith(name)]
+        close += difflib.get_close_matches(name, near, n=3, cutoff=0.6)
+        guess = ", ".join(str(parent / n) for n in dict.fromkeys(close[:3]))
+        guess = f"; did you mean {guess}?" if guess else ""
+        raise ScoreFileError(f"{path}: no such run directory or score file{guess}")
     runs = read_scores(path)
     if not runs:
-        raise ScoreFileError(f"{path}: holds no scores (expected a {what})")
+        raise ScoreFileError(f"{path}: holds no scores (expected a run directory or score file)")
     return runs
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = ArgParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks.plot",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("runs", nargs="*", help="run directories, suite folders or score files")
     parser.add_argument(
         "--reference",
         nargs="+",
         default=[],
-        metavar="FILE",
-        help="published score files, TD-MPC2 CSVs or folders of them",
+        metavar="FILE_OR_DIR",
+        help="published score files, TD-MPC2 CSVs or folders of them (DreamerV3's scores/)",
     )
     parser.add_argument("--out", default="plots", help="output folder (default: plots)")
     parser.add_argument("--budget", type=float, default=None, help="frame budget for finals")
@@ -395,8 +404,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.runs and not args.reference:
         parser.error("give run directories/score files, --reference files, or both")
     try:
-        ours = [run for path in args.runs for run in _read(path, "run directory or score file")]
-        refs = [run for path in args.reference for run in _read(path, REFERENCE_HINT)]
+        ours = [run for path in args.runs for run in _read(path)]
+        refs = read_references(args.reference, ours)
     except ScoreFileError as err:
         parser.error(str(err))
     text, pngs = report(ours, refs, args.out, args.budget, args.rule, args.bins, args.spread)

@@ -160,12 +160,16 @@ def _read_official(path: Path) -> list[Run]:
     return runs
 
 
+def _tdmpc2_task(path: Path) -> str:
+    domain, _, task = path.stem.partition("-")
+    return f"dmc_{_TDMPC2_DOMAINS.get(domain, domain)}_{_snake(task)}"
+
+
 def read_tdmpc2_csv(path: str | Path, method: str | None = None) -> list[Run]:
     """A TD-MPC2 results CSV (`step,reward,seed`), one run per seed, xs = step x 2 frames."""
     path = Path(path)
     method = method or f"{path.parent.name} (tdmpc2 repo)"
-    domain, _, task = path.stem.partition("-")
-    task_name = f"dmc_{_TDMPC2_DOMAINS.get(domain, domain)}_{_snake(task)}"
+    task_name = _tdmpc2_task(path)
     per_seed: dict[str, tuple[list[float], list[float]]] = {}
     with path.open(newline="") as f:
         reader = csv.DictReader(f)

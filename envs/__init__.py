@@ -30,8 +30,8 @@ from envs.core import (
 # Importing anything that pulls in dm_control (ray.rllib does) before this would lock in GLFW.
 pick_gl_backend()
 
-__all__ = ["SUITES", "EnvSpecError", "list_envs", "make", "make_vector", "parse_spec",
-           "register_suite"]
+__all__ = ["SUITES", "EnvSpecError", "canonical_spec", "list_envs", "make", "make_vector",
+           "parse_spec", "register_suite"]
 
 # Suite name -> module that implements it (see `_suite_module` for the interface).
 SUITES: dict[str, str] = {
@@ -72,13 +72,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
                                f"{_guess_specs(spec)}suites: {', '.join(sorted(SUITES))}")
         spec = f"{suite}:{spec[len(suite) + 1:]}"
     suite, task = spec.split(":", 1)
-    if suite not in SUITES:
-        _load_plugin_suites()
-    if suite not in SUITES:
-        close = closest(suite, sorted(SUITES))
-        guess = f"did you mean {', '.join(close)}? " if close else ""
-        raise EnvSpecError(f"unknown env suite '{suite}' in {spec!r}; {guess}"
-                           f"suites: {', '.join(sorted(SUITES))}")
+    _check_suite(suite, f" in {spec!r}")
     if not task:
         raise EnvSpecError(f"env spec {spec!r} has no task after '{suite}:'")
     return suite, task
@@ -93,15 +87,45 @@ def _load_plugin_suites() -> None:
         SUITES.setdefault(ep.name, ep.value)
 
 
+def _check_suite(suite: str, where: str = "") -> None:
+    """EnvSpecError (one line, with the closest names) unless `suite` is registered."""
+    if suite not in SUITES:
+        _load_plugin_suites()
+    if suite not in SUITES:
+        close = closest(suite, sorted(SUITES))
+        guess = f"did you mean {', '.join(close)}? " if close else ""
+        raise EnvSpecError(f"unknown env suite '{suite}'{where}; {guess}"
+                           f"suites: {', '.join(sorted(SUITES))}")
+
+
 def list_envs(suite: str | None = None) -> list[str]:
-    """Every spec a suite (or every built-in suite) offers, e.g. `dmc:walker-walk`."""
-    if suite is not None and suite not in SUITES:
-        raise EnvSpecError(f"unknown env suite '{suite}'; suites: {', '.join(sorted(SUITES))}")
+    """Every spec one suite, or every suite, offers (`dmc:walker-walk`, ...), sorted by
+    suite. With no suite, suites whose optional dependency is missing are left out."""
+    if suite is not None:
+        _check_suite(suite)
+        names = [suite]
+    else:
+        _load_plugin_suites()
+        names = sorted(SUITES)
     specs = []
-    for name in [suite] if suite else sorted(SUITES):
-        lister = getattr(_suite_module(name), "task_names", None)
+    for name in names:
+        try:
+            module = _suite_module(name)
+        except EnvSpecError:
+            if suite is not None:
+                raise
+            continue
+        lister = getattr(module, "task_names", None)
         specs += [f"{name}:{task}" for task in (lister() if lister else [])]
     return specs
+
+
+def canonical_spec(spec: str) -> str:
+    """The spec in this package's spelling: `dmc_walker_walk` and `dmc:walker_walk` ->
+    `dmc:walker-walk`, `atari100k_pong` -> `atari100k:pong`. Imports the suite's module."""
+    suite, task = parse_spec(spec)
+    fix = getattr(_suite_module(suite), "canonical_task", None)
+    return f"{suite}:{fix(task) if fix else task}"
 
 
 def _guess_specs(name: str) -> str:
@@ -120,8 +144,9 @@ def _guess_specs(name: str) -> str:
 def _suite_module(suite: str) -> ModuleType:
     # Each module provides make_env(task, *, suite, **options) -> env (with
     # metadata["action_repeat"] set) and may provide
-    # make_vector_env(task, *, suite, num_envs, **options) for a native vector env and
-    # task_names() -> list[str] for `list_envs` and the suggestions of unknown names.
+    # make_vector_env(task, *, suite, num_envs, **options) for a native vector env,
+    # task_names() -> list[str] for `list_envs` and the suggestions of unknown names, and
+    # canonical_task(task) -> str for `canonical_spec` (other spellings of a task name).
     try:
         return importlib.import_module(SUITES[suite])
     except ImportError as exc:
@@ -139,7 +164,8 @@ def make(spec: str, seed: int | None = None, **options: Any) -> gym.Env:
     """
     suite, task = parse_spec(spec)
     env = _suite_module(suite).make_env(task, suite=suite, **options)
-    rebuild = EnvSpec(id=spec, entry_point=functools.partial(make, spec, seed), kwargs=options)
+    rebuild = EnvSpec(id=canonical_spec(spec), entry_point=functools.partial(make, spec, seed),
+                      kwargs=options)
     return SeedOnFirstReset(env, seed, rebuild)
 
 

@@ -63,6 +63,16 @@ def tasks() -> list[str]:
 task_names = tasks  # the suite interface (see envs/__init__.py)
 
 
+def canonical_task(task: str) -> str:
+    """`walker_walk` (DreamerV3's spelling) -> `walker-walk`, keeping an obs suffix; unknown
+    names come back unchanged (`make_env` reports them)."""
+    try:
+        domain, name, obs = _parse_task(task)
+    except EnvSpecError:
+        return task
+    return f"{domain}-{name}" + (f"-{obs}" if obs else "")
+
+
 def _parse_task(task: str) -> tuple[str, str, str | None]:
     obs = None
     head, _, tail = task.rpartition("-")

@@ -87,3 +87,69 @@ def test_plot_of_a_missing_or_empty_folder_is_one_line(tmp_path, capsys):
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and str(path) in err
+
+
+def _scores_folder(root):
+    """A folder laid out like DreamerV3's `scores/` plus TD-MPC2 CSVs, with values that tell
+    the files apart: proprio 900, vision 100, Atari 1, CSVs 700 (state) and 50 (pixels)."""
+    folder = root / "scores"
+    xs = [440_000, 460_000, 480_000, 500_000]
+    for bench, value, tasks in [("dmc_proprio", 900.0, ["dmc_walker_walk", "dmc_hopper_hop"]),
+                                ("dmc_vision", 100.0, ["dmc_walker_walk"]),
+                                ("atari100k", 1.0, ["atari_pong"])]:
+        write_scores([Run(t, "dreamerv3", 0, xs, [value] * 4) for t in tasks],
+                     folder / f"{bench}-dreamerv3.json.gz")
+    for method, value in [("tdmpc2", 700), ("tdmpc2-pixels", 50)]:
+        (folder / method).mkdir()
+        for task in ("walker-walk", "hopper-hop"):
+            (folder / method / f"{task}.csv").write_text(
+                f"step,reward,seed\n0,0,1\n200000,{value},1\n300000,{value},1\n")
+    return folder
+
+
+def test_reference_folder_picks_the_files_of_our_runs(tmp_path, make_run_dir, capsys):
+    runs = tmp_path / "runs" / "dmc_proprio"
+    for seed in (0, 1):
+        make_run_dir(runs / "dmc_walker_walk" / f"seed_{seed}", "dmc:walker-walk", seed,
+                     [(400_000, 300.0), (480_000, 400.0 + seed)])
+    main([str(runs), "--reference", str(_scores_folder(tmp_path)), "--out", str(tmp_path / "p"),
+          "--budget", "500000"])
+    printed = capsys.readouterr().out
+    # Proprio DreamerV3 (900) and state TD-MPC2 (700), walker only: no vision, no Atari.
+    assert "| dmc_walker_walk | 400.5 (2) | 900.0 (1) | 700.0 (1) |" in printed
+    assert "tdmpc2-pixels" not in printed and "atari" not in printed
+    assert "hopper" not in printed
+
+
+def test_reference_folder_alone_labels_each_benchmark(tmp_path, capsys):
+    main(["--reference", str(_scores_folder(tmp_path)), "--out", str(tmp_path / "p"),
+          "--budget", "500000"])
+    printed = capsys.readouterr().out
+    assert "dreamerv3 (dmc_proprio)" in printed and "dreamerv3 (dmc_vision)" in printed
+    assert "## atari100k" in printed
+
+
+@pytest.mark.parametrize(("runs_dir", "reference", "expected"), [
+    ("runs/dmc", None, "did you mean"),
+    ("runs/dmc_proprio", "nosuch", "danijar/dreamerv3, folder scores/"),
+    ("runs/dmc_proprio", "empty", "holds no reference score file (e.g. dmc_proprio-"),
+])
+def test_plot_errors_are_one_line(tmp_path, make_run_dir, runs_dir, reference, expected):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    make_run_dir(tmp_path / "runs" / "dmc_proprio" / "dmc_walker_walk" / "seed_0",
+                 "dmc:walker-walk", 0, [(1000, 1.0)])
+    (tmp_path / "empty").mkdir()
+    argv = [runs_dir] + (["--reference", reference] if reference else [])
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "benchmarks.plot", *argv], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(repo)})
+    err = done.stderr.strip()
+    assert done.returncode == 2 and "\n" not in err and "Traceback" not in err, err
+    assert expected in err
+    if runs_dir == "runs/dmc":
+        assert "runs/dmc_proprio" in err

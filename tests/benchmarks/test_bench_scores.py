@@ -104,3 +104,45 @@ def test_fixture_reference_file(fake_curves):
     assert max(r.xs[-1] for r in runs) <= 400_000
     folder = read_scores(fake_curves)  # a folder of score files reads them all
     assert len(folder) >= 3 + 4
+
+
+def test_reference_files_of_a_folder(tmp_path, make_run_dir):
+    from benchmarks.references import benchmark_of, file_benchmark, reference_files
+
+    assert file_benchmark("scores/dmc_proprio-dreamerv3.json.gz") == "dmc_proprio"
+    assert file_benchmark("data/dmcvision_drqv2.json.gz") == "dmcvision"
+    assert file_benchmark("results/tdmpc2-pixels/walker-walk.csv") == "dmc_vision"
+    assert file_benchmark("results/tdmpc2/cup-catch.csv") == "dmc_proprio"
+    names = ["atari100k-dreamerv3.json.gz", "dmc_proprio-dreamerv3.json.gz",
+             "dmc_proprio-d4pg.json.gz", "dmc_vision-dreamerv3.json.gz"]
+    for name in names:
+        write_scores([Run("dmc_walker_walk", "m", 0, [1], [1.0])], tmp_path / "scores" / name)
+    (tmp_path / "scores" / "tdmpc2").mkdir()
+    for task in ("walker-walk", "cup-catch"):
+        (tmp_path / "scores" / "tdmpc2" / f"{task}.csv").write_text("step,reward,seed\n")
+    picked = reference_files([tmp_path / "scores"], ["dmc_proprio"], {"dmc_walker_walk"})
+    assert [p.name for p in picked] == [
+        "dmc_proprio-d4pg.json.gz", "dmc_proprio-dreamerv3.json.gz", "walker-walk.csv"]
+    assert len(reference_files([tmp_path / "scores"])) == 6  # no runs of ours: everything
+    assert len(reference_files([tmp_path / "scores"], ["dmc"])) == 5  # a domain: a prefix
+    with pytest.raises(ScoreFileError, match="no reference score file for minigrid"):
+        reference_files([tmp_path / "scores"], ["minigrid"])
+    with pytest.raises(ScoreFileError, match=r"danijar/dreamerv3, folder scores/"):
+        reference_files([tmp_path / "missing"])
+    vision = make_run_dir(tmp_path / "v" / "seed_0", "dmc:walker-walk-pixels", 0, [(10, 1.0)])
+    assert benchmark_of(read_run_dir(vision)) == "dmc_vision"
+    assert benchmark_of(Run("dmc_walker_walk", "m", 0, [1], [1.0])) is None
+
+
+def test_suite_checks_references_before_running(tmp_path, capsys):
+    from benchmarks.atari100k import main as atari_main
+    from benchmarks.dmc import main as dmc_main
+
+    for main, argv in [(dmc_main, ["--suite", "proprio", "--tasks", "walker-walk"]),
+                       (atari_main, ["--games", "pong"])]:
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--reference", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "danijar/dreamerv3" in err
+    assert not (tmp_path / "o").exists()

@@ -111,3 +111,49 @@ def test_list_envs():
     assert "atari100k:pong" in envs.list_envs("atari100k")
     with pytest.raises(EnvSpecError, match="unknown env suite"):
         envs.list_envs("nosuch")
+
+
+@pytest.mark.parametrize(("spec", "canonical"), [
+    ("dmc_walker_walk", "dmc:walker-walk"),
+    ("dmc:walker_walk", "dmc:walker-walk"),
+    ("dmc_ball_in_cup_catch", "dmc:ball_in_cup-catch"),
+    ("dmc_point_mass_easy", "dmc:point_mass-easy"),
+    ("dmc:walker_walk-pixels", "dmc:walker-walk-pixels"),
+    ("atari_pong", "atari:pong"),
+    ("atari100k_pong", "atari100k:pong"),
+    ("gym:CartPole-v1", "gym:CartPole-v1"),
+])
+def test_canonical_spec(spec, canonical):
+    assert envs.canonical_spec(spec) == canonical
+
+
+def test_dreamerv3_spelling_builds_the_same_env():
+    env = envs.make("dmc_ball_in_cup_catch", seed=0)
+    assert env.spec.id == "dmc:ball_in_cup-catch"
+    assert env.observation_space["vector"].shape == (8,)
+    env.close()
+
+
+def test_list_envs_unknown_suite_suggests_and_skips_broken_suites(monkeypatch):
+    with pytest.raises(EnvSpecError, match="did you mean dmc") as err:
+        envs.list_envs("dmcc")
+    assert "\n" not in str(err.value)
+    monkeypatch.setitem(sys.modules, "minigrid", None)  # `import minigrid` fails
+    monkeypatch.delitem(sys.modules, "envs.minigrid", raising=False)
+    every = envs.list_envs()
+    assert "dmc:walker-walk" in every and "gym:CartPole-v1" in every
+    assert not any(spec.startswith("minigrid:") for spec in every)
+    with pytest.raises(EnvSpecError, match="unavailable"):
+        envs.list_envs("minigrid")
+
+
+def test_list_envs_finds_plugin_suites(tmp_path, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    (tmp_path / "plug_suite.py").write_text(RECIPE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(envs, "SUITES", dict(envs.SUITES))
+    eps = [EntryPoint("plug", "plug_suite", "dreamjepa.suites")]
+    monkeypatch.setattr("importlib.metadata.entry_points",
+                        lambda group=None: eps if group == "dreamjepa.suites" else [])
+    assert envs.list_envs("plug") == ["plug:balance", "plug:swing"]
