@@ -225,6 +225,8 @@ class Progress:
         self.stream = sys.stderr if stream is None else stream
         self.clock, self.every = clock, float(every)
         self._last_line = clock()
+        self._last_steps = self.steps
+        self._rate = 0.0  # agent steps/s over the last interval: a fair ETA after prefill
         # disable=None lets tqdm turn itself off when stderr is not a terminal.
         self.bar = tqdm(
             total=self.total, initial=int(initial), unit="step", desc=desc,
@@ -234,12 +236,13 @@ class Progress:
         self.plain = self.bar.disable and disable is None  # off because not a terminal
 
     def line(self) -> str:
-        """`train 1200/50000 steps (2400 frames), 310 frames/s, return 12.5, ETA 5m13s`."""
+        """`train 1200/50000 steps (2400 frames), 310 frames/s, return 12.5, ETA 5m13s`; the ETA
+        uses the rate since the previous line, the frames/s the whole run."""
         text = (f"{self.desc} {self.steps}/{self.total} steps "
                 f"({self.steps * self.action_repeat} frames), {self.fps:.0f} frames/s")
         if self.last_return is not None:
             text += f", return {self.last_return:.1f}"
-        rate = self.fps / max(self.action_repeat, 1)
+        rate = self._rate or self.fps / max(self.action_repeat, 1)
         if rate > 0 and self.steps < self.total:
             eta = int((self.total - self.steps) / rate)
             text += f", ETA {eta // 3600}h{eta % 3600 // 60:02d}m" if eta >= 3600 else \
@@ -261,7 +264,9 @@ class Progress:
             self.bar.n = self.steps
             now = self.clock()
             if self.plain and (now - self._last_line >= self.every or self.steps >= self.total):
-                self._last_line = now
+                if now > self._last_line:
+                    self._rate = (self.steps - self._last_steps) / (now - self._last_line)
+                self._last_line, self._last_steps = now, self.steps
                 print(self.line(), file=self.stream, flush=True)
             return
         postfix = {"frames": self.steps * self.action_repeat, "fps": f"{self.fps:.0f}"}
