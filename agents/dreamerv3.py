@@ -119,8 +119,9 @@ class DreamerV3Agent(Agent):
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        self.ac.update_slow()
-        self.wm.after_step()
+        if not self.opt.skipped_in_a_row:  # a skipped update leaves the EMA copies alone too
+            self.ac.update_slow()
+            self.wm.after_step()
         self.step += 1
         metrics.update(ac_metrics)
         metrics.update({f"loss/{k}": v.detach().mean() for k, v in wm_losses.items()})

@@ -265,9 +265,12 @@ def test_nan_updates_are_skipped_then_the_run_stops(tmp_path, smoke_argv, capsys
     assert run_main(argv) == 2
     err = _error_line(capsys.readouterr().err)
     assert "3 updates in a row had non-finite gradients" in err
-    agent, _ = load_agent(logdir)
+    agent, cfg = load_agent(logdir)
     assert all(torch.isfinite(p).all() for p in agent.wm.parameters())
     assert not agent.opt.state  # no update was ever applied
+    # Nothing moved: the slow critic still equals the critic it was copied from.
+    for slow, fast in zip(agent.ac.slow_value.parameters(), agent.ac.value.parameters()):
+        assert torch.equal(slow, fast)
     metrics = [json.loads(line) for line in (logdir / "metrics.jsonl").read_text().splitlines()]
     assert any(m.get("train/skipped_updates", 0) >= 3 for m in metrics)
 
