@@ -18,7 +18,7 @@ if REACH_ID not in gym.registry:
 
 # Small enough to train in about a minute on 2 CPU cores.
 TINY = {
-    "env.num_envs": 4, "seed": 0, "threads": 1,
+    "replay.size": 50_000, "env.num_envs": 4, "seed": 0, "threads": 1,
     "replay.batch_size": 16, "replay.batch_length": 16,
     "run.prefill": 400, "run.train_ratio": 64,
     "run.eval_episodes": 20, "run.eval_every": 100000,

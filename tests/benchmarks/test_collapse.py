@@ -4,6 +4,7 @@ from agents.cli import run_main
 from benchmarks.collapse import main
 
 TINY = ["--size", "1m", "--envs", "1", "--steps", "120", "--set", "threads=1",
+        "--set", "replay.size=20000",
         "--set", "replay.batch_size=2", "--set", "replay.batch_length=8",
         "--set", "run.prefill=32", "--set", "run.train_ratio=8", "--set", "run.log_every=0",
         "--set", "run.eval_every=1000000", "--set", "run.report_every=1000000",
