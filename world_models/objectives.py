@@ -9,6 +9,7 @@ so the world model can check that every term has a scale and every scale a term.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from world_models.encoders import IMAGE_KEY, VECTOR_KEY, MultiDecoder
 from world_models.rssm import RSSM, State
 
 
-class Objective(nn.Module):
+class Objective(nn.Module, ABC):
     """Base of the representation objectives: loss terms, open-loop report, after-step hook."""
 
     # The config scale names this objective reads (its term groups, whether active or not).
@@ -31,15 +32,15 @@ class Objective(nn.Module):
         self.terms: dict[str, str] = {}
         self.decoder: MultiDecoder | None = None
 
+    @abstractmethod
     def loss(self, batch: Mapping[str, torch.Tensor], embed: torch.Tensor, post: State,
              feat: torch.Tensor, rssm: RSSM) -> tuple[dict[str, torch.Tensor], dict]:
         """Named [B, T] loss terms (exactly `self.terms`) and metrics."""
-        raise NotImplementedError
 
+    @abstractmethod
     def report(self, data: Mapping[str, torch.Tensor], feat: torch.Tensor, context: int
                ) -> dict[str, Any]:
         """Open-loop metrics (`openl/...`) from the features of `WorldModel.open_loop`."""
-        raise NotImplementedError
 
     def after_step(self) -> None:
         """Called after each optimizer step (e.g. an EMA target update)."""

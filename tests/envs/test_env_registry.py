@@ -69,7 +69,9 @@ def test_recipe_suite_makes_envs_and_vector_envs(mysuite):
         envs.make("mysuite:swin")
 
 
-def test_plugin_suites_from_entry_points(tmp_path, monkeypatch):
+@pytest.fixture
+def plugin_suite(tmp_path, monkeypatch):
+    """The recipe's module installed as the entry point `plug` of `dreamjepa.suites`."""
     from importlib.metadata import EntryPoint
 
     (tmp_path / "plug_suite.py").write_text(RECIPE)
@@ -78,6 +80,9 @@ def test_plugin_suites_from_entry_points(tmp_path, monkeypatch):
     eps = [EntryPoint("plug", "plug_suite", "dreamjepa.suites")]
     monkeypatch.setattr("importlib.metadata.entry_points",
                         lambda group=None: eps if group == "dreamjepa.suites" else [])
+
+
+def test_plugin_suites_from_entry_points(plugin_suite):
     env = envs.make("plug:swing")
     assert env.metadata["action_repeat"] == 1
     env.close()
@@ -147,13 +152,5 @@ def test_list_envs_unknown_suite_suggests_and_skips_broken_suites(monkeypatch):
         envs.list_envs("minigrid")
 
 
-def test_list_envs_finds_plugin_suites(tmp_path, monkeypatch):
-    from importlib.metadata import EntryPoint
-
-    (tmp_path / "plug_suite.py").write_text(RECIPE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(envs, "SUITES", dict(envs.SUITES))
-    eps = [EntryPoint("plug", "plug_suite", "dreamjepa.suites")]
-    monkeypatch.setattr("importlib.metadata.entry_points",
-                        lambda group=None: eps if group == "dreamjepa.suites" else [])
+def test_list_envs_finds_plugin_suites(plugin_suite):
     assert envs.list_envs("plug") == ["plug:balance", "plug:swing"]
