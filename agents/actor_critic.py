@@ -125,13 +125,27 @@ class ActorCritic(nn.Module):
         start = {k: v.detach().reshape(B * T, *v.shape[2:]) for k, v in post.items()
                  if k in ("deter", "stoch")}
         with torch.no_grad():
-            states, actions = wm.imagine(
-                start, lambda f: self.policy(f).sample(), self.imag_length)
+            states, actions = wm.imagine(start, self.act, self.imag_length)
+        losses, ret, metrics = self.imagined_losses(wm, states, actions, batch["is_terminal"])
+        if self.repval_loss:
+            losses["repval"] = self.repval_terms(wm, post, batch, ret[:, 0].reshape(B, T))
+        return losses, metrics
+
+    def act(self, feat: torch.Tensor) -> torch.Tensor:
+        """A sampled action at `feat` (the imagination policy)."""
+        return self.policy(feat).sample()
+
+    def imagined_losses(self, wm, states: Mapping[str, torch.Tensor], actions: torch.Tensor,
+                        is_terminal: torch.Tensor) -> tuple[dict, torch.Tensor, dict]:
+        """Policy and value losses on imagined trajectories [N, H+1]: a pure function of
+        tensors (plus the return-scale EMA), so the fast path compiles it as one graph.
+        Returns (losses, lambda returns, metrics)."""
+        with torch.no_grad():
             feat = wm.rssm.feat(states)
             rew = wm.reward(feat).pred()
             con = wm.cont(feat).pred()
             # The start state is real: use its true continue flag.
-            con[:, 0] = 1.0 - batch["is_terminal"].reshape(-1).float()
+            con = torch.cat([1.0 - is_terminal.reshape(-1, 1).to(con.dtype), con[:, 1:]], 1)
             slowval = self.slow_value(feat).pred()
         value_dist = self.value(feat)
         val = value_dist.pred()
@@ -148,8 +162,6 @@ class ActorCritic(nn.Module):
         vloss = TwoHot(value_dist.logits[:, :-1]).loss(ret.detach())
         vloss = vloss + self.slowreg * TwoHot(value_dist.logits[:, :-1]).loss(slowval[:, :-1])
         losses["value"] = w * vloss
-        if self.repval_loss:
-            losses["repval"] = self._repval(wm, post, batch, ret[:, 0].reshape(B, T))
         metrics = {
             "train/imag_return": ret.mean().detach(),
             "train/adv_std": adv.std().detach(),
@@ -158,9 +170,9 @@ class ActorCritic(nn.Module):
             "train/imag_reward": rew.mean().detach(),
             "train/imag_cont": con.mean().detach(),
         }
-        return losses, metrics
+        return losses, ret, metrics
 
-    def _repval(self, wm, post, batch, boot: torch.Tensor) -> torch.Tensor:
+    def repval_terms(self, wm, post, batch, boot: torch.Tensor) -> torch.Tensor:
         """Value loss on the replayed trajectory, bootstrapping from imagined returns."""
         feat = wm.rssm.feat({k: v.detach() for k, v in post.items()})
         value_dist = self.value(feat)

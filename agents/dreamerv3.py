@@ -13,6 +13,7 @@ import torch
 
 from agents.actor_critic import ActorCritic
 from agents.base import Agent
+from agents.fast import CompileClock, compile_policy, compile_update
 from agents.optim import LaProp
 from world_models.encoders import IMAGE_KEY, VECTOR_KEY
 from world_models.world_model import WorldModel
@@ -40,12 +41,17 @@ class DreamerV3Agent(Agent):
     objective: str | None = None  # None: the config's model.objective
 
     def __init__(self, obs_space: gym.spaces.Dict, act_space: gym.Space, config,
-                 device: str | torch.device = "cpu", precision: str = "fp32"):
+                 device: str | torch.device = "cpu", precision: str = "fp32",
+                 compile: bool = False):
         self.device = torch.device(device)
         self.obs_space, self.act_space = obs_space, act_space
         self.act_dim, self.discrete = action_dim(act_space)
         self.shapes = obs_shapes(obs_space)
+        self.precision, self.compiled = precision, bool(compile)
+        # bf16 autocast: the whole update on CUDA; on CPU only the batched imagination and
+        # actor-critic losses (the batch-16 posterior loop runs slower in bf16 there).
         self.autocast = precision == "bf16"
+        self.clock = CompileClock()
         mcfg = config["model"]
         encoder = dict(mcfg["encoder"])
         lr_scale = float(encoder.pop("lr_scale"))
@@ -61,6 +67,9 @@ class DreamerV3Agent(Agent):
                               **config["actor_critic"]).to(self.device)
         self.opt = LaProp(self._param_groups(config["opt"]["lr"] * lr_scale), **config["opt"])
         self.step = 0
+        if self.compiled:
+            compile_update(self.wm, self.ac, self.device)
+            self._act = compile_policy(self._act, self.device)
 
     def _param_groups(self, pretrained_lr: float) -> list[dict]:
         # Fine-tuned pretrained weights get their own, smaller learning rate.
@@ -73,8 +82,9 @@ class DreamerV3Agent(Agent):
             groups.append({"params": tuned, "lr": pretrained_lr})
         return groups
 
-    def _amp(self):
-        if self.autocast:
+    def _amp(self, batched: bool = True):
+        """bf16 autocast where it pays: every part on CUDA, only `batched` parts on CPU."""
+        if self.autocast and (batched or self.device.type == "cuda"):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -93,15 +103,19 @@ class DreamerV3Agent(Agent):
         if carry is None:
             carry = (self.wm.rssm.initial(n, self.device),
                      torch.zeros(n, self.act_dim, device=self.device))
-        state, prev_action = carry
-        with self._amp():
+        state, action = self.clock.timed(self._act, data, is_first, *carry, mode == "train")
+        return action.cpu().numpy(), (state, action)
+
+    def _act(self, data: dict[str, torch.Tensor], is_first: torch.Tensor, state: dict,
+             prev_action: torch.Tensor, sample: bool) -> tuple[dict, torch.Tensor]:
+        """One policy step on tensors (compiled on the fast path): posterior update, then an
+        action sampled (`sample`) or the mode. fp32 on CPU: batches of a few envs."""
+        with self._amp(batched=False):
             embed = self.wm.encode(data)
             state, _ = self.wm.rssm.obs_step(state, prev_action, embed, is_first)
             dist = self.ac.policy(self.wm.rssm.feat(state))
-            action = dist.sample() if mode == "train" else dist.mode()
-        state = {k: v.float() for k, v in state.items()}
-        action = action.float()
-        return action.cpu().numpy(), (state, action)
+            action = dist.sample() if sample else dist.mode()
+        return {k: v.float() for k, v in state.items()}, action.float()
 
     def random_actions(self, n: int) -> np.ndarray:
         if self.discrete:
@@ -112,10 +126,23 @@ class DreamerV3Agent(Agent):
     def train(self, batch) -> dict[str, float]:
         data = self._to_torch(dict(batch.items()) if hasattr(batch, "items") else batch)
         self.wm.train()
-        with self._amp():
+        metrics = self.clock.timed(self._update, data)
+        if self.compiled:  # compile warm-up so far (acting and updates), paid once per process
+            metrics["perf/compile_s"] = self.clock.seconds
+        return metrics
+
+    def loss(self, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict, dict]:
+        """The update's scalar loss, its named terms and metrics, on a batch of tensors."""
+        with self._amp(batched=False):
             wm_losses, post, metrics = self.wm.loss(data)
+        with self._amp():
             ac_losses, ac_metrics = self.ac.loss(self.wm, post, data)
-        loss = self.wm.total(wm_losses) + self.ac.total(ac_losses)
+        metrics.update(ac_metrics)
+        terms = {**wm_losses, **ac_losses}
+        return self.wm.total(wm_losses) + self.ac.total(ac_losses), terms, metrics
+
+    def _update(self, data: dict[str, torch.Tensor]) -> dict[str, float]:
+        loss, terms, metrics = self.loss(data)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -123,9 +150,7 @@ class DreamerV3Agent(Agent):
             self.ac.update_slow()
             self.wm.after_step()
         self.step += 1
-        metrics.update(ac_metrics)
-        metrics.update({f"loss/{k}": v.detach().mean() for k, v in wm_losses.items()})
-        metrics.update({f"loss/{k}": v.detach().mean() for k, v in ac_losses.items()})
+        metrics.update({f"loss/{k}": v.detach().mean() for k, v in terms.items()})
         metrics["loss/total"] = loss.detach()
         # Updates the optimizer refused for a NaN/inf gradient (the trainer stops on a run).
         metrics["train/skipped_updates"] = self.opt.skipped_total

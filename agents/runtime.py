@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 
@@ -9,9 +10,22 @@ import numpy as np
 import torch
 
 
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): bf16 matmuls then run
+    2-6x faster than fp32 ones; elsewhere bf16 is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def select_device(device: str = "auto", precision: str = "auto") -> tuple[torch.device, str]:
-    """CUDA when present (bf16 autocast), else CPU with fp32. Asking for CUDA on a machine
-    without it is a one-line error naming what is available."""
+    """CUDA when present, else CPU. Precision `auto`: bf16 autocast on CUDA and on CPUs with
+    native bf16 (see `cpu_has_bf16`), else fp32. Asking for CUDA on a machine without it is
+    a one-line error naming what is available."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -29,7 +43,7 @@ def select_device(device: str = "auto", precision: str = "auto") -> tuple[torch.
     elif dev.type != "cpu":
         raise ValueError(f"device '{device}' is not supported; use auto, cpu, cuda or cuda:N")
     if precision == "auto":
-        precision = "bf16" if dev.type == "cuda" else "fp32"
+        precision = "bf16" if dev.type == "cuda" or cpu_has_bf16() else "fp32"
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision '{precision}' unknown; use auto, fp32 or bf16")
     return dev, precision

@@ -24,6 +24,7 @@ from agents.base import Agent, make_agent
 from agents.checkpoint import CheckpointError, GracefulExit, load_checkpoint, save_checkpoint
 from agents.collector import Collector
 from agents.config import Config, ConfigError, save_config
+from agents.fast import resolve_compile
 from agents.logger import Progress, RunLogger, open_loop_video
 from agents.rundir import AGENT_FILE, REPLAY, RunDir
 from agents.runtime import seed_everything, select_device, set_threads
@@ -48,8 +49,8 @@ class SaveError(RunError):
 
 # Keys a resumed run may change: they steer logging, evaluation, budget and speed, not what
 # the checkpoint holds. Any other difference from the run's config.yaml is refused.
-RESUMABLE = ("logdir", "device", "precision", "threads", "env.eval_envs", "model.diag_every",
-             "run.steps", "run.log_every", "run.save_every", "run.eval_every",
+RESUMABLE = ("logdir", "device", "precision", "compile", "threads", "env.eval_envs",
+             "model.diag_every", "run.steps", "run.log_every", "run.save_every", "run.eval_every",
              "run.eval_episodes", "run.report_every", "run.video")
 
 
@@ -133,13 +134,14 @@ def build_parts(cfg: Config, run: RunDir) -> Parts:
     """Env and agent first, so that a bad spec or agent leaves no run directory behind;
     then the directory, the replay and the logger."""
     device, precision = select_device(cfg.device, cfg.precision)
+    compile = resolve_compile(cfg.compile, device)
     set_threads(cfg.threads)
     seed_everything(cfg.seed)
     env = envs.make_vector(cfg.env.spec, cfg.env.num_envs, seed=cfg.seed,
                            **cfg.env.options.to_dict())
     try:
         agent = make_agent(cfg.agent, env.single_observation_space, env.single_action_space,
-                           cfg, device=device, precision=precision)
+                           cfg, device=device, precision=precision, compile=compile)
     except BaseException:
         env.close()
         raise

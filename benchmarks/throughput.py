@@ -1,11 +1,21 @@
-"""Agent throughput: seconds per training update, parameter counts, policy latency
-and env steps per second while collecting with the policy.
+"""Agent throughput: seconds per training update, eager fp32 beside the fast path, against
+this machine's arithmetic; parameter counts, policy latency and env steps per second while
+collecting with the policy.
 
     python -m benchmarks.throughput [--rows all|1m-state,12m-pixels,peer-state,...,collect]
-        [--updates 3] [--device auto|cpu|cuda] [--threads 0] [--set KEY=VALUE ...]
+        [--modes eager,fast] [--updates 3] [--device auto|cpu|cuda] [--threads 0]
+        [--set KEY=VALUE ...]
 
 Updates use synthetic [16, 64] batches (uint8 images, float vectors), so no replay is
-involved. Rows: the 1m and 12m presets with state (24-d vector, 6-d continuous action,
+involved. Each model row prints one line per mode: `eager` (fp32, no compile) and `fast`
+(the run default: `compile=auto`, `precision=auto`). Columns: GFLOP per update (matmuls and
+convs of the forward and backward, counted by torch's FlopCounterMode on the eager fp32
+update), the first update's seconds (the compile warm-up on the fast path), the steady
+seconds per update, the achieved GFLOP/s, and that as a share of this machine's matmul peak
+measured at the start of the same run (a 2048^3 matmul, fp32 and bf16): how close an update
+is to the physical limit.
+
+Rows: the 1m and 12m presets with state (24-d vector, 6-d continuous action,
 walker-like) or 64x64x3 pixels, and the model size of the peer implementation
 (NM512/dreamerv3-torch: deter 512, hidden 512, 32 x 32 latents, 512 units, CNN depth 32),
 also with stride-2 convs as the peer's CNN has (`peer-pixels-strided`). Rows named `jepa-*`
@@ -33,6 +43,7 @@ from agents.base import make_agent
 from agents.cli_args import ArgParser
 from agents.config import ConfigError, load_config
 from agents.dreamerv3 import DreamerV3Agent
+from agents.fast import resolve_compile
 from agents.runtime import select_device
 
 STATE_DIM, ACT_DIM, IMAGE = 24, 6, (64, 64, 3)
@@ -75,6 +86,7 @@ ROWS: dict[str, Row] = {
     "jepa-12m-pixels": Row("12m", True, agent="jepa"),
 }
 COLLECT = "collect"
+MODES = ("eager", "fast")
 DEFAULT_ROWS = ("1m-state", "1m-pixels", "12m-state", "12m-pixels", "peer-pixels",
                 "peer-pixels-strided", "jepa-1m-pixels", "jepa-12m-pixels", COLLECT)
 
@@ -106,13 +118,21 @@ def spaces(pixels: bool) -> tuple[gym.spaces.Dict, gym.spaces.Box]:
     return gym.spaces.Dict(obs), gym.spaces.Box(-1.0, 1.0, (ACT_DIM,), np.float32)
 
 
+def parse_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        raise BenchmarkArgError(f"--modes {text!r} unknown; allowed: a comma-separated "
+                                f"subset of {', '.join(MODES)}")
+    return modes
+
+
 def build_agent(row: Row, device: torch.device, precision: str,
-                sets: Sequence[str] = ()) -> DreamerV3Agent:
+                sets: Sequence[str] = (), compile: bool = False) -> DreamerV3Agent:
     spec = "dmc:walker-walk-pixels" if row.pixels else "dmc:walker-walk"
     cfg = load_config(spec, size=row.size, agent=row.agent, sets=[*row.sets, *sets])
     obs_space, act_space = spaces(row.pixels)
     return make_agent(row.agent, obs_space, act_space, cfg, device=device,
-                      precision=precision)
+                      precision=precision, compile=compile)
 
 
 def synthetic_batch(pixels: bool, B: int, T: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -166,19 +186,44 @@ def one_obs(pixels: bool, n: int, first: bool) -> dict[str, np.ndarray]:
     return obs
 
 
-def bench_row(name: str, args: argparse.Namespace, device: torch.device, precision: str
-              ) -> dict[str, object]:
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048) -> float:
+    """GFLOP/s of an n^3 matmul in `dtype` (best of 5): this machine's arithmetic limit."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = min(timed(lambda: a @ b, 1, 1 if i == 0 else 0, device) for i in range(5))
+    return 2 * n**3 / best / 1e9
+
+
+def update_gflop(agent: DreamerV3Agent, batch: dict[str, torch.Tensor]) -> float:
+    """Matmul and conv GFLOP of one update (forward and backward), by torch's flop counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    data = agent._to_torch(batch)
+    with FlopCounterMode(display=False) as counter:
+        loss, _, _ = agent.loss(data)
+        loss.backward()
+    agent.opt.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 1e9
+
+
+def bench_row(name: str, args: argparse.Namespace, device: torch.device, mode: str,
+              precision: str, compile: bool) -> dict[str, object]:
     row = ROWS[name]
-    agent = build_agent(row, device, precision, args.set)
+    if mode == "eager":
+        precision, compile = "fp32", False
+    agent = build_agent(row, device, precision, args.set, compile)
     batch = synthetic_batch(row.pixels, args.batch, args.length)
+    gflop = update_gflop(agent, batch) if mode == "eager" else None
+    first_s = timed(lambda: agent.train(batch), 1, 0, device)
     update_s = timed(lambda: agent.train(batch), args.updates, args.warmup, device)
     _, carry = agent.policy(one_obs(row.pixels, 1, True), None)
     obs = one_obs(row.pixels, 1, False)
     policy_s = timed(lambda: agent.policy(obs, carry), args.policy_calls, 3, device)
-    return {"row": name, "agent": row.agent, "size": row.size,
-            "obs": "pixels" if row.pixels else "state",
-            "wm": count(agent.wm), "ac": count(agent.ac), "update_s": update_s,
-            "policy_ms": policy_s * 1000}
+    return {"row": name, "agent": row.agent, "size": row.size, "mode": mode,
+            "precision": precision, "compiled": compile,
+            "obs": "pixels" if row.pixels else "state", "gflop": gflop,
+            "wm": count(agent.wm), "ac": count(agent.ac), "first_s": first_s,
+            "update_s": update_s, "policy_ms": policy_s * 1000}
 
 
 def bench_collect(args: argparse.Namespace, device: torch.device, precision: str
@@ -209,22 +254,33 @@ def bench_collect(args: argparse.Namespace, device: torch.device, precision: str
 
 
 def table_header(args: argparse.Namespace) -> str:
-    return (f"| model | agent | obs | world model params | actor-critic params | "
-            f"s / update ({args.batch}x{args.length}, median of {args.updates}) | "
-            "policy ms (batch 1, median) |\n|---|---|---|---:|---:|---:|---:|")
+    return (f"| model | agent | obs | world model params | actor-critic params | mode | "
+            f"GFLOP / update | first update s | s / update ({args.batch}x{args.length}, "
+            f"median of {args.updates}) | GFLOP/s | % fp32 peak | % bf16 peak | "
+            "policy ms (batch 1, median) |\n|---|---|---|---:|---:|---|---:|---:|---:|---:|"
+            "---:|---:|---:|")
 
 
-def table_row(r: dict[str, object]) -> str:
+def table_row(r: dict[str, object], peaks: dict[str, float]) -> str:
+    rate = r["gflop"] / r["update_s"]
+    mode = r["mode"] if r["mode"] == "eager" else (
+        f"fast ({r['precision']}{', compiled' if r['compiled'] else ''})")
     return (f"| {r['row']} | {r['agent']} | {r['obs']} | {r['wm'] / 1e6:.2f}M | "
-            f"{r['ac'] / 1e6:.2f}M | {r['update_s']:.2f} | {r['policy_ms']:.1f} |")
+            f"{r['ac'] / 1e6:.2f}M | {mode} | {r['gflop']:.1f} | {r['first_s']:.2f} | "
+            f"{r['update_s']:.3f} | {rate:.0f} | {100 * rate / peaks['fp32']:.0f}% | "
+            f"{100 * rate / peaks['bf16']:.0f}% | {r['policy_ms']:.2f} |")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = ArgParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="all",
                         help=f"all or comma-separated: {', '.join([*ROWS, COLLECT])}")
+    parser.add_argument("--modes", default="eager,fast",
+                        help="eager (fp32, no compile) and/or fast (compile and precision "
+                        "auto, the run default)")
     parser.add_argument("--updates", type=int, default=3, help="timed updates per row")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed updates first")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed updates after the first (which is timed on its own)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--policy-calls", type=int, default=20)
@@ -238,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         rows = parse_rows(args.rows)
+        modes = parse_modes(args.modes)
         for key in ("updates", "batch", "length", "policy_calls", "envs", "collect_steps"):
             if getattr(args, key) < 1:
                 raise BenchmarkArgError(f"--{key.replace('_', '-')} must be >= 1")
@@ -247,10 +304,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (BenchmarkArgError, ConfigError) as e:
         parser.error(str(e))
     device, precision = select_device(args.device, "auto")
+    compile = resolve_compile("auto", device)
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
-    print(f"torch {torch.__version__}, device {device} ({precision}), "
-          f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f} (other processes share the CPU)")
+    print(f"torch {torch.__version__}, device {device}, fast path: {precision}"
+          f"{', compiled' if compile else ', not compiled'}; {torch.get_num_threads()} "
+          f"threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other "
+          "processes share the CPU)")
     # Collection first: it is short, and rows print as they finish, so an interrupted
     # run still reports what it measured.
     if COLLECT in rows:
@@ -262,12 +321,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"| uniform random actions | {rates['random']:.0f} |", flush=True)
 
     models = [name for name in rows if name != COLLECT]
-    if models:
-        if args.set:
-            print(f"\nEvery row with {' '.join(args.set)}")
-        print("\n" + table_header(args), flush=True)
+    if not models:
+        return
+    peaks = {"fp32": matmul_peak(torch.float32, device),
+             "bf16": matmul_peak(torch.bfloat16, device)}
+    print(f"\nmatmul peak (2048^3, this run): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 "
+          f"{peaks['bf16']:.0f} GFLOP/s")
+    if args.set:
+        print(f"Every row with {' '.join(args.set)}")
+    print("\n" + table_header(args), flush=True)
     for name in models:
-        print(table_row(bench_row(name, args, device, precision)), flush=True)
+        gflop = None
+        for mode in modes:
+            r = bench_row(name, args, device, mode, precision, compile)
+            gflop = r["gflop"] = r["gflop"] if r["gflop"] is not None else gflop
+            if gflop is None:  # fast mode alone: count on an eager copy
+                r["gflop"] = gflop = update_gflop(
+                    build_agent(ROWS[name], device, "fp32", args.set),
+                    synthetic_batch(ROWS[name].pixels, args.batch, args.length))
+            print(table_row(r, peaks), flush=True)
 
 
 if __name__ == "__main__":

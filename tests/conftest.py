@@ -11,12 +11,14 @@ import torch
 
 from agents.config import Config, load_config
 
-# A few hundred steps with a tiny model and batch: checks wiring, not learning. A small
+# A few hundred steps with a tiny model and batch: checks wiring, not learning; eager fp32
+# (compiling would cost more than such a run; the learning tests use the fast path). A small
 # replay: the default (1M steps) reserves gigabytes of address space per run (64x64 pixels),
 # and a test process that holds several of them can no longer fork ffmpeg or envs.
 SMOKE: dict[str, Any] = {
-    "replay.size": 20_000, "env.num_envs": 2, "threads": 1, "replay.batch_size": 4,
-    "replay.batch_length": 16, "run.prefill": 64, "run.train_ratio": 16, "run.log_every": 0,
+    "replay.size": 20_000, "env.num_envs": 2, "threads": 1, "compile": "off",
+    "precision": "fp32", "replay.batch_size": 4, "replay.batch_length": 16,
+    "run.prefill": 64, "run.train_ratio": 16, "run.log_every": 0,
     "run.eval_every": 1_000_000, "run.report_every": 100, "run.eval_episodes": 1,
 }
 

@@ -90,16 +90,21 @@ class OneHotCategorical:
         self.probs = self.logits.exp()
 
     def sample(self) -> torch.Tensor:
-        # Gumbel-max: an exact categorical sample, cheaper on CPU than multinomial.
-        u = torch.rand_like(self.logits).clamp_(1e-12, 1.0)
-        idx = (self.logits.detach() - torch.log(-torch.log(u))).argmax(-1)
-        onehot = F.one_hot(idx, self.probs.shape[-1]).to(self.probs.dtype)
+        # Inverse-CDF sampling: one uniform per distribution (Gumbel-max needs one per class)
+        # and the one-hot read off the CDF by comparison, a few fusible elementwise ops.
+        # Scaling u by the last CDF entry keeps it below that entry despite rounding.
+        cdf = self.probs.detach().cumsum(-1)
+        u = torch.rand_like(cdf[..., :1]) * cdf[..., -1:]
+        reached = (cdf > u).to(self.probs.dtype)
+        onehot = reached - F.pad(reached[..., :-1], (1, 0))
         return onehot + self.probs - self.probs.detach()
 
     def mode(self) -> torch.Tensor:
-        idx = self.probs.argmax(-1)
-        onehot = F.one_hot(idx, self.probs.shape[-1]).to(self.probs.dtype)
-        return onehot + self.probs - self.probs.detach()
+        # One-hot of the first maximum, by comparison (no scatter).
+        probs = self.probs.detach()
+        top = (probs == probs.amax(-1, keepdim=True)).to(probs.dtype)
+        first = top * (top.cumsum(-1) == 1).to(probs.dtype)
+        return first + self.probs - self.probs.detach()
 
     def log_prob(self, onehot: torch.Tensor) -> torch.Tensor:
         return (onehot * self.logits).sum(-1)

@@ -60,9 +60,10 @@ class RSSM(nn.Module):
 
     # -- state helpers -------------------------------------------------------
     def initial(self, batch: int, device: torch.device | str) -> State:
-        zeros = torch.zeros(batch, self.stoch, self.classes, device=device)
-        return {"deter": torch.zeros(batch, self.deter, device=device), "stoch": zeros,
-                "logits": zeros}
+        # Separate tensors: a compiled step guards on aliasing, and would compile twice.
+        zeros = lambda *shape: torch.zeros(batch, *shape, device=device)
+        return {"deter": zeros(self.deter), "stoch": zeros(self.stoch, self.classes),
+                "logits": zeros(self.stoch, self.classes)}
 
     def feat(self, state: State) -> torch.Tensor:
         stoch = state["stoch"].reshape(*state["stoch"].shape[:-2], -1)
@@ -97,6 +98,13 @@ class RSSM(nn.Module):
         dist = self._dist(logits)
         stoch = dist.sample() if sample else dist.mode()
         return {"deter": deter, "stoch": stoch, "logits": dist.logits}
+
+    def imagine_step(self, state: State, policy: Callable[[torch.Tensor], torch.Tensor]
+                     ) -> tuple[torch.Tensor, State]:
+        """One step of `imagine`: the policy's action at `state`, then the prior step.
+        A method of its own so the fast path can compile it as one graph."""
+        action = policy(self.feat(state))
+        return action, self.img_step(state, action)
 
     def obs_step(
         self, state: State, action: torch.Tensor, embed: torch.Tensor, is_first: torch.Tensor
@@ -140,9 +148,8 @@ class RSSM(nn.Module):
         states, actions = [start], []
         state = start
         for _ in range(horizon):
-            action = policy(self.feat(state))
+            action, state = self.imagine_step(state, policy)
             actions.append(action)
-            state = self.img_step(state, action)
             states.append(state)
         actions.append(policy(self.feat(state)))
         stacked = {k: torch.stack([s[k] for s in states], 1) for k in ("deter", "stoch")}

@@ -130,6 +130,14 @@ class WorldModel(nn.Module):
         Terms: `dyn`, `rep` (KL with free bits), the objective's, `rew`, `con`."""
         embed = self.encode(batch)
         post, prior = self.observe(embed, batch["action"], batch["is_first"])
+        losses, feat, metrics = self.terms(batch, embed, post, prior)
+        metrics.update(self.periodic_diagnostics(embed, feat, batch))
+        return losses, post, metrics
+
+    def terms(self, batch: Mapping[str, torch.Tensor], embed: torch.Tensor, post: State,
+              prior: State) -> tuple[dict, torch.Tensor, dict]:
+        """The loss terms given the posterior and prior: a pure function of tensors, so the
+        fast path compiles it as one graph. Returns (terms, features, metrics)."""
         feat = self.rssm.feat(post)
         losses = {}
         losses["dyn"], losses["rep"] = self.rssm.kl_losses(post, prior)
@@ -142,8 +150,7 @@ class WorldModel(nn.Module):
             ent = -(post["logits"].exp() * post["logits"]).sum((-2, -1)).mean()
             prior_ent = -(prior["logits"].exp() * prior["logits"]).sum((-2, -1)).mean()
         metrics.update({"train/post_ent": ent, "train/prior_ent": prior_ent})
-        metrics.update(self.periodic_diagnostics(embed, feat, batch))
-        return losses, post, metrics
+        return losses, feat, metrics
 
     def total(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Scaled sum of the mean loss terms."""

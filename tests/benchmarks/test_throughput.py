@@ -1,6 +1,6 @@
 import pytest
 
-from benchmarks.throughput import BenchmarkArgError, main, parse_rows
+from benchmarks.throughput import BenchmarkArgError, main, parse_modes, parse_rows
 
 
 def test_parse_rows_all_and_errors():
@@ -10,26 +10,33 @@ def test_parse_rows_all_and_errors():
     assert parse_rows("all,peer-state")[-1] == "peer-state"
     with pytest.raises(BenchmarkArgError, match="unknown row.*allowed"):
         parse_rows("2m-state")
+    assert parse_modes("fast") == ["fast"]
+    with pytest.raises(BenchmarkArgError, match="allowed.*eager, fast"):
+        parse_modes("eager,slow")
 
 
 def test_tiny_rows_print_agent_params_and_seconds(capsys):
     # Tiny batches: checks that each agent builds, updates and acts, not its speed.
     main(["--rows", "1m-state,jepa-1m-pixels", "--batch", "2", "--length", "4",
           "--updates", "1", "--warmup", "0", "--policy-calls", "1", "--threads", "1",
-          "--device", "cpu"])
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+          "--device", "cpu", "--modes", "eager"])
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith("| ")]
     by_row = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[1:-1]]
               for ln in lines[1:]}
     assert by_row["1m-state"][1:3] == ["dreamerv3", "state"]
     assert by_row["jepa-1m-pixels"][1:3] == ["jepa", "pixels"]
     for cells in by_row.values():
         assert cells[3].endswith("M") and float(cells[3][:-1]) > 0
-        assert float(cells[5]) > 0 and float(cells[6]) > 0
+        assert cells[5] == "eager" and float(cells[6]) > 0  # GFLOP per update
+        assert float(cells[8]) > 0 and float(cells[12]) > 0  # s / update, policy ms
+        assert cells[10].endswith("%") and cells[11].endswith("%")
+    assert "matmul peak" in out
 
 
 def test_set_overrides_every_row_and_bad_keys_are_refused(capsys):
     tiny = ["--batch", "2", "--length", "4", "--updates", "1", "--warmup", "0",
-            "--policy-calls", "1", "--threads", "1", "--device", "cpu"]
+            "--policy-calls", "1", "--threads", "1", "--device", "cpu", "--modes", "eager"]
     main(["--rows", "1m-pixels", *tiny, "--set", "model.encoder.depth=2",
           "--set", "model.decoder.depth=2"])
     out = capsys.readouterr().out

@@ -1,0 +1,180 @@
+"""The fast path (compiled step functions, bf16 autocast) computes what eager fp32 computes,
+and compiles once: no recompiles after warm-up for the shapes a run uses."""
+
+from __future__ import annotations
+
+import copy
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch._inductor import config as inductor_config
+
+from agents.config import load_config
+from agents.dreamerv3 import DreamerV3Agent
+from agents.fast import compiler_missing, graphs_compiled, resolve_compile
+
+CPU = torch.device("cpu")
+needs_compiler = pytest.mark.skipif(compiler_missing(CPU) is not None,
+                                    reason="inductor has no C++ compiler here")
+# A small model: compile time depends on the graphs, not on the widths.
+SMALL = ["model.rssm.deter=64", "model.rssm.hidden=16", "model.rssm.stoch=4",
+         "model.rssm.classes=4", "model.rssm.blocks=4", "model.encoder.units=16",
+         "model.decoder.units=16", "model.reward_head.units=16", "model.cont_head.units=16",
+         "actor_critic.policy.units=16", "actor_critic.value.units=16",
+         "actor_critic.imag_length=4"]
+B, T = 4, 8
+
+
+def spaces(discrete: bool = False):
+    obs = gym.spaces.Dict({"vector": gym.spaces.Box(-np.inf, np.inf, (5,), np.float32)})
+    act = gym.spaces.Discrete(3) if discrete else gym.spaces.Box(-1, 1, (2,), np.float32)
+    return obs, act
+
+
+def make(precision: str = "fp32", compile: bool = False, discrete: bool = False,
+         like: DreamerV3Agent | None = None) -> DreamerV3Agent:
+    torch.manual_seed(0)
+    cfg = load_config("dmc:walker-walk", size="1m", sets=SMALL)
+    agent = DreamerV3Agent(*spaces(discrete), cfg, precision=precision, compile=compile)
+    if like is not None:
+        agent.load_state_dict(copy.deepcopy(like.state_dict()))
+    return agent
+
+
+def batch(discrete: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    if discrete:
+        action = torch.nn.functional.one_hot(torch.randint(0, 3, (B, T), generator=g), 3)
+    else:
+        action = torch.rand(B, T, 2, generator=g) * 2 - 1
+    is_first = torch.zeros(B, T, dtype=torch.bool)
+    is_first[:, 0] = True
+    return {"vector": torch.randn(B, T, 5, generator=g), "action": action.float(),
+            "reward": torch.randn(B, T, generator=g), "is_first": is_first,
+            "is_last": torch.zeros(B, T, dtype=torch.bool),
+            "is_terminal": torch.rand(B, T, generator=g) < 0.1}
+
+
+def loss_and_grads(agent: DreamerV3Agent, data: dict, seed: int = 1):
+    torch.manual_seed(seed)
+    loss, terms, _ = agent.loss(data)
+    params = {**{f"wm.{k}": p for k, p in agent.wm.named_parameters()},
+              **{f"ac.{k}": p for k, p in agent.ac.named_parameters()}}
+    agent.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in params.items() if p.grad is not None}
+    return float(loss), {k: float(v.mean()) for k, v in terms.items()}, grads
+
+
+def grad_groups(grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The main parameter groups' gradients, each flattened into one vector."""
+    prefixes = ("wm.encoder", "wm.rssm", "wm.objective", "wm.reward", "wm.cont",
+                "ac.policy", "ac.value")
+    return {p: torch.cat([g.flatten() for k, g in grads.items() if k.startswith(p)])
+            for p in prefixes}
+
+
+@pytest.fixture
+def same_random():
+    """Compiled kernels draw random numbers with eager's generator (inductor's own differs)."""
+    with inductor_config.patch(fallback_random=True):
+        yield
+
+
+@needs_compiler
+@pytest.mark.parametrize("discrete", [False, True])
+def test_compiled_fp32_matches_eager(same_random, discrete):
+    eager = make(discrete=discrete)
+    fast = make(compile=True, discrete=discrete, like=eager)
+    data = batch(discrete)
+    loss_e, terms_e, grads_e = loss_and_grads(eager, data)
+    loss_f, terms_f, grads_f = loss_and_grads(fast, data)
+    # Tight: the same fp32 arithmetic, fused in a different order.
+    assert loss_f == pytest.approx(loss_e, rel=1e-4, abs=1e-5)
+    for name in terms_e:
+        assert terms_f[name] == pytest.approx(terms_e[name], rel=1e-3, abs=1e-5), name
+    for group, g in grad_groups(grads_e).items():
+        gf = grad_groups(grads_f)[group]
+        assert torch.allclose(gf, g, rtol=1e-3, atol=1e-5), (group, (gf - g).abs().max())
+
+
+@needs_compiler
+def test_bf16_fast_path_is_close_to_eager_fp32(same_random):
+    eager = make()
+    fast = make(precision="bf16", compile=True, like=eager)
+    data = batch()
+    loss_e, terms_e, grads_e = loss_and_grads(eager, data)
+    loss_f, terms_f, grads_f = loss_and_grads(fast, data)
+    # Looser: bf16 keeps 8 bits of mantissa (~0.4% per rounding) in the imagination and
+    # actor-critic losses; sampled imagined actions can differ where probabilities tie.
+    assert loss_f == pytest.approx(loss_e, rel=0.05, abs=1e-2)
+    for name in ("dyn", "rep", "rew", "con", "rec_vector"):  # world model: fp32 on CPU
+        assert terms_f[name] == pytest.approx(terms_e[name], rel=1e-3, abs=1e-5), name
+    for name in ("policy", "value", "repval"):
+        assert terms_f[name] == pytest.approx(terms_e[name], rel=0.1, abs=2e-2), name
+    for group, g in grad_groups(grads_e).items():
+        gf = grad_groups(grads_f)[group]
+        cos = torch.nn.functional.cosine_similarity(gf, g, dim=0)
+        assert cos > 0.95, (group, float(cos))
+
+
+@needs_compiler
+def test_no_recompiles_after_warmup():
+    agent = make(precision="bf16", compile=True)
+    train_envs, eval_envs = 3, 2
+
+    def obs(n: int, first: bool) -> dict[str, np.ndarray]:
+        return {"vector": np.random.randn(n, 5).astype(np.float32),
+                "is_first": np.full(n, first)}
+
+    def one_round(seed: int) -> None:
+        agent.train(batch(seed=seed))
+        carry = None
+        for t in range(3):
+            _, carry = agent.policy(obs(train_envs, t == 0), carry, mode="train")
+        carry = None
+        for t in range(3):
+            _, carry = agent.policy(obs(eval_envs, t == 0), carry, mode="eval")
+        agent.report(batch(seed=seed))
+
+    one_round(0)  # warm-up: every shape and mode a run uses once
+    warm = graphs_compiled()
+    assert agent.clock.seconds > 0 and agent.clock.graphs > 0
+    for seed in (1, 2):
+        one_round(seed)
+    assert graphs_compiled() == warm, "the fast path recompiled after warm-up"
+    metrics = agent.train(batch(seed=3))
+    assert metrics["perf/compile_s"] == agent.clock.seconds  # logged, and not growing
+
+
+def test_compile_setting_is_checked():
+    assert resolve_compile("off", CPU) is False
+    assert resolve_compile(False, CPU) is False  # YAML's bare `off`
+    with pytest.raises(ValueError, match="auto, on, off"):
+        resolve_compile("fast", CPU)
+
+
+def test_compile_on_without_a_compiler_is_one_line(monkeypatch):
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-cxx",))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert resolve_compile("auto", CPU) is False
+    with pytest.raises(ValueError, match="no C.. compiler"):
+        resolve_compile("on", CPU)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fast_path_with_cuda_graphs_matches_eager():
+    cfg = load_config("dmc:walker-walk", size="1m", sets=SMALL)
+    torch.manual_seed(0)
+    eager = DreamerV3Agent(*spaces(), cfg, device="cuda", precision="fp32")
+    fast = DreamerV3Agent(*spaces(), cfg, device="cuda", precision="bf16", compile=True)
+    fast.load_state_dict(copy.deepcopy(eager.state_dict()))
+    data = {k: v.cuda() for k, v in batch().items()}
+    loss_e = loss_and_grads(eager, data)[0]
+    loss_f = loss_and_grads(fast, data)[0]
+    assert loss_f == pytest.approx(loss_e, rel=0.05, abs=1e-2)
+    for _ in range(3):
+        metrics = fast.train(data)
+    assert np.isfinite(metrics["loss/total"])
