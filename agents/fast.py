@@ -95,11 +95,22 @@ def _compile(fn: Callable, device: torch.device, graphs: bool = False) -> Callab
     return replay
 
 
+def allow_more_graphs(per_function: int = 64) -> None:
+    """Dynamo compiles each function for at most 8 guard sets (instances and shapes) and
+    then silently runs it eager. One run needs ~4 per function, but a process holding
+    several agents (a benchmark, a test session) needs more."""
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, per_function)
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit,
+                                             16 * per_function)
+
+
 def compile_update(wm, ac, device: torch.device) -> None:
     """Replace, on these instances, the step functions an update repeats by compiled ones.
 
     The eager methods stay on the class; the compiled ones shadow them as instance
     attributes, so `torch.compile` never sees the Python loops that call them."""
+    allow_more_graphs()
     rssm = wm.rssm
     rssm.obs_step = _compile(rssm.obs_step, device)
     rssm.imagine_step = _compile(rssm.imagine_step, device, graphs=True)
@@ -112,4 +123,5 @@ def compile_update(wm, ac, device: torch.device) -> None:
 def compile_policy(act: Callable, device: torch.device) -> Callable:
     """The agent's acting step (posterior update + action), compiled; one graph per env
     count and mode (train samples, eval takes the mode)."""
+    allow_more_graphs()
     return _compile(act, device, graphs=True)

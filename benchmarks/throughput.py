@@ -76,6 +76,7 @@ class Row:
 ROWS: dict[str, Row] = {
     "1m-state": Row("1m", False),
     "1m-pixels": Row("1m", True),
+    "1m-pixels-strided": Row("1m", True, STRIDED_SETS),
     "12m-state": Row("12m", False),
     "12m-pixels": Row("12m", True),
     "peer-pixels": Row("1m", True, PEER_SETS),

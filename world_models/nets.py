@@ -55,6 +55,17 @@ class BlockLinear(nn.Module):
         y = torch.einsum("bgi,gio->bgo", x, self.weight)
         return y.reshape(*lead, -1) + self.bias
 
+    def own_and_shared(self, own: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+        """`forward` of the input whose block g is concat(own block g, shared), for own
+        [N, blocks * k] and shared [N, m], without building that input: the shared part
+        is one dense matmul against all blocks' weights (the input would repeat it
+        `blocks` times, and copying it cost more than the matmuls on CPU)."""
+        n, g = own.shape[0], self.blocks
+        k = own.shape[-1] // g
+        own_out = torch.bmm(own.reshape(n, g, k).transpose(0, 1), self.weight[:, :k])
+        w_shared = self.weight[:, k:].transpose(0, 1).reshape(shared.shape[-1], -1)
+        return own_out.transpose(0, 1).reshape(n, -1) + shared @ w_shared + self.bias
+
 
 class RMSNorm(nn.Module):
     """RMSNorm over the last axis. Written out because torch's fused CPU kernel

@@ -78,13 +78,23 @@ class RSSM(nn.Module):
         # Scale large continuous actions down (never up) so inputs stay bounded.
         action = action / action.abs().clamp(min=1.0).detach()
         stoch = stoch.reshape(stoch.shape[0], -1)
-        x = torch.cat([self.dyn_deter(deter), self.dyn_stoch(stoch), self.dyn_action(action)], -1)
+        shared = torch.cat([self.dyn_deter(deter), self.dyn_stoch(stoch),
+                            self.dyn_action(action)], -1)
+        # Block g of the first block layer reads concat(deter block g, shared input). Large
+        # batches (imagination) skip building that input, which repeats `shared` per block;
+        # at small ones (the posterior loop) one batched matmul on it is cheaper.
+        layers = [*self.dyn_hidden, self.dyn_gru]
+        if deter.shape[0] >= 256:
+            x = layers[0].own_and_shared(deter, shared)
+        else:
+            g = self.blocks
+            x = torch.cat([deter.reshape(-1, g, self.deter // g),
+                           shared[:, None].expand(-1, g, -1)], -1)
+            x = layers[0](x.reshape(deter.shape[0], -1))
+        for i, norm in enumerate(self.dyn_norms):
+            x = layers[i + 1](torch.nn.functional.silu(norm(x)))
         g = self.blocks
-        x = x[:, None, :].expand(-1, g, -1)
-        x = torch.cat([deter.reshape(-1, g, self.deter // g), x], -1).reshape(deter.shape[0], -1)
-        for layer, norm in zip(self.dyn_hidden, self.dyn_norms):
-            x = torch.nn.functional.silu(norm(layer(x)))
-        gates = self.dyn_gru(x).reshape(-1, g, 3, self.deter // g)
+        gates = x.reshape(-1, g, 3, self.deter // g)
         reset, cand, update = (gates[:, :, i].reshape(deter.shape[0], -1) for i in range(3))
         reset = torch.sigmoid(reset)
         cand = torch.tanh(reset * cand)

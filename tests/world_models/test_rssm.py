@@ -171,3 +171,22 @@ def test_kl_losses_are_clamped_at_free_nats(rssm):
     loose = RSSM(EMBED, ACT, deter=32, hidden=16, stoch=4, classes=5, blocks=4, free_nats=0.0)
     dyn, _ = loose.kl_losses(post, prior)
     assert (dyn < 1.0).all() and (dyn > 0).all()
+
+
+@pytest.mark.parametrize("dynlayers", [0, 1, 2])
+def test_core_is_the_same_map_at_large_and_small_batches(dynlayers):
+    # Batches >= 256 take the split matmul (own block + shared input), smaller ones build
+    # the concatenated input: both must compute the same function, gradients included.
+    torch.manual_seed(0)
+    rssm = RSSM(embed_dim=8, act_dim=3, deter=32, hidden=8, stoch=4, classes=4, blocks=4,
+                dynlayers=dynlayers)
+    deter = torch.randn(300, 32, requires_grad=True)
+    stoch = torch.rand(300, 4, 4)
+    action = torch.randn(300, 3)
+    big = rssm._core(deter, stoch, action)
+    small = torch.cat([rssm._core(deter[i:i + 100], stoch[i:i + 100], action[i:i + 100])
+                       for i in range(0, 300, 100)])
+    assert torch.allclose(big, small, atol=1e-5)
+    (g_big,) = torch.autograd.grad(big.square().sum(), deter)
+    (g_small,) = torch.autograd.grad(small.square().sum(), deter)
+    assert torch.allclose(g_big, g_small, atol=1e-4)
