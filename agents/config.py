@@ -470,6 +470,8 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
             return value
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)  # e.g. `--set device=0` parsed as a number by YAML
+        if isinstance(value, bool):
+            return "on" if value else "off"  # YAML reads a bare on/off (or yes/no) as a bool
         raise _type_error(key, "str", value)
     if isinstance(default, list | tuple):
         if not isinstance(value, list | tuple):

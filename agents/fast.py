@@ -95,14 +95,20 @@ def _compile(fn: Callable, device: torch.device, graphs: bool = False) -> Callab
     return replay
 
 
-def allow_more_graphs(per_function: int = 64) -> None:
+def configure_dynamo(per_function: int = 64) -> None:
     """Dynamo compiles each function for at most 8 guard sets (instances and shapes) and
     then silently runs it eager. One run needs ~4 per function, but a process holding
-    several agents (a benchmark, a test session) needs more."""
+    several agents (a benchmark, a test session) needs more.
+
+    A function that fails to compile runs eager, with dynamo's warning, instead of stopping
+    the run: a process killed while inductor writes a kernel can leave a truncated file in
+    its cache (`/tmp/torchinductor_$USER`; our crash trials found one), and every later
+    load of that kernel fails. Deleting that folder rebuilds it."""
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, per_function)
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit,
                                              16 * per_function)
+    config.suppress_errors = True
 
 
 def compile_update(wm, ac, device: torch.device) -> None:
@@ -110,7 +116,7 @@ def compile_update(wm, ac, device: torch.device) -> None:
 
     The eager methods stay on the class; the compiled ones shadow them as instance
     attributes, so `torch.compile` never sees the Python loops that call them."""
-    allow_more_graphs()
+    configure_dynamo()
     rssm = wm.rssm
     rssm.obs_step = _compile(rssm.obs_step, device)
     rssm.imagine_step = _compile(rssm.imagine_step, device, graphs=True)
@@ -123,5 +129,5 @@ def compile_update(wm, ac, device: torch.device) -> None:
 def compile_policy(act: Callable, device: torch.device) -> Callable:
     """The agent's acting step (posterior update + action), compiled; one graph per env
     count and mode (train samples, eval takes the mode)."""
-    allow_more_graphs()
+    configure_dynamo()
     return _compile(act, device, graphs=True)

@@ -50,6 +50,8 @@ CASES = [
     ("dreamer-run", [*RUN, "--steps", "-5"], "run.steps"),
     ("dreamer-run", [*RUN, "--device", "cuda:7"], "cuda"),
     ("dreamer-run", [*RUN, "--device", "tpu"], "device"),
+    ("dreamer-run", [*RUN, "--set", "compile=fast"], "auto, on, off"),
+    ("dreamer-run", [*RUN, "--set", "precision=fp16"], "auto, fp32 or bf16"),
     ("dreamer-run", [*RUN, "--obs", "rgb"], "invalid choice"),
     ("dreamer-run", [*RUN, "--set", "env.options.no_such=1"], "no_such"),
     ("dreamer-run", ["--size", "1m"], "--env is required"),
