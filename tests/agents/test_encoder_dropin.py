@@ -12,7 +12,7 @@ from agents.config import Config, load_config
 from world_models.vit_jepa import ViT, make_config, save_encoder
 
 SMOKE = [
-    "--set", "replay.size=20000",
+    "--set", "replay.size=20000", "--set", "compile=off", "--set", "precision=fp32",
     "--size", "1m", "--envs", "2", "--steps", "120", "--obs", "pixels",
     "--set", "threads=1", "--set", "replay.batch_size=2", "--set", "replay.batch_length=8",
     "--set", "run.prefill=48", "--set", "run.train_ratio=8", "--set", "run.eval_episodes=0",

@@ -20,7 +20,7 @@ from agents.train import train
 torch.set_num_threads(1)
 
 SMOKE = [
-    "--set", "replay.size=20000",
+    "--set", "replay.size=20000", "--set", "compile=off", "--set", "precision=fp32",
     "--agent", "jepa", "--size", "1m", "--envs", "2", "--set", "threads=1",
     "--set", "replay.batch_size=4", "--set", "replay.batch_length=16",
     "--set", "run.prefill=64", "--set", "run.train_ratio=16",

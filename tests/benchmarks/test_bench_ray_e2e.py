@@ -23,7 +23,7 @@ from benchmarks.scores import read_run_dir, read_scores  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 # A tiny, fast training run: 1m model, 1 env, 50-step episodes, almost no updates.
 TINY = ["--size", "1m", "--set", "env.num_envs=1", "--set", "replay.size=20000",
-        "--set", "run.prefill=50",
+        "--set", "run.prefill=50", "--set", "compile=off", "--set", "precision=fp32",
         "--set", "run.train_ratio=8", "--set", "run.video=false",
         "--set", "run.eval_episodes=0", "--set", "run.log_every=1"]
 DMC_TINY = [*TINY, "--set", "env.options.time_limit=100"]
