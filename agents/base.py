@@ -51,7 +51,8 @@ def agent_class(name: str) -> type[Agent]:
 
 def make_agent(name: str, obs_space: gym.spaces.Dict, act_space: gym.Space, config,
                **kwargs) -> Agent:
-    """Build the agent registered as `name` (kwargs: `device`, `precision`)."""
+    """Build the agent registered as `name` (the trainer passes `device`, `precision` and
+    `compile`: a bool, whether to use a compiled fast path if the agent has one)."""
     return agent_class(name)(obs_space, act_space, config, **kwargs)
 
 

@@ -47,7 +47,7 @@ class DreamerV3Agent(Agent):
         self.obs_space, self.act_space = obs_space, act_space
         self.act_dim, self.discrete = action_dim(act_space)
         self.shapes = obs_shapes(obs_space)
-        self.precision, self.compiled = precision, bool(compile)
+        self.compiled = bool(compile)
         # bf16 autocast: the whole update on CUDA; on CPU only the batched imagination and
         # actor-critic losses (the batch-16 posterior loop runs slower in bf16 there).
         self.autocast = precision == "bf16"

@@ -8,8 +8,9 @@ loops in Python; the fused kernels remove most of eager's ~90k small aten calls.
 
 `compile`: `auto` compiles where inductor has a backend (a C++ compiler on CPU, triton on
 CUDA), `on` insists, `off` runs eager. `precision` (see `agents.runtime.select_device`):
-bf16 autocast runs the batched parts (encoder, heads, imagination, losses) in bf16; on CPU
-the posterior loop stays fp32 because at batch 16 the casts cost more than the matmuls save.
+bf16 autocast runs the whole update on CUDA; on CPU only the imagination and the
+actor-critic losses (batch 1,024 x 16), because in the world-model loss (a batch-16
+posterior loop) the casts cost more than the bf16 matmuls save.
 """
 
 from __future__ import annotations

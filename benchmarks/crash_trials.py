@@ -51,12 +51,12 @@ class Trial:
         return not self.problems
 
 
-def command(logdir: Path, env: str, steps: int) -> list[str]:
+def command(logdir: Path, env: str, steps: int, sets: Sequence[str] = ()) -> list[str]:
     argv = [sys.executable, "-c", "import sys; from agents.cli import run_main; "
             "sys.exit(run_main())", "--env", env, "--size", "1m",
             "--steps", str(steps), "--logdir", str(logdir)]
-    for key, value in TINY.items():
-        argv += ["--set", f"{key}={value}"]
+    for item in [f"{key}={value}" for key, value in TINY.items()] + list(sets):
+        argv += ["--set", item]
     return argv
 
 
@@ -139,10 +139,10 @@ def check_finished(logdir: Path, steps: int, starts: int, trial: Trial) -> None:
 
 
 def run_trial(index: int, out: Path, env_spec: str, steps: int, kills: int, seed: int,
-              timeout: float) -> Trial:
+              timeout: float, sets: Sequence[str] = ()) -> Trial:
     rng = random.Random(seed * 1000 + index)
     logdir = out / f"trial_{index:02d}"
-    argv = command(logdir, env_spec, steps)
+    argv = command(logdir, env_spec, steps, sets)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     trial = Trial(index)
     for k in range(kills):
@@ -175,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600, help="seconds per process at most")
     p.add_argument("--out", default="runs/crash_trials")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every run (repeatable), e.g. compile=off")
     args = p.parse_args(argv)
     if args.trials < 1 or args.kills < 1 or args.steps < 1:
         p.error("--trials, --kills and --steps must be >= 1")
@@ -183,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--out {out} is not empty; crash trials need fresh run directories")
     trials = []
     for i in range(args.trials):
-        trial = run_trial(i, out, args.env, args.steps, args.kills, args.seed, args.timeout)
+        trial = run_trial(i, out, args.env, args.steps, args.kills, args.seed, args.timeout,
+                          args.set)
         trials.append(trial)
         lost = [k["progress_step"] - (k["checkpoint_step"] or 0) for k in trial.kills
                 if not k["finished"]]

@@ -84,7 +84,7 @@ def same_random():
 
 
 @needs_compiler
-@pytest.mark.parametrize("discrete", [False, True])
+@pytest.mark.parametrize("discrete", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_compiled_fp32_matches_eager(same_random, discrete):
     eager = make(discrete=discrete)
     fast = make(compile=True, discrete=discrete, like=eager)
