@@ -214,7 +214,6 @@ def bench_row(name: str, args: argparse.Namespace, device: torch.device, mode: s
         precision, compile = "fp32", False
     agent = build_agent(row, device, precision, args.set, compile)
     batch = synthetic_batch(row.pixels, args.batch, args.length)
-    gflop = update_gflop(agent, batch) if mode == "eager" else None
     first_s = timed(lambda: agent.train(batch), 1, 0, device)
     update_s = timed(lambda: agent.train(batch), args.updates, args.warmup, device)
     _, carry = agent.policy(one_obs(row.pixels, 1, True), None)
@@ -222,7 +221,7 @@ def bench_row(name: str, args: argparse.Namespace, device: torch.device, mode: s
     policy_s = timed(lambda: agent.policy(obs, carry), args.policy_calls, 3, device)
     return {"row": name, "agent": row.agent, "size": row.size, "mode": mode,
             "precision": precision, "compiled": compile,
-            "obs": "pixels" if row.pixels else "state", "gflop": gflop,
+            "obs": "pixels" if row.pixels else "state",
             "wm": count(agent.wm), "ac": count(agent.ac), "first_s": first_s,
             "update_s": update_s, "policy_ms": policy_s * 1000}
 
@@ -332,15 +331,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"Every row with {' '.join(args.set)}")
     print("\n" + table_header(args), flush=True)
     for name in models:
-        gflop = None
+        # Counted once per row, on an eager fp32 copy: the same update for every mode.
+        gflop = update_gflop(build_agent(ROWS[name], device, "fp32", args.set),
+                             synthetic_batch(ROWS[name].pixels, args.batch, args.length))
         for mode in modes:
             r = bench_row(name, args, device, mode, precision, compile)
-            gflop = r["gflop"] = r["gflop"] if r["gflop"] is not None else gflop
-            if gflop is None:  # fast mode alone: count on an eager copy
-                r["gflop"] = gflop = update_gflop(
-                    build_agent(ROWS[name], device, "fp32", args.set),
-                    synthetic_batch(ROWS[name].pixels, args.batch, args.length))
-            print(table_row(r, peaks), flush=True)
+            print(table_row({**r, "gflop": gflop}, peaks), flush=True)
 
 
 if __name__ == "__main__":

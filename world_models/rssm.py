@@ -84,16 +84,15 @@ class RSSM(nn.Module):
         # batches (imagination) skip building that input, which repeats `shared` per block;
         # at small ones (the posterior loop) one batched matmul on it is cheaper.
         layers = [*self.dyn_hidden, self.dyn_gru]
+        g = self.blocks
         if deter.shape[0] >= 256:
             x = layers[0].own_and_shared(deter, shared)
         else:
-            g = self.blocks
             x = torch.cat([deter.reshape(-1, g, self.deter // g),
                            shared[:, None].expand(-1, g, -1)], -1)
             x = layers[0](x.reshape(deter.shape[0], -1))
         for i, norm in enumerate(self.dyn_norms):
             x = layers[i + 1](torch.nn.functional.silu(norm(x)))
-        g = self.blocks
         gates = x.reshape(-1, g, 3, self.deter // g)
         reset, cand, update = (gates[:, :, i].reshape(deter.shape[0], -1) for i in range(3))
         reset = torch.sigmoid(reset)
