@@ -38,7 +38,8 @@ def lambda_return(
 
 
 class ReturnNorm(nn.Module):
-    """EMA of the 5th and 95th return percentiles; scale = max(1/limit, hi - lo)."""
+    """EMA of the 5th and 95th return percentiles; scale = max(limit, hi - lo) (official
+    `Normalize(impl='perc')` without debiasing, as the official retnorm runs it)."""
 
     def __init__(self, rate: float = 0.01, limit: float = 1.0, perclo: float = 5.0,
                  perchi: float = 95.0):
@@ -55,7 +56,7 @@ class ReturnNorm(nn.Module):
         self.hi.lerp_(hi, self.rate)
 
     def scale(self) -> torch.Tensor:
-        return torch.clamp(self.hi - self.lo, min=1.0 / self.limit)
+        return torch.clamp(self.hi - self.lo, min=self.limit)
 
 
 class Policy(nn.Module):
@@ -173,8 +174,10 @@ class ActorCritic(nn.Module):
         return losses, ret, metrics
 
     def repval_terms(self, wm, post, batch, boot: torch.Tensor) -> torch.Tensor:
-        """Value loss on the replayed trajectory, bootstrapping from imagined returns."""
-        feat = wm.rssm.feat({k: v.detach() for k, v in post.items()})
+        """Value loss on the replayed trajectory, bootstrapping from imagined returns. Its
+        gradient reaches the encoder and RSSM through the posterior features (official
+        `repval_grad: True`); the slow value and the bootstrap targets carry none."""
+        feat = wm.rssm.feat(post)
         value_dist = self.value(feat)
         with torch.no_grad():
             slowval = self.slow_value(feat).pred()

@@ -61,6 +61,10 @@ class Agent(ABC):
 
     obs_space: gym.spaces.Dict  # the observation space it was built for (eval envs match it)
     act_space: gym.Space
+    # Replay context (DreamerV3's `replay_context`): an agent with `latent_spec` stores its
+    # latent state beside every replayed step; a training batch is then `replay_context`
+    # steps longer, its first steps only give the stored state to start from.
+    replay_context: int = 0
 
     @abstractmethod
     def policy(self, obs: Mapping[str, np.ndarray], carry: Any, mode: str = "train"
@@ -84,6 +88,21 @@ class Agent(ABC):
     def report(self, batch) -> dict[str, Any]:
         """Metrics (`openl/...`) and, for image observations, `openl`: a (truth,
         prediction) pair of [N, T, H, W, C] float arrays in [0, 1]."""
+
+    def latent_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Replay keys of the latent state stored with each step: {key: (shape, dtype)};
+        empty (the default) for an agent without replay context."""
+        return {}
+
+    def latent_entries(self, carry: Any) -> dict[str, np.ndarray]:
+        """The `latent_spec` entries [N, ...] of the carry `policy` just returned, stored
+        with the observations it saw; empty when the carry holds none (a random policy)."""
+        return {}
+
+    def trained_latents(self) -> dict[str, torch.Tensor]:
+        """The `latent_spec` entries [B, T] the last `train` computed for its batch's steps
+        after the context, written back to replay (fresher than the acting-time ones)."""
+        return {}
 
     @abstractmethod
     def state_dict(self) -> dict: ...

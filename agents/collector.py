@@ -51,9 +51,14 @@ def random_policy(action_space: gym.Space, seed: int | None = None) -> Policy:
 
 
 class Collector:
-    """Steps a vector env with a policy, stores every real step in a SequenceReplay."""
+    """Steps a vector env with a policy, stores every real step in a SequenceReplay.
 
-    def __init__(self, env: gym.vector.VectorEnv, replay: SequenceReplay | None = None) -> None:
+    With `latent_spec` (an agent's replay context) every stored step also holds those keys:
+    zeros when stored, then the `latent_entries(carry)` of the policy's carry for it."""
+
+    def __init__(self, env: gym.vector.VectorEnv, replay: SequenceReplay | None = None,
+                 latent_spec: dict | None = None,
+                 latent_entries: Callable[[Any], dict[str, np.ndarray]] | None = None) -> None:
         mode = env.metadata.get("autoreset_mode")
         if mode is not None and mode != gym.vector.AutoresetMode.NEXT_STEP:
             raise CollectorError(f"Collector needs autoreset_mode NEXT_STEP, the env uses {mode}")
@@ -64,6 +69,8 @@ class Collector:
             raise CollectorError(
                 f"replay has num_envs={replay.num_envs}, the env has {self.num_envs}"
             )
+        self.latent_spec = dict(latent_spec or {})
+        self.latent_entries = latent_entries
         self.action_space = env.single_action_space
         self.action_dim = action_size(self.action_space)
         self.vector_steps = 0  # env.step calls
@@ -122,7 +129,17 @@ class Collector:
     def _store(self, row: dict[str, np.ndarray]) -> None:
         if self.replay is not None:
             data = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in row.items()}
+            for key, (shape, dtype) in self.latent_spec.items():
+                data[key] = torch.zeros(self.num_envs, *shape, dtype=dtype)
             self.replay.add(TensorDict(data, batch_size=[self.num_envs]))
+
+    def _store_latents(self, carry: Any) -> None:
+        """The policy's latent state for the step stored last (the one it just saw)."""
+        if self.replay is None or not self.latent_spec or self.latent_entries is None:
+            return
+        entries = self.latent_entries(carry)
+        if entries:
+            self.replay.write_last(entries)
 
     def _reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         obs, _ = self.env.reset(seed=seed)
@@ -167,6 +184,7 @@ class Collector:
         finished: list[dict[str, Any]] = []
         for _ in range(steps):
             action, self._carry = policy(self._obs, self._carry)
+            self._store_latents(self._carry)
             self._obs = self._step(self._obs, self._model_action(action))
             self._store(self._obs)
             self.vector_steps += 1

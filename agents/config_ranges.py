@@ -26,6 +26,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "replay.batch_size": (1, 65536, True),
     "replay.batch_length": (2, 65536, True),
     "replay.recency": (0, 1, True),
+    "replay.context": (0, 65536, True),
     "opt.lr": (0, 1, False),
     "opt.agc": (0, float("inf"), False),
     "opt.eps": (0, 1, False),

@@ -19,6 +19,9 @@ from world_models.encoders import IMAGE_KEY, VECTOR_KEY
 from world_models.world_model import WorldModel
 
 OBS_KEYS = (IMAGE_KEY, VECTOR_KEY)
+# Replay keys of the stored latent state (replay context): deter in fp16 (a GRU state in
+# [-1, 1]) and the index of each categorical latent's sample.
+LATENT_DETER, LATENT_STOCH = "latent_deter", "latent_stoch"
 
 
 def action_dim(space: gym.Space) -> tuple[int, bool]:
@@ -67,6 +70,8 @@ class DreamerV3Agent(Agent):
                               **config["actor_critic"]).to(self.device)
         self.opt = LaProp(self._param_groups(config["opt"]["lr"] * lr_scale), **config["opt"])
         self.step = 0
+        self.replay_context = int(config["replay"]["context"])
+        self._trained: dict[str, torch.Tensor] = {}
         if self.compiled:
             compile_update(self.wm, self.ac, self.device)
             self._act = compile_policy(self._act, self.device)
@@ -122,27 +127,70 @@ class DreamerV3Agent(Agent):
             return np.eye(self.act_dim, dtype=np.float32)[np.random.randint(self.act_dim, size=n)]
         return np.random.uniform(-1, 1, (n, self.act_dim)).astype(np.float32)
 
+    # -- replay context ------------------------------------------------------------
+    def latent_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        if not self.replay_context:
+            return {}
+        rssm = self.wm.rssm
+        index = torch.uint8 if rssm.classes <= 256 else torch.int16
+        return {LATENT_DETER: ((rssm.deter,), torch.float16), LATENT_STOCH: ((rssm.stoch,), index)}
+
+    def latent_entries(self, carry: Any) -> dict[str, np.ndarray]:
+        if carry is None or not self.replay_context:
+            return {}
+        return {k: v.cpu().numpy() for k, v in self._latents(carry[0]).items()}
+
+    def trained_latents(self) -> dict[str, torch.Tensor]:
+        latents, self._trained = self._trained, {}
+        return {k: v.cpu() for k, v in latents.items()}
+
+    def _latents(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        spec = self.latent_spec()
+        return {LATENT_DETER: state["deter"].detach().to(spec[LATENT_DETER][1]),
+                LATENT_STOCH: state["stoch"].detach().argmax(-1).to(spec[LATENT_STOCH][1])}
+
+    def _context(self, data: dict[str, torch.Tensor]) -> tuple[dict | None, dict]:
+        """(start state, data after the context) for a batch that carries stored latents;
+        (None, data) for one without (every sequence then starts from zeros)."""
+        K = self.replay_context
+        if not K or LATENT_DETER not in data:
+            return None, data
+        rssm = self.wm.rssm
+        stoch = torch.nn.functional.one_hot(data[LATENT_STOCH][:, K - 1].long(), rssm.classes)
+        start = {"deter": data[LATENT_DETER][:, K - 1].float(), "stoch": stoch.float()}
+        start["logits"] = torch.zeros_like(start["stoch"])  # the keys `initial` has
+        return start, {k: v[:, K:] for k, v in data.items()}
+
     # -- learning ----------------------------------------------------------------
     def train(self, batch) -> dict[str, float]:
+        """One update on a [B, T] batch; a batch with stored latents (replay context) is
+        K = `replay.context` steps longer and trains on its last T - K steps, starting from
+        the latent stored at step K - 1. `trained_latents` then holds the new ones."""
         data = self._to_torch(dict(batch.items()) if hasattr(batch, "items") else batch)
+        start, data = self._context(data)
         self.wm.train()
-        metrics = self.clock.timed(self._update, data)
+        metrics = self.clock.timed(self._update, data, start)
         if self.compiled:  # compile warm-up so far (acting and updates), paid once per process
             metrics["perf/compile_s"] = self.clock.seconds
         return metrics
 
-    def loss(self, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict, dict]:
-        """The update's scalar loss, its named terms and metrics, on a batch of tensors."""
+    def loss(self, data: dict[str, torch.Tensor], start: dict | None = None
+             ) -> tuple[torch.Tensor, dict, dict]:
+        """The update's scalar loss, its named terms and metrics, on a batch of tensors whose
+        posterior starts from `start` (zeros when None)."""
         with self._amp(batched=False):
-            wm_losses, post, metrics = self.wm.loss(data)
+            wm_losses, post, metrics = self.wm.loss(data, start)
+        if start is not None:
+            self._trained = self._latents(post)
         with self._amp():
             ac_losses, ac_metrics = self.ac.loss(self.wm, post, data)
         metrics.update(ac_metrics)
         terms = {**wm_losses, **ac_losses}
         return self.wm.total(wm_losses) + self.ac.total(ac_losses), terms, metrics
 
-    def _update(self, data: dict[str, torch.Tensor]) -> dict[str, float]:
-        loss, terms, metrics = self.loss(data)
+    def _update(self, data: dict[str, torch.Tensor], start: dict | None = None
+                ) -> dict[str, float]:
+        loss, terms, metrics = self.loss(data, start)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -162,10 +210,12 @@ class DreamerV3Agent(Agent):
         """Open-loop prediction: observe the first `context` steps (default half), imagine the
         rest with the recorded actions; the objective's `openl/*` metrics and video."""
         data = self._to_torch(dict(batch.items()) if hasattr(batch, "items") else batch)
+        start, data = self._context(data)
         data = {k: v[:videos] for k, v in data.items()}
+        start = None if start is None else {k: v[:videos] for k, v in start.items()}
         context = context or data["action"].shape[1] // 2
         with self._amp():
-            feat = self.wm.open_loop(data, context)
+            feat = self.wm.open_loop(data, context, start)
             return self.wm.objective.report(data, feat, context)
 
     @torch.no_grad()

@@ -51,7 +51,8 @@ class SaveError(RunError):
 # the checkpoint holds. Any other difference from the run's config.yaml is refused.
 RESUMABLE = ("logdir", "device", "precision", "compile", "threads", "env.eval_envs",
              "model.diag_every", "run.steps", "run.log_every", "run.save_every", "run.eval_every",
-             "run.eval_episodes", "run.report_every", "run.video")
+             "run.eval_episodes", "run.eval_policy", "run.report_every", "run.video")
+EVAL_POLICIES = ("sample", "mode")
 
 
 def default_logdir(cfg: Config) -> Path:
@@ -133,6 +134,9 @@ class Parts:
 def build_parts(cfg: Config, run: RunDir) -> Parts:
     """Env and agent first, so that a bad spec or agent leaves no run directory behind;
     then the directory, the replay and the logger."""
+    if cfg.run.eval_policy not in EVAL_POLICIES:
+        raise ConfigError(f"run.eval_policy {cfg.run.eval_policy!r} unknown; allowed: "
+                          f"{', '.join(EVAL_POLICIES)}")
     device, precision = select_device(cfg.device, cfg.precision)
     compile = resolve_compile(cfg.compile, device)
     set_threads(cfg.threads)
@@ -164,7 +168,12 @@ class Trainer:
         self.num_envs = int(self.env.num_envs)
         self.counters = {"step": 0, "updates": 0, "train_start": -1, "time": 0.0,
                          "last_eval": 0, "last_report": 0}
-        self.collector = Collector(self.env, self.replay)
+        # Duck-typed agents without the replay-context hooks (test fakes) store no latents.
+        spec = getattr(self.agent, "latent_spec", dict)()
+        self.collector = Collector(self.env, self.replay, spec,
+                                   getattr(self.agent, "latent_entries", None))
+        # Replay context: batches this many steps longer, whose first steps seed the state.
+        self.context = int(self.agent.replay_context) if spec else 0
 
     # -- persistence -------------------------------------------------------------
     def restore(self, warn: Callable[[str], None] = print) -> bool:
@@ -266,12 +275,12 @@ class Trainer:
                                          "env": ep["env"], "time": c["time"]})
                 c["step"] += self.num_envs
                 c["time"] = start_time + time.time() - start_clock
-                if not prefill and self.replay.can_sample(T):
+                if not prefill and self.replay.can_sample(T + self.context):
                     if c["train_start"] < 0:
                         c["train_start"] = c["step"]
                         updates.start(c["step"] - self.num_envs)
                     for _ in range(updates(c["step"])):
-                        metrics = self.agent.train(self.replay.sample(B, T))
+                        metrics = self.train_step(B, T)
                         for k, v in metrics.items():
                             sums[k] += v
                             counts[k] += 1
@@ -293,6 +302,17 @@ class Trainer:
                     self.save()
         progress.close()
         self.save()
+
+    def train_step(self, batch_size: int, length: int) -> dict[str, float]:
+        """One update on a replayed batch; with replay context, the latents it computed
+        are written back to the steps they belong to."""
+        K = self.context
+        batch, (rows, envs) = self.replay.sample(batch_size, length + K, return_index=True)
+        metrics = self.agent.train(batch)
+        latents = self.agent.trained_latents() if K else {}
+        if latents:
+            self.replay.write((rows[:, K:], envs[:, K:]), latents)
+        return metrics
 
     def _stop_diverged(self, in_a_row: int) -> None:
         """Stop after `run.max_bad_updates` skipped updates in a row. Skipped updates change
@@ -329,7 +349,10 @@ class Trainer:
         env = make_eval_env(cfg, cfg.env.eval_envs, cfg.seed + 10_000, video,
                             self.env.single_observation_space)
         try:
-            policy = lambda obs, carry: self.agent.policy(obs, carry, mode="eval")
+            # run.eval_policy: `sample` acts as in training (the official evaluation),
+            # `mode` takes the policy's most likely action.
+            mode = "eval" if cfg.run.eval_policy == "mode" else "train"
+            policy = lambda obs, carry: self.agent.policy(obs, carry, mode=mode)
             records, frames = Collector(env).run_episodes(policy, cfg.run.eval_episodes,
                                                           render=video)
         finally:
@@ -349,7 +372,7 @@ class Trainer:
     def open_loop_report(self) -> None:
         c, cfg = self.counters, self.cfg
         c["last_report"] = c["step"]
-        out = self.agent.report(self.replay.sample(4, cfg.replay.batch_length))
+        out = self.agent.report(self.replay.sample(4, cfg.replay.batch_length + self.context))
         video = out.pop("openl", None)
         self.logger.scalars(out, c["step"])
         if video is not None:

@@ -120,8 +120,10 @@ class SequenceReplay:
         """True when a slice of ``length`` contiguous steps is available."""
         return 1 <= length <= self.steps_per_env
 
-    def sample(self, batch_size: int, length: int) -> TensorDict:
-        """Return a TensorDict [batch_size, length] of contiguous steps, one env per row."""
+    def sample(self, batch_size: int, length: int, return_index: bool = False):
+        """Return a TensorDict [batch_size, length] of contiguous steps, one env per row;
+        with ``return_index`` also the storage index of every step, a (row, env) pair of
+        [batch_size, length] tensors that :meth:`write` takes."""
         if batch_size < 1 or length < 1:
             raise ReplayError(
                 f"batch_size and length must be >= 1, got batch_size={batch_size}, length={length}"
@@ -137,9 +139,52 @@ class SequenceReplay:
                 f"steps per env stored so far ({len(self)} total)"
             )
         self._sampler.slice_len = int(length)
-        data = self._buffer.sample(batch_size=int(batch_size) * int(length))
-        self.sampled += int(batch_size) * int(length)
-        return data.reshape(int(batch_size), int(length))
+        shape = (int(batch_size), int(length))
+        data, info = self._buffer.sample(batch_size=shape[0] * shape[1], return_info=True)
+        self.sampled += shape[0] * shape[1]
+        data = data.reshape(*shape)
+        if not return_index:
+            return data
+        return data, tuple(i.reshape(*shape) for i in info["index"])
+
+    def write(self, index: tuple[torch.Tensor, torch.Tensor],
+              values: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite stored keys at a storage ``index`` from :meth:`sample` (or a slice of
+        it): ``values[key]`` has the index's shape plus the key's own. DreamerV3's replay
+        context writes the latent states computed in training back this way."""
+        rows, envs = index
+        stored = self._stored_keys("write")
+        for key, value in values.items():
+            if key not in stored:
+                raise ReplayError(f"write() got key {key!r}; the replay stores {sorted(stored)}")
+            target = self._buffer.storage._storage.get(key)
+            expect = (*rows.shape, *target.shape[2:])
+            if tuple(value.shape) != expect:
+                raise ReplayError(f"write() got {key!r} of shape {tuple(value.shape)}; the "
+                                  f"index needs {expect}")
+            target[rows, envs] = value.to(target.dtype)
+
+    def write_last(self, values: Mapping[str, Any]) -> None:
+        """Overwrite keys of the step added last (one row of ``num_envs`` values each)."""
+        if not len(self):
+            raise ReplayError("write_last() needs a stored step; add() one first")
+        stored = self._stored_keys("write_last")
+        row = (int(self._buffer._writer._cursor) - 1) % self.rows
+        for key, value in values.items():
+            if key not in stored:
+                raise ReplayError(f"write_last() got key {key!r}; the replay stores "
+                                  f"{sorted(stored)}")
+            target = self._buffer.storage._storage.get(key)
+            value = torch.as_tensor(value)
+            if tuple(value.shape) != tuple(target.shape[1:]):
+                raise ReplayError(f"write_last() got {key!r} of shape {tuple(value.shape)}; "
+                                  f"expected {tuple(target.shape[1:])}")
+            target[row] = value.to(target.dtype)
+
+    def _stored_keys(self, caller: str) -> set[str]:
+        if self._keys is None:
+            raise ReplayError(f"{caller}() needs stored steps; the replay is empty")
+        return {k if isinstance(k, str) else ".".join(k) for k in self._keys}
 
     def chronological(self) -> TensorDictBase | None:
         """Every stored step as a [rows, num_envs] TensorDict, oldest row first (the ring

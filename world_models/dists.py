@@ -26,21 +26,18 @@ def unimix_logits(logits: torch.Tensor, unimix: float) -> torch.Tensor:
 
 
 class TwoHot:
-    """Categorical over 255 bins spaced evenly in symlog space (`symexp_twohot`).
+    """Categorical over 255 bins at symexp(linspace(-20, 20)) (the official `symexp_twohot`).
 
-    Predicts with symexp(E[bin]); trains with cross-entropy against a two-hot
-    encoding of symlog(target), so targets of any scale give bounded gradients.
+    The bins are spaced evenly in symlog space but the two-hot target and the expectation
+    are taken in raw space: predicts E[bin], trains with cross-entropy against the two-hot
+    encoding of the raw target between its two neighbouring bins. A mixture of targets is
+    then predicted by its mean (interpolating in symlog space would predict the symexp of
+    the mean symlog, below the mean), and gradients stay bounded for targets of any scale.
     """
 
     def __init__(self, logits: torch.Tensor, low: float = -20.0, high: float = 20.0):
         self.logits = logits.float()
-        n = logits.shape[-1]
-        if low == -high and n % 2:
-            # Built from one half so the bins are exactly symmetric in float32.
-            half = torch.linspace(low, 0.0, n // 2 + 1, device=logits.device)
-            self.bins = torch.cat([half, -half[:-1].flip(0)])
-        else:
-            self.bins = torch.linspace(low, high, n, device=logits.device)
+        self.bins = symexp_bins(logits.shape[-1], low, high, logits.device)
 
     def pred(self) -> torch.Tensor:
         probs = F.softmax(self.logits, -1)
@@ -50,10 +47,10 @@ class TwoHot:
         lo = (probs[..., :m] * self.bins[:m]).flip(-1).sum(-1)
         hi = (probs[..., -m:] * self.bins[-m:]).sum(-1)
         mid = (probs[..., m:-m] * self.bins[m:-m]).sum(-1)
-        return symexp(mid + (lo + hi))
+        return mid + (lo + hi)
 
     def loss(self, target: torch.Tensor) -> torch.Tensor:
-        target = symlog(target.detach().float())
+        target = target.detach().float()
         n = self.bins.shape[0]
         below = ((self.bins <= target[..., None]).sum(-1) - 1).clamp(0, n - 1)
         above = (n - (self.bins > target[..., None]).sum(-1)).clamp(0, n - 1)
@@ -66,6 +63,15 @@ class TwoHot:
         lp_below = logp.gather(-1, below[..., None]).squeeze(-1)
         lp_above = logp.gather(-1, above[..., None]).squeeze(-1)
         return -(lp_below * (d_above / total) + lp_above * (d_below / total))
+
+
+def symexp_bins(n: int, low: float, high: float, device=None) -> torch.Tensor:
+    """`n` bins at symexp of an even grid over [low, high] in symlog space."""
+    if low == -high and n % 2:
+        # Built from one half so the bins are exactly symmetric in float32.
+        half = symexp(torch.linspace(low, 0.0, n // 2 + 1, device=device))
+        return torch.cat([half, -half[:-1].flip(0)])
+    return symexp(torch.linspace(low, high, n, device=device))
 
 
 class Bernoulli:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from world_models.dists import symlog
-from world_models.nets import Linear, conv_stack, mlp
+from world_models.nets import ChannelRMSNorm, Linear, conv_stack, mlp
 from world_models.vit_jepa.encoder import load_encoder
 
 IMAGE_KEY, VECTOR_KEY = "image", "vector"
@@ -142,7 +142,10 @@ class MultiDecoder(nn.Module):
             _check_image((h, w, c))
             chans = [depth * m for m in mults][::-1] + [c]
             self.minres = h // 2 ** len(mults)
+            # Official (without its block-linear `bspace` variant): a dense projection to
+            # the minres x minres map, then RMSNorm + SiLU over its channels.
             self.space = Linear(feat_dim, chans[0] * self.minres**2)
+            self.space_norm = nn.Sequential(ChannelRMSNorm(chans[0]), nn.SiLU())
             self.deconv = conv_stack(chans, kernel, transpose=True, strided=strided)
             self.first_chans = chans[0]
         if VECTOR_KEY in obs_shapes:
@@ -153,6 +156,7 @@ class MultiDecoder(nn.Module):
         if IMAGE_KEY in self.keys:
             lead = feat.shape[:-1]
             x = self.space(feat).reshape(-1, self.first_chans, self.minres, self.minres)
+            x = self.space_norm(x)
             x = torch.sigmoid(self.deconv(x).float())
             out[IMAGE_KEY] = x.permute(0, 2, 3, 1).reshape(*lead, *x.shape[2:], x.shape[1])
         if VECTOR_KEY in self.keys:

@@ -1,8 +1,9 @@
 """Network builders shared by every model: one MLP builder, one conv-stack builder.
 
 DreamerV3 conventions: RMSNorm + SiLU after every hidden layer, truncated-normal
-fan-in initialisation, and an `outscale` on output layers (0 gives a zero init,
-which the official reward and value heads use so predictions start at zero).
+fan-in initialisation, and an `outscale` that multiplies the initialised weights of
+output layers (0 gives a zero init, which the official reward and value heads use so
+predictions start at zero; the policy's 0.01 starts it 100x narrower than a layer).
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ from torch import nn
 
 
 def init_trunc_normal_(weight: torch.Tensor, fan_in: int, scale: float = 1.0) -> None:
-    """Fan-in variance scaling with a truncated normal (the official `trunc_normal_in`)."""
+    """Fan-in variance scaling with a truncated normal, the weights then multiplied by
+    `scale` (the official `trunc_normal_in` initialiser times a layer's `outscale`)."""
     if scale == 0.0:
         nn.init.zeros_(weight)
         return
     # 0.8796 is the std of a standard normal truncated to [-2, 2].
-    std = math.sqrt(scale / fan_in) / 0.87962566
+    std = scale * math.sqrt(1.0 / fan_in) / 0.87962566
     nn.init.trunc_normal_(weight, 0.0, std, -2 * std, 2 * std)
 
 
 class Linear(nn.Linear):
-    """nn.Linear with the DreamerV3 initialisation; `outscale` scales the init variance."""
+    """nn.Linear with the DreamerV3 initialisation; `outscale` multiplies the weights."""
 
     def __init__(self, inp: int, out: int, bias: bool = True, outscale: float = 1.0):
         super().__init__(inp, out, bias=bias)
@@ -47,7 +49,9 @@ class BlockLinear(nn.Module):
         self.blocks = blocks
         self.weight = nn.Parameter(torch.empty(blocks, inp // blocks, out // blocks))
         self.bias = nn.Parameter(torch.zeros(out))
-        init_trunc_normal_(self.weight, inp // blocks, outscale)
+        # Fan-in is the whole input, as the official `compute_fans` reads a kernel of shape
+        # (blocks, inp / blocks, out / blocks): inp / blocks * blocks.
+        init_trunc_normal_(self.weight, inp, outscale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -94,6 +98,20 @@ class ChannelRMSNorm(nn.Module):
         return x * scale * self.weight[:, None, None]
 
 
+class ZeroInsertConvTranspose2d(nn.ConvTranspose2d):
+    """2x upsampling as the official strided decoder does it: a kernel-5 'same' conv on
+    the grid with input pixel i at 2i + 1 and zeros between. A stride-2 transposed conv
+    is that conv with the kernel flipped; with padding 1 it yields 2H + 1 rows, and the
+    conv on the zero-inserted grid keeps the first 2H."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 5):
+        super().__init__(cin, cout, kernel, stride=2, padding=(kernel - 3) // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return super().forward(x)[..., : 2 * h, : 2 * w]
+
+
 def norm_act(units: int) -> list[nn.Module]:
     return [RMSNorm(units), nn.SiLU()]
 
@@ -119,9 +137,10 @@ def conv_stack(
     """Conv stack halving (or, with `transpose`, doubling) the resolution at every layer.
 
     Official DreamerV3 default (`strided: False`): stride-1 conv then 2x2 max-pool
-    down, nearest 2x upsample then conv up. `strided=True` uses stride-2 convs
-    (about 4x fewer FLOPs; useful on CPU). Every conv is followed by norm + SiLU
-    except the last layer of a transposed (decoder) stack, which outputs pixels.
+    down, nearest 2x upsample then conv up. `strided=True` is the official strided
+    variant: stride-2 convs down, kernel-`kernel` convs on a zero-inserted grid up (about
+    4x fewer FLOPs; useful on CPU). Every conv is followed by norm + SiLU except the
+    last layer of a transposed (decoder) stack, which outputs pixels.
     """
     mods: list[nn.Module] = []
     pad = kernel // 2
@@ -130,7 +149,7 @@ def conv_stack(
         last = transpose and i == len(pairs) - 1
         if transpose:
             if strided:
-                conv = nn.ConvTranspose2d(cin, cout, 4, 2, 1)
+                conv = ZeroInsertConvTranspose2d(cin, cout, kernel)
                 mods.append(conv)
             else:
                 conv = nn.Conv2d(cin, cout, kernel, padding=pad)

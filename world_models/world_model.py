@@ -124,12 +124,14 @@ class WorldModel(nn.Module):
     def imagine(self, start: State, policy, horizon: int):
         return self.rssm.imagine(start, policy, horizon)
 
-    def loss(self, batch: Mapping[str, torch.Tensor]) -> tuple[dict, State, dict]:
-        """Named [B, T] loss terms, the posterior states, and metrics.
+    def loss(self, batch: Mapping[str, torch.Tensor], state: State | None = None
+             ) -> tuple[dict, State, dict]:
+        """Named [B, T] loss terms, the posterior states, and metrics; the posterior starts
+        from `state` (a stored replay-context latent) or zeros.
 
         Terms: `dyn`, `rep` (KL with free bits), the objective's, `rew`, `con`."""
         embed = self.encode(batch)
-        post, prior = self.observe(embed, batch["action"], batch["is_first"])
+        post, prior = self.observe(embed, batch["action"], batch["is_first"], state)
         losses, feat, metrics = self.terms(batch, embed, post, prior)
         metrics.update(self.periodic_diagnostics(embed, feat, batch))
         return losses, post, metrics
@@ -164,12 +166,14 @@ class WorldModel(nn.Module):
         self.objective.after_step()
 
     @torch.no_grad()
-    def open_loop(self, data: Mapping[str, torch.Tensor], context: int) -> torch.Tensor:
-        """Features [B, T, F]: the posterior over the first `context` steps, then the prior
-        rolled forward with the recorded actions."""
+    def open_loop(self, data: Mapping[str, torch.Tensor], context: int,
+                  state: State | None = None) -> torch.Tensor:
+        """Features [B, T, F]: the posterior over the first `context` steps (from `state` or
+        zeros), then the prior rolled forward with the recorded actions."""
         T = data["action"].shape[1]
         embed = self.encode({k: v[:, :context] for k, v in data.items()})
-        post, _ = self.observe(embed, data["action"][:, :context], data["is_first"][:, :context])
+        post, _ = self.observe(embed, data["action"][:, :context], data["is_first"][:, :context],
+                               state)
         state = {k: post[k][:, -1] for k in ("deter", "stoch")}
         feats = [self.rssm.feat(post)]
         for t in range(context, T):

@@ -86,9 +86,12 @@ def test_return_norm_scale_floor():
     norm = ReturnNorm(rate=1.0, limit=1.0)
     norm.update(torch.full((50,), 3.0))
     assert norm.scale().item() == 1.0  # small spread: advantages are not scaled up
+    # Official: scale = max(limit, hi - lo), so the limit itself is the floor.
     norm = ReturnNorm(rate=1.0, limit=4.0)
     norm.update(torch.linspace(0, 0.1, 50))
-    assert norm.scale().item() == pytest.approx(0.25)
+    assert norm.scale().item() == pytest.approx(4.0)
+    norm.update(torch.linspace(0, 100.0, 101))
+    assert norm.scale().item() == pytest.approx(90.0)
 
 
 SHAPES = {"vector": (4,)}
@@ -115,11 +118,13 @@ def batch(B: int, T: int, act: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("discrete", [True, False])
-def test_actor_critic_losses_block_world_model_gradients(discrete):
+def test_imagined_losses_block_world_model_gradients_and_repval_trains_it(discrete):
     wm, ac = models(discrete)
     B, T = 2, 5
     act = torch.eye(2)[torch.randint(0, 2, (B, T))] if discrete else torch.rand(B, T, 2) * 2 - 1
     data = batch(B, T, act)
+    with torch.no_grad():  # zero-initialised output: no gradient would reach the features
+        ac.value.net[-1].weight.normal_(0.0, 0.1)
     _, post, _ = wm.loss(data)
     losses, metrics = ac.loss(wm, post, data)
     assert losses["policy"].shape == (B * T, 4)
@@ -127,13 +132,19 @@ def test_actor_critic_losses_block_world_model_gradients(discrete):
     assert losses["repval"].shape == (B, T - 1)
     assert all(torch.isfinite(v).all() for v in losses.values())
     assert all(np.isfinite(float(v)) for v in metrics.values())
-    ac.total(losses).backward()
+    imagined = {k: v for k, v in losses.items() if k != "repval"}
+    ac.total(imagined).backward(retain_graph=True)
     assert all(p.grad is None for p in wm.parameters())
     assert ac.policy.net[-1].weight.grad.abs().sum() > 0
     assert ac.value.net[-1].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in ac.slow_value.parameters())
     # Replay-value loss is masked after the episode's last step.
     assert torch.all(losses["repval"][0, 3] == 0)
+    # The replay-value loss trains the encoder and the RSSM too (official repval_grad).
+    losses["repval"].mean().backward()
+    assert wm.encoder.mlp[0].weight.grad.abs().sum() > 0
+    assert wm.rssm.dyn_gru.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in wm.reward.parameters())
 
 
 def test_slow_value_tracks_value_at_slow_rate():

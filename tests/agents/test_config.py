@@ -66,7 +66,7 @@ def test_user_layers_order_and_explicit_values_beat_size(tmp_path):
 
 def test_explicit_domain_and_extra_defaults():
     cfg = load_config("gym:CartPole-v1", sets=["domain=atari100k"])
-    assert cfg.domain == "atari100k" and cfg.run.prefill == 1024
+    assert cfg.domain == "atari100k" and cfg.env.num_envs == 1 and cfg.run.train_ratio == 256
     cfg = load_config("gym:CartPole-v1", extra_defaults={"extra": {"ema": 0.996}},
                       sets=["extra.ema=0.99"])
     assert cfg.extra.ema == 0.99

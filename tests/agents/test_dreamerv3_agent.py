@@ -12,7 +12,7 @@ import torch
 
 from agents.base import AGENTS, UnknownAgentError, agent_class, make_agent, register
 from agents.config import load_config
-from agents.dreamerv3 import DreamerV3Agent, action_dim
+from agents.dreamerv3 import LATENT_DETER, LATENT_STOCH, DreamerV3Agent, action_dim
 
 B, T = 2, 8
 # 1m preset, with the narrowest CNN and a short imagination horizon to keep this fast.
@@ -210,3 +210,67 @@ def test_features_give_embeddings_and_the_carried_latent():
     torch.testing.assert_close(feat, agent.wm.rssm.feat(carry[0]))
     data = {k: torch.as_tensor(obs[k]) for k in agent.shapes}
     torch.testing.assert_close(embed, agent.wm.encode(data).detach())
+
+
+def with_latents(agent: DreamerV3Agent, data: dict, deter: torch.Tensor, index: torch.Tensor):
+    """`data` plus stored latents: `deter`/`index` at step 0, zeros elsewhere."""
+    spec = agent.latent_spec()
+    out = dict(data)
+    for key, value in ((LATENT_DETER, deter), (LATENT_STOCH, index)):
+        shape, dtype = spec[key]
+        stored = torch.zeros(B, T, *shape, dtype=dtype)
+        stored[:, 0] = value.to(dtype)
+        out[key] = stored
+    return out
+
+
+def test_replay_context_continues_the_posterior_from_the_stored_latent():
+    # Official replay_context 1: a sequence starts from the latent stored at its first
+    # step, so it continues exactly as if that step had been observed in the same pass.
+    agent = make("vector+continuous")
+    assert agent.replay_context == 1
+    rssm = agent.wm.rssm
+    spec = agent.latent_spec()
+    assert spec[LATENT_DETER] == ((rssm.deter,), torch.float16)
+    assert spec[LATENT_STOCH] == ((rssm.stoch,), torch.uint8)
+    data = replay_batch(agent)
+    data["is_first"][:, 1:] = False  # one episode per row: step 1 continues step 0
+    with torch.no_grad():
+        embed = agent.wm.encode(data)
+        post, _ = rssm.observe(embed, data["action"], data["is_first"])
+        stored = agent._latents({k: v[:, 0] for k, v in post.items()})
+        start, rest = agent._context(with_latents(agent, data, stored[LATENT_DETER],
+                                                  stored[LATENT_STOCH]))
+        assert rest["reward"].shape == (B, T - 1)
+        cont, _ = rssm.observe(agent.wm.encode(rest), rest["action"], rest["is_first"], start)
+    # Step 1's deterministic state depends only on step 0's state and step 1's action.
+    torch.testing.assert_close(cont["deter"][:, 0], post["deter"][:, 1], atol=2e-3, rtol=0)
+    zero_start, _ = rssm.observe(embed[:, 1:], data["action"][:, 1:], data["is_first"][:, 1:])
+    assert (zero_start["deter"][:, 0] - post["deter"][:, 1]).abs().max() > 1e-2
+
+
+def test_train_with_stored_latents_returns_the_new_ones_for_write_back():
+    agent = make("vector+continuous")
+    data = replay_batch(agent)
+    agent.train(data)  # no stored latents: trains from zeros on all T steps
+    assert agent.trained_latents() == {}
+    deter = torch.rand(B, agent.wm.rssm.deter) - 0.5
+    index = torch.randint(0, agent.wm.rssm.classes, (B, agent.wm.rssm.stoch))
+    agent.train(with_latents(agent, data, deter, index))
+    latents = agent.trained_latents()
+    assert latents[LATENT_DETER].shape == (B, T - 1, agent.wm.rssm.deter)
+    assert latents[LATENT_DETER].dtype == torch.float16
+    assert latents[LATENT_STOCH].shape == (B, T - 1, agent.wm.rssm.stoch)
+    assert int(latents[LATENT_STOCH].max()) < agent.wm.rssm.classes
+    assert agent.trained_latents() == {}  # handed out once
+
+
+def test_acting_carry_gives_the_latent_stored_with_the_observation():
+    agent = make("image+discrete")
+    obs = observation(agent, 3, True)
+    assert agent.latent_entries(None) == {}
+    _, carry = agent.policy(obs, None)
+    entries = agent.latent_entries(carry)
+    np.testing.assert_allclose(entries[LATENT_DETER].astype(np.float32),
+                               carry[0]["deter"].numpy(), atol=1e-3)
+    np.testing.assert_array_equal(entries[LATENT_STOCH], carry[0]["stoch"].argmax(-1).numpy())

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import envs
 from agents.cli import run_main
@@ -20,7 +21,7 @@ from agents.inference import load_agent
 from agents.logger import RunLogger
 from agents.rundir import RunDir
 from agents.schedules import Every, Ratio
-from agents.train import Parts, Trainer, train
+from agents.train import Parts, Trainer, build_parts, train
 from replay import SequenceReplay
 
 
@@ -311,3 +312,36 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, tiny_co
     monkeypatch.undo()
     assert run_main(argv) == 0  # space again: the same command resumes and finishes
     assert json.loads((logdir / "status.json").read_text())["step"] == 240
+
+
+def test_run_stores_acting_latents_and_writes_back_trained_ones(tmp_path, tiny_config):
+    # Replay context (official replay_context 1): each stored step carries the policy's
+    # latent for it, and every update writes the latents it computed back to its steps.
+    cfg = tiny_config("gym:CartPole-v1", tmp_path, 200, {
+        "run.prefill": 0, "run.eval_episodes": 0, "run.video": False})
+    run = RunDir(tmp_path)
+    trainer = Trainer(cfg, run, build_parts(cfg, run))
+    writes = []
+    write = trainer.replay.write
+    trainer.replay.write = lambda index, values: (writes.append((index, values)),
+                                                  write(index, values))
+    trainer.run()
+    trainer.close()
+    data = trainer.replay.chronological()
+    stored = data["latent_deter"].float().abs().sum(-1) > 0
+    # Not checked: the newest step (it waits for the policy's next call) and episode starts
+    # (an untrained GRU maps the zero state and action to exactly zero there).
+    check = ~data["is_first"]
+    check[-1] = False
+    assert stored[check].all()
+    assert len(writes) == trainer.counters["updates"] > 0
+    (rows, envs), values = writes[-1]
+    assert rows.shape == (cfg.replay.batch_size, cfg.replay.batch_length)
+    # Each step holds what the update computed for it; slices may overlap (then one of their
+    # values is kept). Not a slice's last step: that one may be the newest step, whose
+    # latent the policy overwrote after the update (the next collect call).
+    stored = trainer.replay._buffer.storage._storage["latent_deter"][rows, envs]
+    new = values["latent_deter"]
+    for i, t in np.ndindex(*rows[:, :-1].shape):
+        same = (rows == rows[i, t]) & (envs == envs[i, t])
+        assert any(torch.equal(stored[i, t], new[j, u]) for j, u in same.nonzero().tolist())

@@ -274,3 +274,36 @@ def test_chronological_unrolls_the_ring_oldest_first():
         replay.add({"x": torch.full((2,), float(t)), "is_first": torch.zeros(2, dtype=torch.bool)})
     order = replay.chronological()["x"][:, 0].tolist()
     assert order == [2.0, 3.0, 4.0, 5.0]
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_write_back_at_sampled_index_and_to_the_last_step(tmp_path, on_disk):
+    # DreamerV3's replay context: latents stored beside each step, overwritten by training.
+    replay = SequenceReplay(capacity=60, num_envs=3, seed=0,
+                            directory=tmp_path / "r" if on_disk else None)
+    for t in range(25):  # wraps the 20-row ring
+        step = make_step(t, 3)
+        step["latent"] = torch.zeros(3, 2, dtype=torch.float16)
+        replay.add(step)
+        replay.write_last({"latent": torch.stack([step["t"], step["env"]], -1).half()})
+    batch, (rows, envs) = replay.sample(8, 5, return_index=True)
+    assert rows.shape == envs.shape == (8, 5)
+    assert torch.equal(batch["latent"][..., 0].long(), batch["t"])
+    assert torch.equal(batch["latent"][..., 1].long(), batch["env"])
+    assert torch.equal(envs, batch["env"])
+    # Write -t to the last three steps of every sampled slice; only those rows change.
+    replay.write((rows[:, 2:], envs[:, 2:]), {"latent": -batch["latent"][:, 2:]})
+    data = replay.chronological()
+    t, latent = data["t"], data["latent"][..., 0].long()
+    written = torch.zeros_like(t, dtype=torch.bool)
+    for row_t, env in zip(batch["t"][:, 2:].flatten(), batch["env"][:, 2:].flatten()):
+        written |= (t == row_t) & (data["env"] == env)
+    assert torch.equal(latent[written], -t[written]) and torch.equal(latent[~written], t[~written])
+    with pytest.raises(ReplayError, match="stores"):
+        replay.write((rows, envs), {"nope": torch.zeros(8, 5)})
+    with pytest.raises(ReplayError, match="shape"):
+        replay.write((rows, envs), {"latent": torch.zeros(8, 5, 3)})
+    with pytest.raises(ReplayError, match="shape"):
+        replay.write_last({"latent": torch.zeros(2, 2)})
+    with pytest.raises(ReplayError, match="empty|stored step"):
+        SequenceReplay(capacity=10, num_envs=1).write_last({"latent": torch.zeros(1, 2)})

@@ -19,7 +19,14 @@ from world_models.dists import (
     symlog,
 )
 from world_models.encoders import MultiDecoder, MultiEncoder
-from world_models.nets import BlockLinear, ChannelRMSNorm, Linear, conv_stack, mlp
+from world_models.nets import (
+    BlockLinear,
+    ChannelRMSNorm,
+    Linear,
+    ZeroInsertConvTranspose2d,
+    conv_stack,
+    mlp,
+)
 from world_models.world_model import WorldModel
 
 
@@ -62,22 +69,43 @@ def twohot_weights(target: torch.Tensor, bins: int = 255) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("value", [0.0, 0.3, 1.5, -7.25, -300.0, 1e4])
-def test_twohot_weights_sum_to_one_and_interpolate_in_symlog_space(value):
+def test_twohot_weights_sum_to_one_and_interpolate_in_raw_space(value):
+    # Official symexp_twohot: bins at symexp(linspace(-20, 20, 255)), the two-hot weights
+    # interpolate the raw target between its neighbouring bins.
     target = torch.tensor(value)
     weights, total = twohot_weights(target)
     assert total.item() == pytest.approx(1.0, abs=1e-5)
     assert weights.sum().item() == pytest.approx(1.0, abs=1e-4)
-    bins = torch.linspace(-20.0, 20.0, 255)
-    y = symlog(target)
+    bins = symexp(torch.linspace(-20.0, 20.0, 255, dtype=torch.float64))
+    y = target.double()
     hi = int(torch.searchsorted(bins, y, right=True))
     lo = hi - 1
     nonzero = (weights.abs() > 1e-4).nonzero().flatten().tolist()
     assert set(nonzero) <= {lo, hi}
-    # Linear interpolation: the weighted mean of the bins is the symlog target.
     expect_hi = float((y - bins[lo]) / (bins[hi] - bins[lo]))
     assert weights[hi].item() == pytest.approx(expect_hi, abs=1e-4)
     assert weights[lo].item() == pytest.approx(1 - expect_hi, abs=1e-4)
-    assert float((weights * bins).sum()) == pytest.approx(float(y), abs=1e-4)
+    # The weighted mean of the bins is the raw target.
+    assert float((weights.double() * bins).sum()) == pytest.approx(value, rel=1e-4, abs=1e-5)
+
+
+def test_twohot_bins_are_symexp_of_an_even_symlog_grid():
+    bins = TwoHot(torch.zeros(255)).bins
+    torch.testing.assert_close(bins, symexp(torch.linspace(-20.0, 20.0, 255)))
+    assert torch.equal(bins, -bins.flip(0)) and bins[127] == 0
+
+
+def test_twohot_predicts_the_mean_of_mixed_targets():
+    # Trained on 1 and 20 half the time each, the head predicts their mean, 10.5 (two-hot
+    # in symlog space would predict symexp of the mean symlog: 5.48).
+    logits = torch.zeros(255, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.1)
+    targets = torch.tensor([1.0, 20.0])
+    for _ in range(500):
+        opt.zero_grad()
+        TwoHot(logits.expand(2, -1)).loss(targets).mean().backward()
+        opt.step()
+    assert TwoHot(logits.detach()).pred().item() == pytest.approx(10.5, rel=1e-2)
 
 
 def test_twohot_targets_outside_range_go_to_the_edge_bin():
@@ -219,11 +247,21 @@ def test_block_linear_equals_block_diagonal_dense_matrix():
         BlockLinear(10, 8, blocks=4)
 
 
+def test_block_linear_init_fan_in_is_the_whole_input():
+    # Official compute_fans on a (blocks, in/blocks, out/blocks) kernel: fan-in = in.
+    torch.manual_seed(0)
+    layer = BlockLinear(1024, 512, blocks=8)
+    assert layer.weight.std().item() == pytest.approx(math.sqrt(1 / 1024), rel=0.05)
+
+
 def test_linear_init_and_zero_outscale():
     torch.manual_seed(0)
     layer = Linear(400, 300)
     assert torch.all(layer.bias == 0)
     assert layer.weight.std().item() == pytest.approx(math.sqrt(1 / 400), rel=0.05)
+    # outscale multiplies the weights (official), so 0.01 gives 1/100 of the std.
+    small = Linear(400, 300, outscale=0.01)
+    assert small.weight.std().item() == pytest.approx(0.01 * math.sqrt(1 / 400), rel=0.05)
     assert torch.all(Linear(16, 4, outscale=0.0).weight == 0)
     net = mlp(5, 2, 16, out=3, outscale=0.0)
     assert torch.equal(net(torch.randn(4, 5)), torch.zeros(4, 3))
@@ -250,6 +288,20 @@ def test_conv_stack_halves_and_doubles_resolution(strided):
     assert up(z).shape == (2, 3, 64, 64)
     # The decoder's last layer emits raw pixels: no norm or activation after it.
     assert isinstance(up[-1], torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_strided_decoder_layer_is_a_conv_on_the_zero_inserted_grid(kernel):
+    # Official strided decoder: input pixel i placed at 2i + 1 of a zero grid, then a
+    # 'same' conv of the given kernel.
+    torch.manual_seed(0)
+    layer = ZeroInsertConvTranspose2d(3, 4, kernel)
+    x = torch.randn(2, 3, 4, 4)
+    grid = torch.zeros(2, 3, 8, 8)
+    grid[:, :, 1::2, 1::2] = x
+    weight = layer.weight.flip(-1, -2).transpose(0, 1)  # transposed-conv kernel -> conv
+    expect = torch.nn.functional.conv2d(grid, weight, layer.bias, padding=kernel // 2)
+    torch.testing.assert_close(layer(x), expect, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------ encoders / world model
@@ -293,6 +345,19 @@ def test_multi_decoder_shapes_and_loss():
     torch.testing.assert_close(losses["rec_image"], expect)
     expect = (pred["vector"] - symlog(obs["vector"])).pow(2).sum(-1)
     torch.testing.assert_close(losses["rec_vector"], expect)
+
+
+def test_decoder_spatial_projection_is_normalised_before_the_convs():
+    # Official: RMSNorm + SiLU after the projection to the 4x4 map, so the convs see the
+    # same input however the projection's scale drifts.
+    torch.manual_seed(0)
+    dec = MultiDecoder(10, {"image": (64, 64, 3)}, **SMALL)
+    feat = torch.randn(3, 10)
+    with torch.no_grad():  # scaled well above the norm's epsilon, then 10x more
+        dec.space.weight.mul_(10.0)
+        before = dec(feat)["image"]
+        dec.space.weight.mul_(10.0)
+    torch.testing.assert_close(dec(feat)["image"], before, rtol=1e-4, atol=1e-4)
 
 
 def world_model(free_nats: float = 1.0, diag_every: int = 0) -> WorldModel:
