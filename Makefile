@@ -56,7 +56,7 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch-choice
 	esac
 	@$(PY) -c 'import torch; print("installed torch", torch.__version__, "-", \
 	  f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU build")'
-	$(PY) -m pip install -q -e ".[dev,ray,jepa]" torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e ".[dev,ray,jepa,export]" torch==$(TORCH_VERSION)
 	touch $@
 
 setup: system $(VENV)/.installed

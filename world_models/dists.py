@@ -95,12 +95,15 @@ class OneHotCategorical:
         self.logits = unimix_logits(logits, unimix)
         self.probs = self.logits.exp()
 
-    def sample(self) -> torch.Tensor:
+    def sample(self, uniform: torch.Tensor | None = None) -> torch.Tensor:
+        """A one-hot sample; `uniform` [...] in [0, 1), one per distribution, makes it a
+        function of its inputs (an exported policy takes the noise as an input)."""
         # Inverse-CDF sampling: one uniform per distribution (Gumbel-max needs one per class)
         # and the one-hot read off the CDF by comparison, a few fusible elementwise ops.
         # Scaling u by the last CDF entry keeps it below that entry despite rounding.
         cdf = self.probs.detach().cumsum(-1)
-        u = torch.rand_like(cdf[..., :1]) * cdf[..., -1:]
+        u = torch.rand_like(cdf[..., :1]) if uniform is None else uniform[..., None]
+        u = u.to(cdf.dtype) * cdf[..., -1:]
         reached = (cdf > u).to(self.probs.dtype)
         onehot = reached - F.pad(reached[..., :-1], (1, 0))
         return onehot + self.probs - self.probs.detach()
@@ -128,8 +131,10 @@ class BoundedNormal:
         self.mean = torch.tanh(mean)
         self.std = (maxstd - minstd) * torch.sigmoid(std + 2.0) + minstd
 
-    def sample(self) -> torch.Tensor:
-        return self.mean + self.std * torch.randn_like(self.mean)
+    def sample(self, normal: torch.Tensor | None = None) -> torch.Tensor:
+        """A sample; `normal` (standard normal noise shaped like the mean) fixes it."""
+        noise = torch.randn_like(self.mean) if normal is None else normal.to(self.mean.dtype)
+        return self.mean + self.std * noise
 
     def mode(self) -> torch.Tensor:
         return self.mean

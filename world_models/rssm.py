@@ -116,16 +116,18 @@ class RSSM(nn.Module):
         return action, self.img_step(state, action)
 
     def obs_step(
-        self, state: State, action: torch.Tensor, embed: torch.Tensor, is_first: torch.Tensor
+        self, state: State, action: torch.Tensor, embed: torch.Tensor, is_first: torch.Tensor,
+        uniform: torch.Tensor | None = None,
     ) -> tuple[State, State]:
-        """One posterior step; resets state and action where `is_first`. Returns (post, prior)."""
+        """One posterior step; resets state and action where `is_first`. Returns (post, prior).
+        `uniform` [B, stoch] fixes the latent sample (see `OneHotCategorical.sample`)."""
         keep = (~is_first.bool()).to(embed.dtype)
         state = {k: v * keep.view(-1, *([1] * (v.dim() - 1))) for k, v in state.items()}
         action = action * keep[:, None]
         deter = self._core(state["deter"], state["stoch"], action)
         prior_logits = self._dist(self.prior_net(deter)).logits
         post = self._dist(self.post_net(torch.cat([deter, embed], -1)))
-        post_state = {"deter": deter, "stoch": post.sample(), "logits": post.logits}
+        post_state = {"deter": deter, "stoch": post.sample(uniform), "logits": post.logits}
         return post_state, {"deter": deter, "logits": prior_logits}
 
     def observe(
