@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,11 @@ def export_policy(agent, out: str | Path, fmt: str = "onnx", policy: str = "mode
     names = [s["name"] for s in specs]
     with torch.no_grad():
         if fmt == "torchscript":
-            traced = torch.jit.trace(step, tuple(inputs), check_trace=False)
+            with warnings.catch_warnings():
+                # The RSSM picks one of two equivalent matmul layouts by batch size; the trace
+                # keeps the small-batch one, which is right at every batch.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                traced = torch.jit.trace(step, tuple(inputs), check_trace=False)
             traced.save(str(out))
         else:
             export_onnx(step, inputs, names, out)

@@ -1,0 +1,120 @@
+"""Latency of one acting step at batch 1: the PyTorch policy beside its TorchScript and ONNX
+Runtime exports (`dreamer-export`), on this CPU.
+
+    python -m benchmarks.export_latency [--run RUN ...] [--rows 1m-state,1m-pixels]
+        [--calls 300] [--threads 1]
+
+Without `--run`, fresh agents of the 1m preset (state: 24-d vector, 6-d continuous action;
+pixels: 64x64x3, 6-d continuous action) are timed; weights do not change the latency. Each
+line: milliseconds per step (median of `--calls` steps after warm-up) for `agent.policy`
+eager, `agent.policy` compiled (the fast path), the TorchScript export and the ONNX export
+in onnxruntime (one intra-op thread per `--threads`), all with the carry fed back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from agents.export import ExportedPolicy, export_policy
+from benchmarks.throughput import ROWS, build_agent, one_obs
+
+
+def median_ms(step: Callable[[], object], calls: int, warmup: int = 20) -> float:
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
+def policy_ms(agent, pixels: bool, calls: int) -> float:
+    state = {"carry": None}
+    obs = one_obs(pixels, 1, False)
+
+    def step():
+        _, state["carry"] = agent.policy(obs, state["carry"], mode="eval")
+
+    return median_ms(step, calls)
+
+
+def exported_ms(path: Path, obs: dict, calls: int, threads: int) -> float:
+    policy = ExportedPolicy(path, seed=0)
+    if policy.session is not None:  # one session per thread count
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        policy.session = onnxruntime.InferenceSession(str(path), options,
+                                                      providers=["CPUExecutionProvider"])
+    state = {"carry": None}
+
+    def step():
+        _, state["carry"] = policy.policy(obs, state["carry"])
+
+    return median_ms(step, calls)
+
+
+def bench(name: str, agent_fn: Callable, calls: int, threads: int) -> dict[str, float]:
+    row = ROWS.get(name)
+    pixels = row.pixels if row else "image" in agent_fn(False).shapes
+    eager = agent_fn(False)
+    out = {"eager": policy_ms(eager, pixels, calls)}
+    out["compiled"] = policy_ms(agent_fn(True), pixels, calls)
+    obs = one_obs(pixels, 1, False)
+    with tempfile.TemporaryDirectory() as tmp:
+        for fmt, suffix in (("torchscript", "pt"), ("onnx", "onnx")):
+            path = Path(tmp) / f"policy.{suffix}"
+            export_policy(eager, path, fmt, "mode")
+            out[fmt] = exported_ms(path, obs, calls, threads)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.export_latency",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--rows", default="1m-state,1m-pixels")
+    p.add_argument("--run", action="append", default=[], help="a trained run instead")
+    p.add_argument("--calls", type=int, default=300)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    jobs: list[tuple[str, Callable]] = []
+    if args.run:
+        from agents.inference import load_agent
+
+        def loader(run: str) -> Callable:
+            def make(compiled: bool):
+                agent, _ = load_agent(run, device="cpu")
+                if compiled:
+                    from agents.fast import compile_policy
+
+                    agent._act = compile_policy(agent._act, agent.device)
+                return agent
+            return make
+
+        jobs = [(run, loader(run)) for run in args.run]
+    else:
+        for name in args.rows.split(","):
+            row = ROWS[name.strip()]
+            jobs.append((name, lambda c, row=row: build_agent(row, torch.device("cpu"), "fp32",
+                                                              compile=c)))
+    print(f"acting step at batch 1, ms (median of {args.calls}), {args.threads} thread(s)")
+    print(f"{'row':<22} {'eager':>7} {'compiled':>9} {'torchscript':>12} {'onnxruntime':>12}")
+    for name, fn in jobs:
+        r = bench(name, fn, args.calls, args.threads)
+        print(f"{name:<22} {r['eager']:>7.3f} {r['compiled']:>9.3f} {r['torchscript']:>12.3f} "
+              f"{r['onnx']:>12.3f}")
+
+
+if __name__ == "__main__":
+    main()
