@@ -17,7 +17,6 @@ JSON file beside the graph lists the inputs, outputs and the env's spaces.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -237,7 +236,9 @@ class ExportedPolicy:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    from agents.cli_args import ArgParser
+
+    parser = ArgParser(
         prog="dreamer-export", description="Export a trained run's acting step (encoder, one "
         "posterior RSSM step, actor) as one ONNX or TorchScript graph, the recurrent carry as "
         "explicit inputs and outputs, with a JSON spec beside it.")

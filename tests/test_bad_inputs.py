@@ -23,6 +23,8 @@ ENTRY_POINTS = {
     "benchmarks.collapse": "benchmarks.collapse",
     "benchmarks.env_throughput": "benchmarks.env_throughput",
     "benchmarks.crash_trials": "benchmarks.crash_trials",
+    "dreamer-export": "agents.export",
+    "dreamer-cost": "benchmarks.cost",
 }
 
 RUN = ["--env", "gym:CartPole-v1", "--size", "1m"]
@@ -53,6 +55,8 @@ CASES = [
     ("dreamer-run", [*RUN, "--set", "compile=fast"], "auto, on, off"),
     ("dreamer-run", [*RUN, "--set", "precision=fp16"], "auto, fp32 or bf16"),
     ("dreamer-run", [*RUN, "--obs", "rgb"], "invalid choice"),
+    ("dreamer-run", [*RUN, "--set", "run.eval_policy=greedy"], "sample, mode"),
+    ("dreamer-run", [*RUN, "--set", "replay.context=-1"], "replay.context"),
     ("dreamer-run", [*RUN, "--set", "env.options.no_such=1"], "no_such"),
     ("dreamer-run", ["--size", "1m"], "--env is required"),
     ("dreamer-run", ["--env", "dmc:cartpole-balance", "--obs", "pixels", "--encoder",
@@ -76,6 +80,10 @@ CASES = [
     ("benchmarks.collapse", ["{tmp}/nothing"], "no checkpoint"),
     ("benchmarks.env_throughput", ["--envs", "0"], "--envs"),
     ("benchmarks.crash_trials", ["--trials", "0"], "--trials"),
+    ("dreamer-export", ["{tmp}/nothing"], "no checkpoint"),
+    ("dreamer-export", ["{tmp}/broken", "--format", "tflite"], "invalid choice"),
+    ("dreamer-cost", ["--env", "nosuch:task"], "unknown env suite"),
+    ("dreamer-cost", ["--vit", "--frames-per-clip", "15"], "tubelet"),
 ]
 
 
