@@ -29,7 +29,7 @@ def rssm() -> RSSM:
 @pytest.fixture
 def deterministic(monkeypatch):
     """Latent samples become modes, so rollouts are a function of their inputs only."""
-    monkeypatch.setattr(OneHotCategorical, "sample", OneHotCategorical.mode)
+    monkeypatch.setattr(OneHotCategorical, "sample", lambda self, uniform=None: self.mode())
 
 
 def sequence(B: int, T: int, seed: int):
