@@ -18,6 +18,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -104,12 +105,32 @@ def configure_dynamo(per_function: int = 64) -> None:
     A function that fails to compile runs eager, with dynamo's warning, instead of stopping
     the run: a process killed while inductor writes a kernel can leave a truncated file in
     its cache (`/tmp/torchinductor_$USER`; our crash trials found one), and every later
-    load of that kernel fails. Deleting that folder rebuilds it."""
+    load of that kernel fails. Empty kernel libraries are removed here first, so inductor
+    rebuilds them (the failure then costs a compile, not an eager run)."""
+    drop_truncated_kernels()
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, per_function)
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit,
                                              16 * per_function)
     config.suppress_errors = True
+
+
+def drop_truncated_kernels(min_age_s: float = 600.0) -> int:
+    """Delete the empty `.so` files in inductor's cache (left by a process killed while it
+    wrote them) older than `min_age_s`, so that one another process is writing right now
+    stays; returns how many."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    dropped, now = 0, time.time()
+    for path in Path(cache_dir()).glob("*/*.so"):
+        try:
+            info = path.stat()
+            if info.st_size == 0 and now - info.st_mtime > min_age_s:
+                path.unlink()
+                dropped += 1
+        except OSError:  # gone meanwhile, or not ours to delete
+            continue
+    return dropped
 
 
 def compile_update(wm, ac, device: torch.device) -> None:

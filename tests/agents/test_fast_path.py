@@ -129,15 +129,24 @@ def test_no_recompiles_after_warmup():
         return {"vector": np.random.randn(n, 5).astype(np.float32),
                 "is_first": np.full(n, first)}
 
+    def stored(data: dict) -> dict:
+        # As the trainer samples: stored latents (replay context), so updates start from them.
+        g = torch.Generator().manual_seed(len(data))
+        rssm = agent.wm.rssm
+        return {**data, "latent_deter": (torch.rand(B, T, rssm.deter, generator=g) - 0.5).half(),
+                "latent_stoch": torch.randint(0, rssm.classes, (B, T, rssm.stoch), generator=g,
+                                              dtype=torch.uint8)}
+
     def one_round(seed: int) -> None:
-        agent.train(batch(seed=seed))
+        agent.train(stored(batch(seed=seed)))
+        assert agent.trained_latents()
         carry = None
         for t in range(3):
             _, carry = agent.policy(obs(train_envs, t == 0), carry, mode="train")
         carry = None
         for t in range(3):
             _, carry = agent.policy(obs(eval_envs, t == 0), carry, mode="eval")
-        agent.report(batch(seed=seed))
+        agent.report(stored(batch(seed=seed)))
 
     one_round(0)  # warm-up: every shape and mode a run uses once
     warm = graphs_compiled()
@@ -145,7 +154,7 @@ def test_no_recompiles_after_warmup():
     for seed in (1, 2):
         one_round(seed)
     assert graphs_compiled() == warm, "the fast path recompiled after warm-up"
-    metrics = agent.train(batch(seed=3))
+    metrics = agent.train(stored(batch(seed=3)))
     assert metrics["perf/compile_s"] == agent.clock.seconds  # logged, and not growing
 
 
@@ -177,3 +186,25 @@ def test_cuda_fast_path_with_cuda_graphs_matches_eager():
     for _ in range(3):
         metrics = fast.train(data)
     assert np.isfinite(metrics["loss/total"])
+
+
+def test_empty_kernel_files_in_the_inductor_cache_are_dropped(tmp_path, monkeypatch):
+    # A process killed while inductor wrote a kernel leaves an empty .so that every later
+    # load fails on; old empty ones are deleted, fresh ones (being written) and full ones kept.
+    import os
+    import time
+
+    from agents.fast import drop_truncated_kernels
+
+    monkeypatch.setattr("torch._inductor.runtime.cache_dir_utils.cache_dir",
+                        lambda: str(tmp_path))
+    (tmp_path / "ab").mkdir()
+    old, fresh, full = (tmp_path / "ab" / f"{n}.so" for n in ("old", "fresh", "full"))
+    old.write_bytes(b"")
+    fresh.write_bytes(b"")
+    full.write_bytes(b"\x7fELF")
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    os.utime(full, (an_hour_ago, an_hour_ago))
+    assert drop_truncated_kernels() == 1
+    assert not old.exists() and fresh.exists() and full.exists()
