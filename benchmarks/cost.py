@@ -279,8 +279,9 @@ def agent_main(args: argparse.Namespace, out=print) -> None:
 
     cfg = build_config(args)
     set_threads(cfg.threads)
-    device, precision = select_device("cpu" if cfg.device == "auto" else cfg.device,
-                                      cfg.precision)
+    # The run's own device: a GPU where there is one (train() returns floats, so the timed
+    # updates have synchronised).
+    device, precision = select_device(cfg.device, cfg.precision)
     probe = envs.make(cfg.env.spec, seed=cfg.seed, **cfg.env.options.to_dict())
     try:
         agent = make_agent(cfg.agent, probe.observation_space, probe.action_space, cfg,
@@ -309,7 +310,7 @@ def agent_main(args: argparse.Namespace, out=print) -> None:
     n = updates_for(frames, repeat, cfg.run.train_ratio, B, T)
     here = n * measured["seconds"] / 3600
     out(f"update: {measured['gflop']:.1f} GFLOP, {measured['seconds']:.3f} s here "
-        f"({precision}, compile {'on' if agent.compiled else 'off'}, "
+        f"({device.type}, {precision}, compile {'on' if agent.compiled else 'off'}, "
         f"{torch.get_num_threads()} threads; {measured['gflop'] / measured['seconds']:.0f} "
         f"GFLOP/s)")
     out(f"budget: {frames:,.0f} frames (repeat {repeat}, train ratio {cfg.run.train_ratio:g}) = "
