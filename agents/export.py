@@ -44,7 +44,7 @@ class ActingStep(nn.Module):
         super().__init__()
         self.encoder, self.rssm, self.actor = agent.wm.encoder, agent.wm.rssm, agent.ac.policy
         self.obs_keys = list(agent.shapes)
-        self.sample, self.discrete = sample, agent.discrete
+        self.sample = sample
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n = len(self.obs_keys)

@@ -275,7 +275,6 @@ def agent_main(args: argparse.Namespace, out=print) -> None:
     from agents.cli_args import build_config
     from agents.fast import resolve_compile
     from agents.runtime import select_device, set_threads
-    from benchmarks.throughput import synthetic_batch
 
     cfg = build_config(args)
     set_threads(cfg.threads)
@@ -298,7 +297,7 @@ def agent_main(args: argparse.Namespace, out=print) -> None:
     for name, (t, f) in params.items():
         out(f"  {name:<12} {t:>12,d} trained {f:>12,d} frozen")
     B, T = cfg.replay.batch_size, cfg.replay.batch_length
-    batch = batch_for(agent, B, T, synthetic_batch)  # no stored latents: T steps from zeros
+    batch = batch_for(agent, B, T)  # no stored latents: T steps from zeros
     measured = measure_update(agent, batch, args.updates)
     states = training_bytes(trained, frozen)
     replay = replay_bytes_per_step(agent) * int(cfg.replay.size)
@@ -322,10 +321,12 @@ def agent_main(args: argparse.Namespace, out=print) -> None:
         "host RAM)")
 
 
-def batch_for(agent, B: int, T: int, synthetic) -> dict:
-    """A synthetic [B, T] batch with the agent's observation keys and action width."""
-    pixels = "image" in agent.shapes
-    batch = synthetic(pixels, B, T)
+def batch_for(agent, B: int, T: int) -> dict:
+    """A synthetic [B, T] replay batch with the agent's observation keys and action width."""
+    from benchmarks.throughput import synthetic_batch
+
+    batch = synthetic_batch(False, B, T)
+    del batch["vector"]
     g = torch.Generator().manual_seed(1)
     batch["action"] = torch.rand(B, T, agent.act_dim, generator=g) * 2 - 1
     for key, shape in agent.shapes.items():

@@ -64,10 +64,9 @@ def exported_ms(path: Path, obs: dict, calls: int, threads: int) -> float:
     return median_ms(step, calls)
 
 
-def bench(name: str, agent_fn: Callable, calls: int, threads: int) -> dict[str, float]:
-    row = ROWS.get(name)
-    pixels = row.pixels if row else "image" in agent_fn(False).shapes
+def bench(agent_fn: Callable, calls: int, threads: int) -> dict[str, float]:
     eager = agent_fn(False)
+    pixels = "image" in eager.shapes
     out = {"eager": policy_ms(eager, pixels, calls)}
     out["compiled"] = policy_ms(agent_fn(True), pixels, calls)
     obs = one_obs(pixels, 1, False)
@@ -111,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"acting step at batch 1, ms (median of {args.calls}), {args.threads} thread(s)")
     print(f"{'row':<22} {'eager':>7} {'compiled':>9} {'torchscript':>12} {'onnxruntime':>12}")
     for name, fn in jobs:
-        r = bench(name, fn, args.calls, args.threads)
+        r = bench(fn, args.calls, args.threads)
         print(f"{name:<22} {r['eager']:>7.3f} {r['compiled']:>9.3f} {r['torchscript']:>12.3f} "
               f"{r['onnx']:>12.3f}")
 
