@@ -1,12 +1,28 @@
-"""Linear-probe benchmark: do frozen embeddings encode the true physics state?
+"""Linear-probe benchmark: do frozen embeddings encode the true physics state, and at what cost?
 
-`python -m benchmarks.probe --env dmc:walker-walk --frames 4000 --steps 300 --out DIR`
-collects frames plus qpos/qvel with a random policy, trains on the same frames for the same
-steps (a) a JEPA encoder and (b) a pixel autoencoder with the same ViT encoder and a conv
-decoder, and compares them with (c) the same ViT at random init. Ridge probes (lambda chosen
-by grouped cross-validation on training episodes) map one frame's embedding to qpos and three
-consecutive embeddings, concatenated, to qvel; R^2 is measured on held-out episodes (or
-contiguous chunks when there are fewer than 4 episodes). Writes `probe.md` and `probe.json`.
+    python -m benchmarks.probe --env dmc:walker-walk --frames 4000 --steps 500 --seeds 0,1,2
+
+collects frames plus qpos/qvel with a random policy (seeded once: every encoder and seed sees
+the same frames), then for each seed trains the encoders named in `--encoders` on the same ViT
+with the same loop (agents/pretrainer.py) and batch:
+
+- `random`: the ViT at initialisation (no training, 0 CPU-seconds);
+- `autoencoder`: whole-frame reconstruction through the pooled embedding;
+- `mae`: masked autoencoder (75% of patches hidden, pixels of the hidden ones predicted);
+- `jepa`: the `jepa-pretrain` default recipe;
+- `jepa-tubelet`: the same on 2-frame clips (tubelet depth 2), embedding frames t-1 and t.
+
+`--budget equal-cpu` gives every trained encoder the CPU-seconds JEPA spends in `--steps`
+steps (steps per objective from a short timing of each), so the comparison is at equal
+compute; `--budget equal-steps` (default) uses `--steps` for all. CPU-seconds are the
+process's CPU time over training (all threads), measured, not estimated.
+
+Ridge probes (lambda by an inner grouped cross-validation) map one embedding to
+the positions a frame can show (`position_targets`: qpos with unlimited hinges as sine and
+cosine, camera-tracked x dropped) and `--stack` consecutive embeddings, concatenated, to
+qvel; R^2 (uniform over state dimensions) is cross-validated over episodes (every episode
+held out once; contiguous chunks of episodes when there are fewer than 8). Writes `probe.md`
+and `probe.json`: per encoder the mean and standard deviation over seeds.
 """
 
 from __future__ import annotations
@@ -19,43 +35,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from agents.cli_args import ArgParser
-from agents.jepa_pretrain import (
-    JEPATrainer,
-    clip_starts,
-    collect_random_frames,
-    embed_frames,
-    sample_clips,
-)
+from agents.frame_sources import clip_starts, collect_random_frames, sample_clips
+from agents.pretrainer import Pretrainer, build_objective
 from world_models.diagnostics import collapse_metrics
-from world_models.vit_jepa import JEPA, JEPAConfig, ViT, ViTConfig, make_config
+from world_models.vit_jepa import ViT, make_config
 
 LAMBDAS = np.logspace(-3, 4, 15)
-
-
-class PixelAutoencoder(nn.Module):
-    """The JEPA ViT as encoder, mean-pooled, then a transposed-conv decoder back to the frame."""
-
-    def __init__(self, cfg: ViTConfig) -> None:
-        super().__init__()
-        self.encoder = ViT(cfg)
-        h, w, c = cfg.image_shape
-        self.start = (h // 16, w // 16)
-        self.fc = nn.Linear(cfg.width, 128 * self.start[0] * self.start[1])
-        layers: list[nn.Module] = []
-        chans = [128, 64, 32, 16]
-        for cin, cout in zip(chans, chans[1:] + [c]):
-            layers += [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1), nn.SiLU()]
-        self.decoder = nn.Sequential(*layers[:-1])  # no activation on the output
-
-    def loss(self, frames: torch.Tensor) -> torch.Tensor:
-        """MSE reconstruction of uint8 frames [B, H, W, C] (targets scaled to [-0.5, 0.5])."""
-        z = self.encoder(frames.unsqueeze(1)).mean(1)
-        x = self.fc(z).view(-1, 128, *self.start)
-        target = frames.permute(0, 3, 1, 2).float() / 255.0 - 0.5
-        return nn.functional.mse_loss(self.decoder(x), target)
+ENCODERS = ("random", "autoencoder", "mae", "jepa", "jepa-tubelet")
+# Which objective trains each encoder, on clips of how many frames.
+RECIPES = {"autoencoder": ("autoencoder", 1), "mae": ("mae", 1), "jepa": ("jepa", 1),
+           "jepa-tubelet": ("jepa", 2)}
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
@@ -78,45 +69,89 @@ def r2(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.nanmean(per)) if np.isfinite(per).any() else float("nan")
 
 
-def ridge_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, test: np.ndarray,
-                folds: int = 4) -> tuple[float, float, list[float]]:
-    """Fit on ~test, choose lambda by grouped K-fold CV on train groups.
-
-    Returns (mean test R^2, lambda, per-dim test R^2)."""
-    xtr, ytr, gtr = x[~test], y[~test], groups[~test]
-
-    def standardise(a: np.ndarray, ref: np.ndarray) -> np.ndarray:
-        return (a - ref.mean(0)) / (ref.std(0) + 1e-6)
-
-    uniq = np.unique(gtr)
-    fold_of = {g: i % folds for i, g in enumerate(uniq)}
-    fold = np.array([fold_of[g] for g in gtr])
-    scores = np.zeros(len(LAMBDAS))
-    for f in range(min(folds, len(uniq))):
-        tr, va = fold != f, fold == f
-        xa, xv = standardise(xtr[tr], xtr[tr]), standardise(xtr[va], xtr[tr])
-        ym = ytr[tr].mean(0)
-        for i, lam in enumerate(LAMBDAS):
-            scores[i] += r2(ytr[va], xv @ ridge_fit(xa, ytr[tr] - ym, lam) + ym)
-    lam = float(LAMBDAS[int(np.argmax(scores))])
-    ym = ytr.mean(0)
-    w = ridge_fit(standardise(xtr, xtr), ytr - ym, lam)
-    pred = standardise(x[test], xtr) @ w + ym
-    return r2(y[test], pred), lam, r2_per_dim(y[test], pred).tolist()
+def _standardise(a: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    return (a - ref.mean(0)) / (ref.std(0) + 1e-6)
 
 
-def split_groups(episodes: np.ndarray, min_groups: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """(group id per frame, test mask): episodes, or contiguous chunks if there are few."""
-    n_ep = len(np.unique(episodes))
-    if n_ep >= 4:
-        groups = episodes
-    else:
-        # Few episodes: cut each into contiguous chunks so held-out data is still unseen time.
-        chunk = max(1, len(episodes) // min_groups)
-        groups = episodes * (len(episodes) + 1) + np.arange(len(episodes)) // chunk
+def _fold_ids(groups: np.ndarray, folds: int) -> np.ndarray:
     uniq = np.unique(groups)
-    n_test = max(1, len(uniq) // 4)
-    return groups, np.isin(groups, uniq[-n_test:])
+    fold_of = {g: i % folds for i, g in enumerate(uniq)}
+    return np.array([fold_of[g] for g in groups])
+
+
+def _fit_predict(x: np.ndarray, y: np.ndarray, groups: np.ndarray, x_new: np.ndarray,
+                 folds: int) -> np.ndarray:
+    """Ridge with lambda chosen by grouped K-fold CV on (x, y); predictions for x_new."""
+    fold = _fold_ids(groups, folds)
+    scores = np.zeros(len(LAMBDAS))
+    for f in range(min(folds, len(np.unique(groups)))):
+        tr, va = fold != f, fold == f
+        xa, xv = _standardise(x[tr], x[tr]), _standardise(x[va], x[tr])
+        ym = y[tr].mean(0)
+        for i, lam in enumerate(LAMBDAS):
+            scores[i] += r2(y[va], xv @ ridge_fit(xa, y[tr] - ym, lam) + ym)
+    lam = float(LAMBDAS[int(np.argmax(scores))])
+    ym = y.mean(0)
+    return _standardise(x_new, x) @ ridge_fit(_standardise(x, x), y - ym, lam) + ym
+
+
+def ridge_probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                folds: int = 4) -> tuple[float, list[float]]:
+    """Cross-validated R^2 over groups (episodes): each fold of groups is predicted by a ridge
+    fitted on the others (its lambda chosen by an inner grouped CV), and R^2 is computed on
+    all held-out predictions together, so every episode is held out once and one unusual
+    episode cannot dominate. Returns (mean R^2 over target dims, per-dim R^2)."""
+    fold = _fold_ids(groups, folds)
+    pred = np.zeros_like(y, dtype=np.float64)
+    for f in range(min(folds, len(np.unique(groups)))):
+        held = fold == f
+        pred[held] = _fit_predict(x[~held], y[~held], groups[~held], x[held], folds)
+    return r2(y, pred), r2_per_dim(y, pred).tolist()
+
+
+def split_groups(episodes: np.ndarray, min_groups: int = 8) -> np.ndarray:
+    """Group id per frame for the cross-validation: episodes, or contiguous chunks of each
+    episode when there are fewer than `min_groups` episodes (held-out data stays unseen
+    time)."""
+    if len(np.unique(episodes)) >= min_groups:
+        return episodes
+    chunk = max(1, len(episodes) // min_groups)
+    return episodes * (len(episodes) + 1) + np.arange(len(episodes)) // chunk
+
+
+def position_targets(env_spec: str, qpos: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """qpos [N, nq] as a frame can show it, with a name per column.
+
+    An unlimited hinge becomes the sine and cosine of its angle (a frame shows the angle
+    modulo a full turn, and a walker that rolled over twice looks the same as one that did
+    not). An unlimited slide along x is dropped: DMC's cameras follow such bodies sideways
+    (walker, cheetah and hopper `rootx`), so no frame tells where they are. A free joint
+    keeps its height and orientation quaternion, not its x and y.
+    """
+    from envs.dmc import suite  # imported after the GL backend is chosen
+
+    domain, _, task = env_spec.split(":", 1)[1].partition("-")
+    model = suite.load(domain, task).physics.model
+    cols, names = [], []
+    for j in range(model.njnt):
+        adr, kind, name = (int(model.jnt_qposadr[j]), int(model.jnt_type[j]),
+                           model.id2name(j, "joint"))
+        limited = bool(model.jnt_limited[j])
+        if kind == 0:  # free: x, y, z, quaternion
+            cols += [qpos[:, adr + 2 : adr + 7]]
+            names += [f"{name}_z"] + [f"{name}_q{i}" for i in range(4)]
+        elif kind == 1:  # ball: quaternion
+            cols.append(qpos[:, adr : adr + 4])
+            names += [f"{name}_q{i}" for i in range(4)]
+        elif kind == 2 and not limited and abs(model.jnt_axis[j][0]) > 0.99:
+            continue  # unlimited slide along x: the camera follows it
+        elif kind == 3 and not limited:
+            cols += [np.sin(qpos[:, adr : adr + 1]), np.cos(qpos[:, adr : adr + 1])]
+            names += [f"sin_{name}", f"cos_{name}"]
+        else:
+            cols.append(qpos[:, adr : adr + 1])
+            names.append(name)
+    return np.concatenate(cols, axis=1), names
 
 
 def stacked(z: np.ndarray, episodes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,76 +160,121 @@ def stacked(z: np.ndarray, episodes: np.ndarray, k: int) -> tuple[np.ndarray, np
     return np.concatenate([z[starts + i] for i in range(k)], axis=1), starts + k - 1
 
 
-def train_encoders(frames: np.ndarray, episodes: np.ndarray, cfg: ViTConfig, steps: int,
-                   batch: int, lr: float, seed: int, device: torch.device,
-                   vicreg: float = 0.0) -> dict[str, ViT]:
-    """Train JEPA and the autoencoder on the same frames/steps; add a random-init ViT."""
+@torch.no_grad()
+def embed_all(vit: ViT, frames: np.ndarray, episodes: np.ndarray, device: torch.device,
+              chunk: int = 256) -> np.ndarray:
+    """Mean-pooled embedding [N, D] per frame t; a clip model sees frames t-f+1..t (the first
+    frames of an episode repeat its first frame), as an agent would feed it."""
+    vit.eval()
+    fpc = vit.cfg.frames_per_clip
+    n = len(frames)
+    first = np.zeros(n, dtype=np.int64)
+    for i in range(1, n):  # index of each frame's episode start
+        first[i] = first[i - 1] if episodes[i] == episodes[i - 1] else i
+    offsets = np.arange(-fpc + 1, 1)
+    out = []
+    for i in range(0, n, chunk):
+        t = np.arange(i, min(n, i + chunk))
+        idx = np.maximum(t[:, None] + offsets[None], first[t][:, None])
+        x = torch.from_numpy(np.asarray(frames[idx])).to(device)
+        out.append(vit(x).mean(1).cpu())
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def cpu_per_step(name: str, frames: np.ndarray, episodes: np.ndarray, batch: int,
+                 device: torch.device, steps: int = 5) -> float:
+    """CPU-seconds per training step of a throw-away model of this encoder kind."""
+    objective, fpc = RECIPES[name]
+    model = build_objective(objective, make_config("tiny", tuple(frames.shape[1:]), fpc))
+    trainer = Pretrainer(model.to(device), 100)
+    gen = torch.Generator().manual_seed(12345)
+    clip = sample_clips(frames, clip_starts(episodes, fpc), batch, fpc, gen).to(device)
+    trainer.step(0, clip, gen)  # the first call pays one-off costs
+    t0 = time.process_time()
+    for s in range(steps):
+        trainer.step(s + 1, clip, gen)
+    return (time.process_time() - t0) / steps
+
+
+def train_encoder(name: str, frames: np.ndarray, episodes: np.ndarray, steps: int | None,
+                  batch: int, lr: float, seed: int, device: torch.device,
+                  cpu_budget: float | None = None) -> tuple[ViT, dict[str, float]]:
+    """Train one encoder kind; returns (encoder, {"steps", "cpu_s"}). With `cpu_budget`, the
+    step count is the budget over this objective's measured CPU-seconds per step."""
+    objective, fpc = RECIPES[name]
+    if cpu_budget is not None:
+        steps = max(1, int(cpu_budget / cpu_per_step(name, frames, episodes, batch, device)))
     torch.manual_seed(seed)
-    random_vit = ViT(cfg).to(device)
-    jepa = JEPA(cfg, JEPAConfig(vicreg_var=vicreg, vicreg_cov=vicreg / 25)).to(device)
-    trainer = JEPATrainer(jepa, steps, lr=lr)
-    ae = PixelAutoencoder(cfg).to(device)
-    ae_opt = torch.optim.AdamW(ae.parameters(), lr=lr, weight_decay=0.04, betas=(0.9, 0.95))
-    starts = clip_starts(episodes, 1)
-    t0 = time.time()
+    model = build_objective(objective, make_config("tiny", tuple(frames.shape[1:]), fpc))
+    model = model.to(device)
+    starts = clip_starts(episodes, fpc)
+    trainer = Pretrainer(model, steps, lr=lr)
+    t0, w0 = time.process_time(), time.time()
     for step in range(steps):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        x = sample_clips(frames, starts, batch, 1, gen).to(device)
-        m = trainer.step(step, x, gen)
-        for g in ae_opt.param_groups:
-            g["lr"] = trainer.lr_at(step)  # same schedule for a fair comparison
-        loss = ae.loss(x[:, 0])
-        ae_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ae_opt.step()
-        if (step + 1) % max(1, steps // 10) == 0:
-            print(f"step {step + 1}/{steps} jepa {m['loss/total']:.4f} ae {loss.item():.4f} "
-                  f"({time.time() - t0:.0f}s)", flush=True)
-    return {"jepa": jepa.target, "autoencoder": ae.encoder, "random": random_vit}
+        m = trainer.step(step, sample_clips(frames, starts, batch, fpc, gen).to(device), gen)
+        if (step + 1) % max(1, steps // 5) == 0:
+            print(f"  {name} seed {seed}: step {step + 1}/{steps} loss {m['loss/total']:.4f} "
+                  f"({time.time() - w0:.0f}s)", flush=True)
+    return model.export_encoder(), {"steps": steps, "cpu_s": time.process_time() - t0}
 
 
-def evaluate(encoders: dict[str, ViT], data: dict[str, np.ndarray], device: torch.device,
-             stack: int = 3) -> dict[str, dict[str, float]]:
-    """Probe R^2 for qpos (1 frame) and qvel (`stack` frames), plus collapse metrics."""
-    groups, test = split_groups(data["episodes"])
-    results = {}
-    for name, vit in encoders.items():
-        z = embed_frames(vit, data["frames"], device).numpy().astype(np.float64)
-        pos_r2, pos_lam, pos_dims = ridge_probe(z, data["qpos"], groups, test)
-        zs, t = stacked(z, data["episodes"], stack)
-        vel_r2, vel_lam, vel_dims = ridge_probe(zs, data["qvel"][t], groups[t], test[t])
-        cm = collapse_metrics(torch.from_numpy(z[test]).float())
-        results[name] = {"qpos_r2": pos_r2, "qvel_r2": vel_r2, "qpos_lambda": pos_lam,
-                         "qvel_lambda": vel_lam, "rankme": cm["collapse/rankme"],
-                         "std_score": cm["collapse/std_score"], "qpos_r2_dims": pos_dims,
-                         "qvel_r2_dims": vel_dims}
-    return results
+def probe_encoder(vit: ViT, data: dict[str, np.ndarray], device: torch.device,
+                  stack: int) -> dict[str, float]:
+    """Held-out R^2 for positions (one embedding; `data["pos"]`, see `position_targets`) and
+    qvel (`stack` embeddings), plus RankMe."""
+    groups = split_groups(data["episodes"])
+    z = embed_all(vit, data["frames"], data["episodes"], device)
+    pos_r2, pos_dims = ridge_probe(z, data["pos"], groups)
+    zs, t = stacked(z, data["episodes"], stack)
+    vel_r2, vel_dims = ridge_probe(zs, data["qvel"][t], groups[t])
+    cm = collapse_metrics(torch.from_numpy(z).float())
+    return {"pos_r2": pos_r2, "vel_r2": vel_r2, "rankme": cm["collapse/rankme"],
+            "pos_r2_dims": pos_dims, "vel_r2_dims": vel_dims}
 
 
-def markdown_table(results: dict[str, dict[str, float]], title: str) -> str:
-    lines = [f"### {title}", "", "| encoder | qpos R^2 | qvel R^2 | RankMe | std score |",
-             "|---|---|---|---|---|"]
-    for name, r in results.items():
-        lines.append(f"| {name} | {r['qpos_r2']:.3f} | {r['qvel_r2']:.3f} | "
-                     f"{r['rankme']:.1f} | {r['std_score']:.2f} |")
-    return "\n".join(lines) + "\n"
+def summarise(per_seed: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Mean and standard deviation (over seeds) of each scalar per encoder."""
+    out = {}
+    for name, rows in per_seed.items():
+        s = {}
+        for key in ("pos_r2", "vel_r2", "rankme", "cpu_s", "steps"):
+            vals = np.array([r[key] for r in rows], dtype=float)
+            s[key] = float(vals.mean())
+            s[key + "_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+        s["seeds"] = len(rows)
+        out[name] = s
+    return out
+
+
+def markdown_table(summary: dict[str, dict[str, float]], title: str) -> str:
+    lines = [f"### {title}", "",
+             "| encoder | steps | CPU-s | position R^2 | velocity R^2 | RankMe | seeds |",
+             "|---|---:|---:|---|---|---:|---:|"]
+    for name, s in summary.items():
+        lines.append(
+            f"| {name} | {s['steps']:.0f} | {s['cpu_s']:.0f} | {s['pos_r2']:.3f} ± "
+            f"{s['pos_r2_sd']:.3f} | {s['vel_r2']:.3f} ± {s['vel_r2_sd']:.3f} | "
+            f"{s['rankme']:.1f} | {s['seeds']} |")
+    return "\n".join(lines) + "\n\n(mean ± standard deviation over seeds; R^2 on held-out " \
+        "episodes)\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgParser(prog="python -m benchmarks.probe",
-                                description=__doc__.splitlines()[0])
+    p = ArgParser(prog="python -m benchmarks.probe", description=__doc__.splitlines()[0])
     p.add_argument("--env", default="dmc:walker-walk", help="a dmc:DOMAIN-TASK spec")
     p.add_argument("--frames", type=int, default=4000)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=500, help="JEPA's training steps")
+    p.add_argument("--budget", default="equal-steps", choices=["equal-steps", "equal-cpu"])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--vicreg", type=float, default=0.0,
-                   help="JEPA VICReg weight (variance x C, covariance x C/25)")
+    p.add_argument("--encoders", default=",".join(ENCODERS),
+                   help=f"comma-separated, from {', '.join(ENCODERS)}")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--stack", type=int, default=3, help="frames stacked for the qvel probe")
     p.add_argument("--time-limit", type=int, default=None, help="episode length in env frames")
     p.add_argument("--fast-render", action="store_true", help="shadows/reflections off")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the random-policy frames")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch default; 1 is far faster on a busy CPU)")
@@ -213,12 +293,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.set_num_threads(threads)  # callers in the same process keep their setting
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Collect, train, probe and report as the CLI does; returns the results dict."""
+def _parse(args: argparse.Namespace) -> tuple[list[str], list[int]]:
     if not args.env.startswith("dmc:"):
         raise SystemExit(f"probe: error: --env {args.env!r}; only dmc:DOMAIN-TASK has qpos/qvel")
     if args.stack not in (2, 3):
         raise SystemExit(f"probe: error: --stack {args.stack}; allowed: 2, 3")
+    names = [n.strip() for n in args.encoders.split(",") if n.strip()]
+    bad = [n for n in names if n not in ENCODERS]
+    if bad or not names:
+        raise SystemExit(f"probe: error: --encoders {args.encoders!r}; allowed: "
+                         f"{', '.join(ENCODERS)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"probe: error: --seeds {args.seeds!r}; expected integers "
+                         "like 0,1,2") from None
+    return names, seeds
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Collect, train, probe and report as the CLI does; returns the per-encoder summary."""
+    names, seeds = _parse(args)
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
@@ -226,24 +321,43 @@ def run(args: argparse.Namespace) -> dict:
     if args.time_limit:
         opts["time_limit"] = args.time_limit
     t0 = time.time()
-    data = collect_random_frames(args.env, args.frames, args.seed, physics_info=True, **opts)
+    data = collect_random_frames(args.env, args.frames, args.data_seed, physics_info=True, **opts)
     print(f"collected {len(data['frames'])} frames, {data['episodes'].max() + 1} episodes "
           f"in {time.time() - t0:.0f}s", flush=True)
-    cfg = make_config(args.preset, tuple(data["frames"].shape[1:]))
-    encoders = train_encoders(data["frames"], data["episodes"], cfg, args.steps, args.batch,
-                              args.lr, args.seed, device, args.vicreg)
-    results = evaluate(encoders, data, device, args.stack)
-    title = (f"{args.env}: {args.frames} random-policy frames, {args.steps} steps x batch "
-             f"{args.batch}, preset {args.preset}, vicreg {args.vicreg}, seed {args.seed}")
-    table = markdown_table(results, title)
+    data["pos"], pos_names = position_targets(args.env, data["qpos"])
+    per_seed: dict[str, list[dict]] = {n: [] for n in names}
+    for seed in seeds:
+        budget = None
+        if args.budget == "equal-cpu":  # JEPA's CPU-seconds at --steps set everyone's budget
+            budget = args.steps * cpu_per_step("jepa", data["frames"], data["episodes"],
+                                               args.batch, device)
+        for name in names:
+            if name == "random":
+                torch.manual_seed(seed)
+                vit = ViT(make_config("tiny", tuple(data["frames"].shape[1:]))).to(device)
+                cost = {"steps": 0, "cpu_s": 0.0}
+            else:
+                own = budget if name != "jepa" else None  # JEPA sets the budget
+                vit, cost = train_encoder(name, data["frames"], data["episodes"],
+                                          None if own else args.steps, args.batch, args.lr,
+                                          seed, device, own)
+            per_seed[name].append({**cost, **probe_encoder(vit, data, device, args.stack)})
+            r = per_seed[name][-1]
+            print(f"{name} seed {seed}: pos {r['pos_r2']:.3f} vel {r['vel_r2']:.3f} "
+                  f"({r['cpu_s']:.0f} CPU-s)", flush=True)
+    summary = summarise(per_seed)
+    title = (f"{args.env}: {args.frames} random-policy frames, batch {args.batch}, "
+             f"{args.budget} (JEPA {args.steps} steps), tiny ViT, seeds {args.seeds}")
+    table = markdown_table(summary, title)
     print(table)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "probe.md").write_text(table)
         (out / "probe.json").write_text(json.dumps(
-            {"config": vars(args), "results": results}, indent=2))
-    return results
+            {"config": vars(args), "positions": pos_names, "summary": summary,
+             "per_seed": per_seed}, indent=2))
+    return summary
 
 
 if __name__ == "__main__":

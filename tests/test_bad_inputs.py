@@ -25,6 +25,7 @@ ENTRY_POINTS = {
     "benchmarks.crash_trials": "benchmarks.crash_trials",
     "dreamer-export": "agents.export",
     "dreamer-cost": "benchmarks.cost",
+    "benchmarks.probe": "benchmarks.probe",
 }
 
 RUN = ["--env", "gym:CartPole-v1", "--size", "1m"]
@@ -68,6 +69,12 @@ CASES = [
     ("jepa-pretrain", ["--env", "nosuch:task", "--out", "{tmp}/pre"], "unknown env suite"),
     ("jepa-pretrain", ["--preset", "huge", "--out", "{tmp}/pre"], "huge"),
     ("jepa-pretrain", ["--source", "folder:{tmp}/nothing", "--out", "{tmp}/pre"], "nothing"),
+    ("jepa-pretrain", ["--objective", "simclr", "--out", "{tmp}/pre"], "allowed: jepa, mae"),
+    ("jepa-pretrain", ["--reg", "barlow", "--out", "{tmp}/pre"], "allowed: sigreg, vicreg"),
+    ("jepa-pretrain", ["--on-collapse", "ignore", "--out", "{tmp}/pre"], "allowed: adapt"),
+    ("benchmarks.probe", ["--encoders", "jepa,simclr"], "allowed: random, autoencoder"),
+    ("benchmarks.probe", ["--env", "gym:CartPole-v1"], "only dmc:DOMAIN-TASK"),
+    ("benchmarks.probe", ["--seeds", "0,x"], "expected integers"),
     ("dreamer-sweep", ["--env", "gym:CartPole-v1"], "--param"),
     ("dreamer-sweep", ["--env", "gym:CartPole-v1", "--param", "opt.lr=gauss(0,1)"],
      "not a distribution"),

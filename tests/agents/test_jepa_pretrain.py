@@ -7,7 +7,9 @@ import torch
 
 from agents import jepa_pretrain
 from agents.checkpoint import load_checkpoint
-from agents.jepa_pretrain import clip_starts, load_folder_frames, main
+from agents.frame_sources import clip_starts, load_folder_frames
+from agents.jepa_pretrain import main
+from agents.pretrainer import Pretrainer
 from world_models.vit_jepa import load_encoder
 
 ARGS = ["--frames", "40", "--steps", "4", "--batch", "4", "--diag-every", "2",
@@ -51,17 +53,17 @@ def test_resume_after_crash_matches_uninterrupted(frame_folder, tmp_path, monkey
     src = ["--source", f"folder:{frame_folder}", *ARGS, "--frames-per-clip", "2"]
     main(["--out", str(tmp_path / "full"), *src])
 
-    real_step = jepa_pretrain.JEPATrainer.step
+    real_step = Pretrainer.step
 
     def crashing_step(self, step, clip, gen):
         if step == 3:
             raise KeyboardInterrupt
         return real_step(self, step, clip, gen)
 
-    monkeypatch.setattr(jepa_pretrain.JEPATrainer, "step", crashing_step)
+    monkeypatch.setattr(Pretrainer, "step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
         main(["--out", str(tmp_path / "crash"), *src])
-    monkeypatch.setattr(jepa_pretrain.JEPATrainer, "step", real_step)
+    monkeypatch.setattr(Pretrainer, "step", real_step)
     assert load_checkpoint(tmp_path / "crash" / "checkpoint.pt")["step"] == 2
     main(["--out", str(tmp_path / "crash"), *src])
 
@@ -79,7 +81,7 @@ def test_bad_source_is_one_line_error(tmp_path):
 
 
 def test_run_source_reads_saved_replay(tmp_path):
-    from agents.jepa_pretrain import load_run_frames
+    from agents.frame_sources import load_run_frames
     from replay.sequence import SequenceReplay
 
     rb = SequenceReplay(capacity=16, num_envs=2)
@@ -91,3 +93,45 @@ def test_run_source_reads_saved_replay(tmp_path):
     assert data["frames"].shape == (16, 64, 64, 3)
     assert data["frames"][:8, 0, 0, 0].tolist() == list(range(3, 11))  # oldest first
     assert len(np.unique(data["episodes"])) >= 4
+
+
+def test_collapse_stop_keeps_the_best_encoder_and_a_rerun_stays_stopped(frame_folder, tmp_path,
+                                                                         monkeypatch):
+    """Diagnostics at steps 0 and 2 are healthy, at 4 collapsed: `--on-collapse stop` rolls
+    back to the step-2 state, writes it as encoder.pt and stops; rerunning changes nothing."""
+    from world_models.diagnostics import collapse_metrics
+    from world_models.vit_jepa import encoder as encoder_module
+
+    calls = []
+
+    def scripted(z, prefix="collapse/"):
+        m = collapse_metrics(z, prefix)
+        calls.append(len(calls))
+        if len(calls) >= 3:
+            m.update({f"{prefix}rankme": 1.5, f"{prefix}eig_top1_frac": 0.99})
+        return m
+
+    saved = []
+    real_save = encoder_module.save_encoder
+
+    def recording_save(path, vit, info=None):
+        saved.append({k: v.clone() for k, v in vit.state_dict().items()})
+        real_save(path, vit, info)
+
+    monkeypatch.setattr(jepa_pretrain, "collapse_metrics", scripted)
+    monkeypatch.setattr(jepa_pretrain, "save_encoder", recording_save)
+    src = ["--source", f"folder:{frame_folder}", *ARGS[:2], "--steps", "6", *ARGS[4:]]
+    main(["--out", str(tmp_path / "warn"), *src, "--on-collapse", "warn"])
+    step2 = saved[0]  # the first save is the checkpoint at step 2
+    calls.clear()
+    out = tmp_path / "stop"
+    main(["--out", str(out), *src, "--on-collapse", "stop"])
+    blob = torch.load(out / "encoder.pt", weights_only=True)
+    for k, v in step2.items():
+        torch.testing.assert_close(blob["state_dict"][k], v)
+    assert blob["train"]["stopped"] is True and blob["train"]["steps"] == 4
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck["stopped"] and ck["step"] == 4 and ck["guard"]["best"]["step"] == 2
+    lines = (out / "metrics.jsonl").read_text()
+    main(["--out", str(out), *src, "--on-collapse", "stop"])
+    assert (out / "metrics.jsonl").read_text() == lines

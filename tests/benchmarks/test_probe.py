@@ -2,27 +2,64 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from benchmarks.probe import main, ridge_probe, split_groups
+from benchmarks.probe import embed_all, main, position_targets, ridge_probe, split_groups
+from world_models.vit_jepa import ViT, make_config
 
 
 def test_ridge_probe_recovers_linear_map():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 10))
     y = x @ rng.normal(size=(10, 3)) + 0.01 * rng.normal(size=(400, 3))
-    groups, test = split_groups(np.repeat(np.arange(8), 50))
-    score, _, dims = ridge_probe(x, y, groups, test)
+    groups = split_groups(np.repeat(np.arange(8), 50))
+    score, dims = ridge_probe(x, y, groups)
     assert len(dims) == 3 and min(dims) > 0.98
     assert score > 0.99
-    noise_score, _, _ = ridge_probe(rng.normal(size=(400, 10)), y, groups, test)
-    assert noise_score < 0.2
+    noise_score, _ = ridge_probe(rng.normal(size=(400, 10)), y, groups)
+    assert noise_score < 0.05
 
 
-def test_tiny_probe_run(tmp_path):
+def test_few_episodes_are_cut_into_contiguous_groups():
+    groups = split_groups(np.repeat([0, 1], 40))
+    assert len(np.unique(groups)) == 8
+    assert all(np.all(np.diff(np.nonzero(groups == g)[0]) == 1) for g in np.unique(groups))
+
+
+def test_position_targets_are_what_a_frame_shows():
     pytest.importorskip("dm_control")
-    results = main(["--frames", "120", "--time-limit", "60", "--steps", "2", "--batch", "4",
-                    "--fast-render", "--threads", "1", "--out", str(tmp_path)])
-    assert set(results) == {"jepa", "autoencoder", "random"}
-    saved = json.loads((tmp_path / "probe.json").read_text())["results"]
-    assert all(np.isfinite(saved[k]["qvel_r2"]) for k in saved)
-    assert "| jepa |" in (tmp_path / "probe.md").read_text()
+    qpos = np.zeros((2, 9), dtype=np.float32)
+    qpos[1, 1], qpos[1, 2] = 5.0, 2 * np.pi + 0.5  # rootx moved, torso turned a full turn more
+    pos, names = position_targets("dmc:walker-walk", qpos)
+    assert names[:3] == ["rootz", "sin_rooty", "cos_rooty"] and "rootx" not in names
+    assert pos.shape == (2, 9)
+    np.testing.assert_allclose(pos[1, 1:3], [np.sin(0.5), np.cos(0.5)], rtol=1e-5)
+    _, names = position_targets("dmc:cartpole-swingup", np.zeros((1, 2)))
+    assert names == ["slider", "sin_hinge_1", "cos_hinge_1"]
+
+
+def test_clip_encoder_sees_the_previous_frame_and_never_crosses_an_episode():
+    vit = ViT(make_config("tiny", (16, 16, 3), 2, width=16, depth=1, heads=2, patch=8))
+    frames = np.random.default_rng(0).integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
+    episodes = np.array([0, 0, 0, 1, 1])
+    z = embed_all(vit, frames, episodes, torch.device("cpu"))
+    with torch.no_grad():
+        def one(a, b):
+            return vit(torch.from_numpy(frames[[a, b]])[None]).mean(1)[0].double().numpy()
+        np.testing.assert_allclose(z[2], one(1, 2), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(z[3], one(3, 3), rtol=1e-5, atol=1e-6)  # episode start
+        np.testing.assert_allclose(z[0], one(0, 0), rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_probe_run_every_encoder_two_seeds_equal_cpu(tmp_path):
+    pytest.importorskip("dm_control")
+    summary = main(["--frames", "120", "--time-limit", "60", "--steps", "2", "--batch", "4",
+                    "--seeds", "0,1", "--budget", "equal-cpu", "--fast-render",
+                    "--threads", "1", "--out", str(tmp_path)])
+    assert set(summary) == {"random", "autoencoder", "mae", "jepa", "jepa-tubelet"}
+    assert summary["jepa"]["steps"] == 2 and summary["random"]["cpu_s"] == 0
+    assert all(s["seeds"] == 2 and s["cpu_s"] >= 0 for s in summary.values())
+    saved = json.loads((tmp_path / "probe.json").read_text())
+    assert all(np.isfinite(r["vel_r2"]) for rows in saved["per_seed"].values() for r in rows)
+    assert "| mae |" in (tmp_path / "probe.md").read_text()
+

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
+from world_models.regularizers import sigreg
 from world_models.vit_jepa import JEPA, JEPAConfig, Predictor, make_config, vicreg_terms
+from world_models.vit_jepa.reconstruction import FrameAutoencoder, MaskedAutoencoder, patchify
 from world_models.vit_jepa.vit import ConfigError
 
 
@@ -33,16 +35,65 @@ def test_predictor_shapes():
     assert p(ctx, ctx_idx, tgt_idx).shape == (3, 4, 9, 32)
 
 
-@pytest.mark.parametrize("fpc", [1, 2])
-def test_loss_backward_only_reaches_online_branch(fpc):
+@pytest.mark.parametrize("fpc,reg,terms", [(1, "vicreg", {"loss/vicreg_var", "loss/vicreg_cov"}),
+                                           (2, "sigreg", {"loss/sigreg"}), (1, "none", set())])
+def test_loss_backward_only_reaches_online_branch(fpc, reg, terms):
     m = _tiny(fpc)
-    m.cfg = JEPAConfig(pred_depth=1, pred_heads=2, vicreg_var=1.0, vicreg_cov=0.04)
+    m.cfg = JEPAConfig(pred_depth=1, pred_heads=2, reg=reg, reg_weight=1.0)
     x = torch.randint(0, 255, (4, fpc, 64, 64, 3), dtype=torch.uint8)
     out = m.loss(x, torch.Generator().manual_seed(0))
-    assert {"loss/pred", "loss/vicreg_var", "loss/vicreg_cov", "loss/total"} <= set(out)
+    assert {"loss/pred", "loss/total"} | terms == set(out)
+    torch.testing.assert_close(out["loss/total"], sum(v for k, v in out.items()
+                                                      if k != "loss/total")
+                               if reg != "vicreg" else out["loss/pred"] + out["loss/vicreg_var"]
+                               + out["loss/vicreg_cov"] / 25)
     out["loss/total"].backward()
     assert all(p.grad is None for p in m.target.parameters())
     assert m.encoder.patch_embed.weight.grad is not None
+
+
+def test_sigreg_is_small_for_a_standard_gaussian_and_large_for_collapse():
+    g = torch.Generator().manual_seed(0)
+    gauss = torch.randn(512, 32, generator=g)
+    ok = float(sigreg(gauss, gen=torch.Generator().manual_seed(1)))
+    point = float(sigreg(torch.zeros(512, 32), gen=torch.Generator().manual_seed(1)))
+    line = float(sigreg(gauss[:, :1].expand(-1, 32), gen=torch.Generator().manual_seed(1)))
+    wide = float(sigreg(3 * gauss, gen=torch.Generator().manual_seed(1)))
+    # Under the null N * |ecf - cf|^2 has mean 1 - cf(t)^2 at each t, so the statistic is
+    # about the integral of (1 - exp(-t^2)) exp(-t^2 / 2): sqrt(2 pi) - sqrt(2 pi / 3) = 1.06.
+    assert 0.5 < ok < 2.0
+    assert min(point, line, wide) > 50 * ok
+    # N * a squared distance: a fixed error costs the same per sample at any batch size.
+    assert float(sigreg(torch.zeros(64, 32))) == pytest.approx(point / 8, rel=1e-5)
+    z = gauss[:64].clone().mul_(0.2).requires_grad_()
+    sigreg(z).backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_patchify_orders_tokens_like_the_patch_embedding():
+    cfg = make_config("tiny", (16, 24, 3), 2, width=16, depth=1, heads=2, patch=8)
+    clip = torch.zeros(1, 2, 16, 24, 3, dtype=torch.uint8)
+    for i in range(2):  # rows
+        for j in range(3):  # columns
+            clip[0, :, 8 * i : 8 * i + 8, 8 * j : 8 * j + 8] = 10 * (3 * i + j)
+    patches = patchify(clip, cfg)
+    assert patches.shape == (1, 6, 2 * 8 * 8 * 3)
+    expect = torch.arange(6) * 10 / 255.0 - 0.5
+    torch.testing.assert_close(patches[0].mean(1), expect)
+    assert float(patches[0].std(1).max()) == 0.0
+
+
+@pytest.mark.parametrize("fpc", [1, 2])
+def test_reconstruction_baselines_train_their_encoder(fpc):
+    cfg = make_config("tiny", frames_per_clip=fpc, width=32, depth=1, heads=2)
+    x = torch.randint(0, 255, (3, fpc, 64, 64, 3), dtype=torch.uint8)
+    for model in (MaskedAutoencoder(cfg), FrameAutoencoder(cfg)):
+        out = model.loss(x, torch.Generator().manual_seed(0))
+        assert set(out) == {"loss/rec", "loss/total"} and out["loss/total"] > 0
+        out["loss/total"].backward()
+        assert model.export_encoder().patch_embed.weight.grad is not None
+    with pytest.raises(ValueError, match="mask_ratio"):
+        MaskedAutoencoder(cfg, mask_ratio=1.0)
 
 
 def test_vicreg_terms():
@@ -57,6 +108,8 @@ def test_vicreg_terms():
 
 
 def test_bad_config_is_clear():
+    with pytest.raises(ValueError, match="allowed: sigreg, vicreg, none"):
+        JEPAConfig(reg="barlow")
     with pytest.raises(ConfigError, match="preset"):
         make_config("huge")
     with pytest.raises(ConfigError, match="frames_per_clip"):

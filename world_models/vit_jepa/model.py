@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from world_models.regularizers import vicreg_terms
+from world_models.regularizers import sigreg, vicreg_terms
 from world_models.vit_jepa.masking import MaskConfig, sample_masks
 from world_models.vit_jepa.vit import ViT, ViTConfig, gather_tokens, sincos_pos_embed, transformer
+
+REGULARIZERS = ("sigreg", "vicreg", "none")
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,17 @@ class JEPAConfig:
     ema_start: float = 0.996
     ema_end: float = 1.0
     loss: str = "smooth_l1"  # or "mse"
-    vicreg_var: float = 0.0
-    vicreg_cov: float = 0.0
+    # Anti-collapse term on the pooled online embedding of each frame's context: "sigreg"
+    # (isotropic Gaussian, weight as in LeJEPA), "vicreg" (variance x weight, covariance x
+    # weight / 25, the paper's ratio) or "none" (EMA and the predictor alone, as I-JEPA).
+    reg: str = "sigreg"
+    reg_weight: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.reg not in REGULARIZERS:
+            raise ValueError(f"JEPA regulariser {self.reg!r}; allowed: {', '.join(REGULARIZERS)}")
+        if self.loss not in ("smooth_l1", "mse"):
+            raise ValueError(f"JEPA loss {self.loss!r}; allowed: smooth_l1, mse")
 
 
 class Predictor(nn.Module):
@@ -70,6 +81,16 @@ class JEPA(nn.Module):
         heads = cfg.pred_heads if pw % cfg.pred_heads == 0 else 1
         self.predictor = Predictor(vit_cfg.width, vit_cfg.grid, pw, cfg.pred_depth, heads)
 
+    def export_encoder(self) -> ViT:
+        """The encoder agents use: the EMA target (smoother than the online one, as I-JEPA)."""
+        return self.target
+
+    def after_step(self, step: int, total: int) -> dict[str, float]:
+        """EMA update of the target after each optimiser step; returns the momentum used."""
+        momentum = self.momentum(step, total)
+        self.update_target(momentum)
+        return {"train/ema": momentum}
+
     def momentum(self, step: int, total: int) -> float:
         """EMA momentum, linear from ema_start to ema_end over training."""
         frac = min(max(step / max(total, 1), 0.0), 1.0)
@@ -81,8 +102,10 @@ class JEPA(nn.Module):
         for pt, pc in zip(self.target.parameters(), self.encoder.parameters()):
             pt.lerp_(pc.detach(), 1.0 - momentum)
 
-    def loss(self, clip: Tensor, gen: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Named loss terms for a clip batch [B, T, H, W, C]; `loss/total` is what to minimise."""
+    def loss(self, clip: Tensor, gen: torch.Generator | None = None,
+             reg_weight: float | None = None) -> dict[str, Tensor]:
+        """Named loss terms for a clip batch [B, T, H, W, C]; `loss/total` is what to minimise.
+        `reg_weight` overrides the config's (the pretrainer raises it after a collapse)."""
         b = clip.shape[0]
         ctx_idx, tgt_idx = sample_masks(b, self.vit_cfg.grid, self.mask_cfg, gen)
         ctx_idx, tgt_idx = ctx_idx.to(clip.device), tgt_idx.to(clip.device)
@@ -99,9 +122,14 @@ class JEPA(nn.Module):
             pred_loss = F.smooth_l1_loss(pred, tgt)
         out = {"loss/pred": pred_loss}
         total = pred_loss
-        if self.cfg.vicreg_var or self.cfg.vicreg_cov:
-            var, cov = vicreg_terms(ctx.mean(1))
+        weight = self.cfg.reg_weight if reg_weight is None else reg_weight
+        pooled = ctx.mean(1)
+        if self.cfg.reg == "vicreg":
+            var, cov = vicreg_terms(pooled)
             out["loss/vicreg_var"], out["loss/vicreg_cov"] = var, cov
-            total = total + self.cfg.vicreg_var * var + self.cfg.vicreg_cov * cov
+            total = total + weight * (var + cov / 25)
+        elif self.cfg.reg == "sigreg":
+            out["loss/sigreg"] = sigreg(pooled, gen=gen)
+            total = total + weight * out["loss/sigreg"]
         out["loss/total"] = total
         return out

@@ -1,0 +1,168 @@
+"""Frames for encoder pretraining and probing: a random policy in any env with images, a folder
+of images or videos, or an agent run's saved replay; plus clip sampling and frame embedding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+VIDEO_EXTS = {".mp4", ".gif", ".avi", ".mov", ".mkv", ".webm"}
+
+
+class PretrainError(ValueError):
+    """Bad command-line input or data for `jepa-pretrain`."""
+
+
+def collect_random_frames(
+    env_spec: str, frames: int, seed: int = 0, physics_info: bool = False, **options
+) -> dict[str, np.ndarray]:
+    """Run a uniform-random policy; returns `frames` [N, H, W, C] uint8, `episodes` [N] and,
+    with `physics_info`, `qpos`/`qvel` [N, *] (DMC only)."""
+    import envs
+
+    if env_spec.startswith("dmc:"):
+        options.setdefault("obs", "pixels")
+        if physics_info:
+            options["physics_info"] = True
+    env = envs.make(env_spec, seed=seed, **options)
+    if "image" not in env.observation_space.spaces:
+        env.close()
+        raise PretrainError(f"env {env_spec!r} has no image observation; JEPA needs frames")
+    env.action_space.seed(seed)
+    out: dict[str, list] = {"frames": [], "episodes": [], "qpos": [], "qvel": []}
+    episode = 0
+    obs, info = env.reset()
+    try:
+        from tqdm import tqdm
+
+        for _ in tqdm(range(frames), desc=f"collect {env_spec}", leave=False, mininterval=2):
+            out["frames"].append(obs["image"])
+            out["episodes"].append(episode)
+            if physics_info:
+                out["qpos"].append(info["qpos"])
+                out["qvel"].append(info["qvel"])
+            obs, _, terminated, truncated, info = env.step(env.action_space.sample())
+            if terminated or truncated:
+                episode += 1
+                obs, info = env.reset()
+    finally:
+        env.close()
+    result = {"frames": np.stack(out["frames"]), "episodes": np.asarray(out["episodes"])}
+    if physics_info:
+        result["qpos"] = np.stack(out["qpos"]).astype(np.float32)
+        result["qvel"] = np.stack(out["qvel"]).astype(np.float32)
+    return result
+
+
+def _fit_frame(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    img = img[..., :3]  # drop alpha
+    if img.dtype != np.uint8:
+        img = np.clip(img * (255 if img.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
+    if img.shape[:2] != size:
+        img = cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return img
+
+
+def load_folder_frames(
+    folder: str | os.PathLike, size: tuple[int, int] = (64, 64), limit: int | None = None
+) -> dict[str, np.ndarray]:
+    """Frames from images (each subfolder = one episode, sorted by name) and videos (one each)."""
+    import imageio.v3 as iio
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise PretrainError(f"frame folder {str(root)!r} does not exist")
+    frames, episodes = [], []
+    episode = -1
+    last_dir = None
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        ext = path.suffix.lower()
+        if limit is not None and len(frames) >= limit:
+            break
+        try:
+            if ext in VIDEO_EXTS:
+                episode += 1
+                for frame in iio.imiter(path):
+                    frames.append(_fit_frame(frame, size))
+                    episodes.append(episode)
+                    if limit is not None and len(frames) >= limit:
+                        break
+                last_dir = None
+            elif ext in IMAGE_EXTS:
+                if path.parent != last_dir:
+                    episode, last_dir = episode + 1, path.parent
+                frames.append(_fit_frame(iio.imread(path), size))
+                episodes.append(episode)
+        except OSError as e:  # a corrupt file should not kill a long import
+            print(f"skipping unreadable {path}: {e}", file=sys.stderr)
+    if not frames:
+        raise PretrainError(
+            f"no images ({', '.join(sorted(IMAGE_EXTS))}) or videos "
+            f"({', '.join(sorted(VIDEO_EXTS))}) found under {str(root)!r}"
+        )
+    return {"frames": np.stack(frames), "episodes": np.asarray(episodes)}
+
+
+def load_run_frames(logdir: str | os.PathLike, limit: int | None = None) -> dict[str, np.ndarray]:
+    """Frames from a run's saved SequenceReplay (the folder holding `sequence_replay.json`)."""
+    from replay.sequence import _META_FILE, SequenceReplay
+
+    metas = sorted(Path(logdir).rglob(_META_FILE))
+    if not metas:
+        raise PretrainError(f"no saved replay ({_META_FILE}) under {str(logdir)!r}")
+    meta = json.loads(metas[0].read_text())
+    rb = SequenceReplay(meta["capacity"], meta["num_envs"])
+    rb.load(metas[0].parent)
+    rows = rb.steps_per_env
+    data = rb.chronological()  # [rows, num_envs], oldest first
+    if data is None or "image" not in data.keys():
+        raise PretrainError(f"replay under {str(logdir)!r} stores no 'image' key")
+    img = data["image"].transpose(0, 1).numpy()  # env-major so each stream is contiguous
+    first = data["is_first"].transpose(0, 1).reshape(-1).numpy().astype(bool)
+    episodes = np.cumsum(first) + np.repeat(np.arange(img.shape[0]) * rows, rows)
+    frames = img.reshape(-1, *img.shape[2:])
+    if limit is not None:
+        frames, episodes = frames[-limit:], episodes[-limit:]
+    return {"frames": frames, "episodes": episodes}
+
+
+def clip_starts(episodes: np.ndarray, length: int) -> np.ndarray:
+    """Indices i where frames i..i+length-1 lie in one episode."""
+    n = len(episodes) - length + 1
+    if n <= 0:
+        return np.zeros(0, dtype=np.int64)
+    same = episodes[:n] == episodes[length - 1 :]
+    return np.nonzero(same)[0]
+
+
+def sample_clips(frames: np.ndarray, starts: np.ndarray, batch: int, length: int,
+                 gen: torch.Generator) -> torch.Tensor:
+    """A [B, length, H, W, C] uint8 batch of clips starting at random valid indices."""
+    pick = starts[torch.randint(len(starts), (batch,), generator=gen).numpy()]
+    idx = pick[:, None] + np.arange(length)[None]
+    return torch.from_numpy(np.array(frames[idx]))
+
+
+@torch.no_grad()
+def embed_frames(vit: torch.nn.Module, frames: np.ndarray, device: torch.device,
+                 chunk: int = 256) -> torch.Tensor:
+    """Mean-pooled embeddings [N, D] of single frames (repeated over the clip, as agents do)."""
+    vit.eval()
+    fpc = vit.cfg.frames_per_clip
+    out = []
+    for i in range(0, len(frames), chunk):
+        x = torch.from_numpy(np.array(frames[i : i + chunk])).to(device)
+        out.append(vit(x.unsqueeze(1).expand(-1, fpc, -1, -1, -1)).mean(1).cpu())
+    return torch.cat(out)
