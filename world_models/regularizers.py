@@ -22,6 +22,14 @@ def vicreg_terms(z: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torc
     return var, off.pow(2).sum() / d
 
 
+def batch_standardise(z: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """z [..., D] (leading dims flattened) with each dimension centred and scaled to unit std
+    over the batch: what is left is the shape of the distribution (its correlations and
+    marginals), which is all that RankMe and the eigenvalue shares look at."""
+    z = z.reshape(-1, z.shape[-1]).float()
+    return (z - z.mean(0)) / (z.std(0) + eps)
+
+
 def sigreg(z: torch.Tensor, slices: int = 256, points: int = 17, t_max: float = 5.0,
            gen: torch.Generator | None = None) -> torch.Tensor:
     """Sketched isotropic-Gaussian regulariser (SIGReg, LeJEPA 2025; LeWorldModel 2026).

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from world_models.regularizers import sigreg
+from world_models.regularizers import batch_standardise, sigreg
 from world_models.vit_jepa import JEPA, JEPAConfig, Predictor, make_config, vicreg_terms
 from world_models.vit_jepa.reconstruction import FrameAutoencoder, MaskedAutoencoder, patchify
 from world_models.vit_jepa.vit import ConfigError
@@ -68,6 +68,47 @@ def test_sigreg_is_small_for_a_standard_gaussian_and_large_for_collapse():
     z = gauss[:64].clone().mul_(0.2).requires_grad_()
     sigreg(z).backward()
     assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_standardised_sigreg_ignores_offset_and_scale_but_not_rank():
+    """The JEPA default: SIGReg after per-dimension standardisation over the batch. A shared
+    offset and a small spread (frames of one scene) cost nothing; correlated dimensions (a
+    rank-1 embedding) still cost as much as before."""
+    g = torch.Generator().manual_seed(0)
+    gauss = torch.randn(512, 32, generator=g)
+
+    def stat(z):
+        return float(sigreg(batch_standardise(z), gen=torch.Generator().manual_seed(1)))
+
+    ok, shifted = stat(gauss), stat(5.0 + 0.1 * gauss)
+    assert shifted == pytest.approx(ok, rel=1e-2) and ok < 2.0
+    assert float(sigreg(5.0 + 0.1 * gauss, gen=torch.Generator().manual_seed(1))) > 50 * ok
+    assert stat(gauss[:, :1].expand(-1, 32) + 1e-3 * gauss) > 50 * ok
+    z = batch_standardise(torch.randn(7, 3, 4, generator=g))
+    assert z.shape == (21, 4)
+    torch.testing.assert_close(z.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(4), atol=1e-3, rtol=0)
+
+
+def test_jepa_uses_standardised_sigreg_by_default():
+    m = _tiny(1)
+    assert m.cfg.reg == "sigreg" and m.cfg.reg_standardise
+    x = torch.randint(0, 255, (6, 1, 64, 64, 3), dtype=torch.uint8)
+    ctx_seen = {}
+    real = batch_standardise
+
+    def spy(z):
+        ctx_seen["shape"] = tuple(z.shape)
+        return real(z)
+
+    import world_models.vit_jepa.model as model_module
+
+    model_module.batch_standardise, saved = spy, model_module.batch_standardise
+    try:
+        m.loss(x, torch.Generator().manual_seed(0))
+    finally:
+        model_module.batch_standardise = saved
+    assert ctx_seen["shape"] == (6, m.vit_cfg.width)  # one pooled embedding per frame
 
 
 def test_patchify_orders_tokens_like_the_patch_embedding():
