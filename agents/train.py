@@ -91,8 +91,17 @@ def make_eval_env(cfg: Config, num_envs: int, seed: int, video: bool, obs_space)
     """Vector env for evaluation; asks for rendered frames only when the
     observations hold no image to make the video from."""
     extra = {"render_mode": "rgb_array"} if video and "image" not in obs_space.spaces else {}
-    return envs.make_vector(cfg.env.spec, num_envs, seed=seed, **cfg.env.options.to_dict(),
-                            **extra)
+    return envs.make_vector(cfg.env.spec, num_envs, seed=seed, **eval_options(cfg), **extra)
+
+
+def eval_options(cfg: Config) -> dict[str, Any]:
+    """The training env's options, with Atari distractor backgrounds from held-out games:
+    a run trained on `atari`/`atari:train` is evaluated on `atari:eval`, so its eval return
+    measures robustness to backgrounds it never saw (an explicit game list is kept)."""
+    options = cfg.env.options.to_dict()
+    if options.get("distractor") in ("atari", "atari:train"):
+        options["distractor"] = "atari:eval"
+    return options
 
 
 def nonfinite(state: Any, prefix: str = "") -> str:

@@ -10,6 +10,11 @@ deterministic under the env seed and `render()` shows the same picture as the ob
 - shapes: a few coloured discs and squares bouncing about with constant velocities.
 - video:DIR: frames of the videos/images in DIR (read with imageio, resized), played from a
   random start, looping; images are shown as a still sequence in a random order.
+- atari, atari:train, atari:eval, atari:GAME+GAME: natural, complex motion with no download:
+  Atari games (ROMs ship with ale-py) played live by a random policy, one game per episode,
+  a new emulator frame every simulator frame. `atari` is `atari:train`; training and
+  evaluation draw from disjoint game sets (`TRAIN_GAMES`, `EVAL_GAMES`), and the trainer's
+  evaluation env swaps `atari:train` for `atari:eval` (agents/train.py).
 """
 
 from __future__ import annotations
@@ -22,7 +27,12 @@ import numpy as np
 
 from envs.core import EnvSpecError, resize_image
 
-KINDS = ("noise", "shapes", "video:DIR")
+KINDS = ("noise", "shapes", "video:DIR", "atari", "atari:train", "atari:eval", "atari:GAME+GAME")
+# Busy, colourful games with motion across the screen; the two sets share no game.
+TRAIN_GAMES = ("alien", "boxing", "freeway", "ms_pacman", "riverraid", "seaquest")
+EVAL_GAMES = ("asterix", "enduro", "frostbite", "kung_fu_master", "road_runner", "up_n_down")
+_ATARI_WARMUP = 400  # up to this many random frames before an episode's first frame
+_ATARI_HOLD = 4  # the random policy holds each action this many frames (the usual frameskip)
 _VIDEO_EXT = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".gif"}
 _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp"}
 _MAX_FRAMES_PER_FILE = 500
@@ -151,6 +161,90 @@ class VideoDistractor(Distractor):
         return self.clip[(self.start + t) % len(self.clip)]
 
 
+def atari_games(kind: str) -> tuple[str, ...]:
+    """The games an `atari...` distractor option names; a one-line error for bad names."""
+    choice = kind[len("atari:"):] if kind.startswith("atari:") else "train"
+    if choice == "train":
+        return TRAIN_GAMES
+    if choice == "eval":
+        return EVAL_GAMES
+    import ale_py.roms
+
+    known = set(ale_py.roms.get_all_rom_ids())
+    games = tuple(g for g in choice.split("+") if g)
+    bad = [g for g in games if g not in known]
+    if not games or bad:
+        raise EnvSpecError(f"option distractor={kind!r}: unknown Atari game(s) {bad or [choice]}; "
+                           f"allowed: atari:train, atari:eval or atari:G1+G2 with G from "
+                           f"ale_py.roms.get_all_rom_ids() (e.g. {', '.join(TRAIN_GAMES[:3])})")
+    return games
+
+
+class AtariDistractor(Distractor):
+    """Atari games played by a uniform-random policy, one game per episode, live.
+
+    Each episode draws a game, a warm-up length (so the picture starts mid-game rather than
+    on a title screen) and an action sequence from its seed; frame t is the emulator's
+    screen t frames later. The emulator runs forward as t grows; asking for an earlier t
+    replays the episode from its start, so a frame stays a pure function of (seed, t).
+    Without sticky actions ALE is deterministic given the actions.
+    """
+
+    def __init__(self, size: tuple[int, int], games: tuple[str, ...]):
+        super().__init__(size)
+        self.games = games
+        self._ale: dict = {}  # one emulator per game, loaded on first use (~0.2 s each)
+        self.game = games[0]
+        self.t = -1
+
+    def _emulator(self, game: str):
+        if game not in self._ale:
+            from ale_py import ALEInterface, LoggerMode, roms
+
+            ALEInterface.setLoggerMode(LoggerMode.Error)
+            ale = ALEInterface()
+            ale.setFloat("repeat_action_probability", 0.0)
+            ale.loadROM(roms.get_rom_path(game))
+            self._ale[game] = (ale, ale.getMinimalActionSet())
+        return self._ale[game]
+
+    def reset(self, rng: np.random.Generator) -> None:
+        super().reset(rng)
+        self.game = self.games[int(rng.integers(len(self.games)))]
+        self._restart()
+
+    def _restart(self) -> None:
+        ale, actions = self._emulator(self.game)
+        ale.reset_game()
+        self._rng = np.random.default_rng([self.seed, 1])
+        self._actions = actions
+        self._held = 0
+        for _ in range(int(self._rng.integers(_ATARI_WARMUP + 1))):
+            self._advance(ale)
+        self.t = -1
+        self._image = None
+
+    def _advance(self, ale) -> None:
+        if ale.game_over():
+            ale.reset_game()
+        if self._held <= 0:
+            self._action = self._actions[int(self._rng.integers(len(self._actions)))]
+            self._held = _ATARI_HOLD
+        ale.act(self._action)
+        self._held -= 1
+
+    def frame(self, t: int) -> np.ndarray:
+        if t < self.t:
+            self._restart()
+        ale, _ = self._emulator(self.game)
+        if t != self.t or self._image is None:
+            while self.t < t:
+                self._advance(ale)
+                self.t += 1
+            self._image = resize_image(ale.getScreenRGB(), self.size)
+        return self._image
+
+
 def make_distractor(kind: str | None, size: tuple[int, int]) -> Distractor | None:
     """The distractor named by the `distractor` option (None for none)."""
     if kind is None or kind == "none":
@@ -161,4 +255,6 @@ def make_distractor(kind: str | None, size: tuple[int, int]) -> Distractor | Non
         return ShapesDistractor(size)
     if isinstance(kind, str) and kind.startswith("video:") and kind[len("video:"):]:
         return VideoDistractor(size, kind[len("video:"):])
+    if isinstance(kind, str) and (kind == "atari" or kind.startswith("atari:")):
+        return AtariDistractor(size, atari_games(kind))
     raise EnvSpecError(f"option distractor={kind!r} is invalid; allowed: None, {list(KINDS)}")

@@ -345,3 +345,18 @@ def test_run_stores_acting_latents_and_writes_back_trained_ones(tmp_path, tiny_c
     for i, t in np.ndindex(*rows[:, :-1].shape):
         same = (rows == rows[i, t]) & (envs == envs[i, t])
         assert any(torch.equal(stored[i, t], new[j, u]) for j, u in same.nonzero().tolist())
+
+
+def test_evaluation_swaps_atari_backgrounds_for_held_out_games():
+    from agents.config import load_config
+    from agents.train import eval_options
+
+    def options(distractor):
+        cfg = load_config("dmc:cartpole-balance", sets=["env.options.obs=pixels",
+                                                         f"env.options.distractor={distractor}"])
+        return cfg.env.options.to_dict()["distractor"], eval_options(cfg)["distractor"]
+
+    assert options("atari") == ("atari", "atari:eval")
+    assert options("atari:train") == ("atari:train", "atari:eval")
+    assert options("atari:pong+boxing") == ("atari:pong+boxing", "atari:pong+boxing")
+    assert options("shapes") == ("shapes", "shapes")

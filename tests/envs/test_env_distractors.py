@@ -7,7 +7,7 @@ from gymnasium.utils.env_checker import check_env
 
 import envs
 from envs.core import EnvSpecError
-from envs.distractors import background_mask
+from envs.distractors import EVAL_GAMES, TRAIN_GAMES, AtariDistractor, background_mask
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*different from the unwrapped:UserWarning")
 SPEC = "dmc:cartpole-balance"
@@ -28,7 +28,7 @@ def _mask(env):
     return background_mask(seg, inner._env.physics.model.geom_type)
 
 
-@pytest.mark.parametrize("kind", ["noise", "shapes"])
+@pytest.mark.parametrize("kind", ["noise", "shapes", "atari"])
 def test_background_moves_and_robot_is_unchanged(kind, closing):
     clean = closing(envs.make(SPEC, seed=3, **OPTS))
     noisy = closing(envs.make(SPEC, seed=3, distractor=kind, **OPTS))
@@ -84,3 +84,32 @@ def test_bad_options_are_one_line_errors(tmp_path):
         envs.make(SPEC, distractor=f"video:{tmp_path / 'nope'}", **OPTS)
     with pytest.raises(EnvSpecError, match="no videos or images"):
         envs.make(SPEC, distractor=f"video:{tmp_path}", **OPTS)
+
+
+def test_atari_backgrounds_are_natural_motion_from_disjoint_game_sets():
+    assert not set(TRAIN_GAMES) & set(EVAL_GAMES)
+    source = AtariDistractor((32, 32), ("ms_pacman",))
+    source.reset(np.random.default_rng(0))
+    frames = np.stack([source.frame(t) for t in range(0, 40, 2)])
+    assert frames.shape == (20, 32, 32, 3) and frames.dtype == np.uint8
+    assert frames.std() > 20  # a game screen, not a blank one
+    assert (np.abs(np.diff(frames.astype(int), axis=0)).sum((1, 2, 3)) > 0).mean() > 0.5  # moves
+    # A pure function of (episode draw, frame index): asking again, or earlier, gives the same.
+    np.testing.assert_array_equal(source.frame(4), frames[2])
+    again = AtariDistractor((32, 32), ("ms_pacman",))
+    again.reset(np.random.default_rng(0))
+    np.testing.assert_array_equal(again.frame(10), frames[5])
+    other = AtariDistractor((32, 32), ("ms_pacman",))
+    other.reset(np.random.default_rng(1))
+    assert not np.array_equal(other.frame(10), frames[5])
+
+
+def test_atari_game_lists_and_bad_names(closing):
+    env = closing(envs.make(SPEC, seed=0, distractor="atari:boxing+pong", **OPTS))
+    env.reset(seed=0)
+    assert env.unwrapped._distractor.games == ("boxing", "pong")
+    assert env.unwrapped._distractor.game in ("boxing", "pong")
+    assert closing(envs.make(SPEC, distractor="atari:eval", **OPTS)).unwrapped._distractor.games \
+        == EVAL_GAMES
+    with pytest.raises(EnvSpecError, match=r"unknown Atari game\(s\) \['quake'\]"):
+        envs.make(SPEC, distractor="atari:pong+quake", **OPTS)
