@@ -11,9 +11,19 @@ whatever the embedding scale, and a prediction cannot win by shrinking its norm.
   actions -> target t + k; weights decay ** (k - 1), normalised to sum 1; rolls that cross an
   episode start are masked out.
 - Safeguards: `vicreg` (variance + covariance of the online embeddings, official ratio
-  25 : 1), `inverse` (a_t from the online embeddings of t - 1 and t), `stop_grad` (targets
-  from the EMA encoder without gradient; off, the online encoder itself is the target, with
-  gradient: the textbook collapsible set-up).
+  25 : 1), `sigreg` (the sketched isotropic-Gaussian regulariser of LeJEPA / LeWorldModel on
+  the online embeddings: an alternative to VICReg), `inverse` (a_t from the online
+  embeddings of t - 1 and t), `stop_grad` (targets from the EMA encoder without gradient;
+  off, the online encoder itself is the target, with gradient: the textbook collapsible
+  set-up). `ema: 0` makes the target the online encoder of the previous update under
+  stop-gradient (SimSiam-like: no slow target).
+- `predict: false` drops both prediction terms: a decoder-free world model trained by
+  reward, continue, KL and the critic's repval gradient alone, the ablation that separates
+  "no decoder" from "predicts latents".
+- Diagnostics per open-loop step k (`jepa/pred_k{k}`, `jepa/copy_k{k}`): the prior's k-step
+  prediction error against the copy-last baseline, which predicts target t + k with the
+  last observed target t (same normalised error, same masks). A predictor that predicts
+  beats it at every k; `jepa/pred_1step` and `jepa/copy_last` are the k = 1 pair.
 - An optional probe decoder reconstructs observations from DETACHED features (every
   `probe_stride`-th step, to stay cheap), giving the open-loop video without sending
   gradients into the model (`probe_rec_image`, `probe_rec_vector`).
@@ -31,7 +41,7 @@ from torch import nn
 from world_models.encoders import MultiDecoder
 from world_models.nets import mlp
 from world_models.objectives import Objective, decoder_report, decoder_terms
-from world_models.regularizers import VICREG_COV, VICREG_VAR, vicreg_terms
+from world_models.regularizers import VICREG_COV, VICREG_VAR, sigreg, vicreg_terms
 from world_models.rssm import RSSM, State
 
 
@@ -54,12 +64,13 @@ def open_loop_weights(horizon: int, decay: float) -> list[float]:
 class LatentObjective(Objective):
     """JEPA: predictor from RSSM features to the EMA target encoder's embedding (see module)."""
 
-    SCALES = ("jepa_post", "jepa_open", "vicreg", "inverse", "probe_rec")
+    SCALES = ("jepa_post", "jepa_open", "vicreg", "sigreg", "inverse", "probe_rec")
 
     def __init__(self, encoder: nn.Module, feat_dim: int, obs_shapes: Mapping[str, Sequence[int]],
                  act_dim: int, discrete: bool, decoder: Mapping, default_units: int, *,
                  ema: float, stop_grad: bool, horizon: int, decay: float, predictor: Mapping,
-                 vicreg: bool, inverse: bool, probe_decoder: bool, probe_stride: int) -> None:
+                 vicreg: bool, inverse: bool, probe_decoder: bool, probe_stride: int,
+                 predict: bool = True, sigreg: bool = False) -> None:
         super().__init__()
         self.ema = float(ema)
         if not 0.0 <= self.ema <= 1.0:
@@ -77,16 +88,19 @@ class LatentObjective(Objective):
         self.predictor = mlp(feat_dim, int(predictor["layers"]), units, emb)
         self.inverse = mlp(2 * emb, int(predictor["layers"]), units, act_dim) if inverse \
             else None
-        self.use_vicreg = bool(vicreg)
+        self.use_vicreg, self.use_sigreg, self.predict = bool(vicreg), bool(sigreg), \
+            bool(predict)
         if probe_decoder:
             self.decoder = MultiDecoder(feat_dim, obs_shapes, **decoder)
         # The target encoder: an EMA copy of the online one, never trained by gradient.
         self.online = [encoder]  # a list, not a submodule: the world model owns the encoder
         self.target_encoder = copy.deepcopy(encoder)
         self.target_encoder.requires_grad_(False)
-        self.terms = {"jepa_post": "jepa_post", "jepa_open": "jepa_open"}
-        if self.use_vicreg:
-            self.terms["vicreg"] = "vicreg"
+        self.terms = {"jepa_post": "jepa_post", "jepa_open": "jepa_open"} if self.predict \
+            else {}
+        for name in ("vicreg", "sigreg"):
+            if getattr(self, f"use_{name}"):
+                self.terms[name] = name
         if self.inverse is not None:
             self.terms["inverse"] = "inverse"
         if self.decoder is not None:
@@ -116,11 +130,16 @@ class LatentObjective(Objective):
     # -- losses --------------------------------------------------------------------
     def loss(self, batch, embed, post, feat, rssm):
         target = self.targets(batch, embed)
-        losses = {"jepa_post": prediction_error(self.predictor(feat), target)}
-        losses["jepa_open"], one_step = self._open_loop(post, batch, target, rssm)
+        losses, metrics = {}, {}
+        if self.predict:
+            losses["jepa_post"] = prediction_error(self.predictor(feat), target)
+            losses["jepa_open"], metrics = self._open_loop(post, batch, target, rssm)
         if self.use_vicreg:
             var, cov = vicreg_terms(embed)
             losses["vicreg"] = VICREG_VAR * var + VICREG_COV * cov
+        if self.use_sigreg:
+            # A [B, T] term like the others: the batch statistic, broadcast.
+            losses["sigreg"] = sigreg(embed).expand(embed.shape[:2])
         if self.inverse is not None:
             losses["inverse"] = self._inverse(embed, batch)
         if self.decoder is not None:
@@ -129,19 +148,18 @@ class LatentObjective(Objective):
             recon = self.decoder(feat[:, ::s].detach())
             sub = {k: batch[k][:, ::s] for k in self.decoder.keys}
             losses.update({f"probe_{k}": v for k, v in self.decoder.loss(recon, sub).items()})
-        metrics = self._copy_last(target, batch["is_first"])
-        if one_step is not None:
-            metrics["jepa/pred_1step"] = one_step
+        metrics.update(self._copy_last(target, batch["is_first"]))
         return losses, metrics
 
     def _open_loop(self, post: State, batch: Mapping, target: torch.Tensor, rssm: RSSM
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   ) -> tuple[torch.Tensor, dict]:
         """Weighted k-step prior rollouts from every posterior state that has K steps ahead;
-        also returns the mean unweighted 1-step error (a diagnostic)."""
+        also the mean unweighted error per k and its copy-last baseline (diagnostics)."""
         B, T = target.shape[:2]
         K = min(self.horizon, T - 1)
+        metrics: dict = {}
         if K <= 0:
-            return target.new_zeros(B, 1), None
+            return target.new_zeros(B, 1), metrics
         n = T - K
         state = {k: post[k][:, :n].reshape(B * n, *post[k].shape[2:]) for k in ("deter", "stoch")}
         valid = torch.ones(B, n, device=target.device)
@@ -154,9 +172,13 @@ class LatentObjective(Objective):
             err = prediction_error(self.predictor(rssm.feat(state)).reshape(B, n, -1),
                                    target[:, k:k + n])
             total = total + self.weights[k - 1] * valid * err
-            if k == 1:
-                first = ((valid * err).sum() / valid.sum().clamp(min=1)).detach()
-        return total, first
+            with torch.no_grad():
+                count = valid.sum().clamp(min=1)
+                metrics[f"jepa/pred_k{k}"] = (valid * err).sum() / count
+                copy = prediction_error(target[:, :n], target[:, k:k + n])
+                metrics[f"jepa/copy_k{k}"] = (valid * copy).sum() / count
+        metrics["jepa/pred_1step"] = metrics["jepa/pred_k1"]
+        return total, metrics
 
     def _inverse(self, embed: torch.Tensor, batch: Mapping) -> torch.Tensor:
         out = self.inverse(torch.cat([embed[:, :-1], embed[:, 1:]], -1)).float()
