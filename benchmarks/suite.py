@@ -48,6 +48,7 @@ class RunSpec:
     logdir: Path
     steps: int
     config: Config
+    group: str = ""  # a prefix that keeps names unique when one env and seed recur (compare)
 
     @property
     def task(self) -> str:
@@ -55,7 +56,7 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.task}/seed_{self.seed}"
+        return f"{self.group}{self.task}/seed_{self.seed}"
 
 
 def plan(

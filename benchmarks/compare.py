@@ -1,0 +1,286 @@
+"""Paired comparisons: arms (agents or ablations) x conditions (backgrounds) x seeds, on Ray,
+with stratified-bootstrap confidence intervals.
+
+    python -m benchmarks.compare --env dmc:cartpole-balance-pixels [--env ...]
+        [--arm dreamerv3=dreamerv3 --arm jepa=jepa --arm no-predict=jepa,jepa.predict=false]
+        [--conditions clean,atari] [--seeds 3] [--frames 100000] [--out DIR] [--set K=V] ...
+
+An arm is `NAME=AGENT[,KEY=VALUE,...]`: the agent and the config overrides that make the arm
+(an ablation is an arm with a switch). A condition is `clean` or a `distractor` value
+(`atari`, `shapes`, `noise`, `video:DIR`). Every (env, arm, condition, seed) is one
+training run in `OUT/<arm>/<condition>/<task>/seed_<s>/`, trained on Ray like the suites
+(embedded Ray by default, `--address auto` for a cluster; finished runs are skipped,
+unfinished ones resume). Seeds are shared across conditions, which makes the design paired.
+
+Written to OUT: `scores.json.gz` (official format, method `<arm>/<condition>`, training
+episodes), `compare.md` and `compare.png`. Final scores at the frame budget: evaluation
+episodes (the run's last evaluation at or before the budget; `atari` runs are evaluated on
+the held-out `atari:eval` games) and training episodes (the mean of the episodes ending in
+the last 10% of the budget, as `benchmarks.aggregate`'s window rule). For every arm and
+condition: the mean over tasks of the seed-mean score with its 95% interval, and for every
+distracted condition the share of the clean score kept (mean distracted / mean clean).
+
+Intervals: the stratified bootstrap of rliable (Agarwal et al., 2021): runs are resampled
+with replacement within each task, the same seed indices for every array of one statistic
+(paired), the statistic recomputed, and the 2.5/97.5 percentiles taken. It is written here
+against that definition: rliable 1.2 needs `arch`, whose releases that rliable allows do
+not import under pandas 3.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agents.cli_args import ArgParser
+from benchmarks.aggregate import final_value
+from benchmarks.ray_launch import add_ray_args, init_ray
+from benchmarks.scores import Run, ScoreFileError, read_run_dir, write_scores
+from benchmarks.suite import RunSpec, SuiteError, exit_with, plan, run_suite
+
+REPEAT = 2  # DMC's action repeat in the published protocol
+DEFAULT_ARMS = ("dreamerv3=dreamerv3", "jepa=jepa")
+
+
+@dataclass
+class Arm:
+    name: str
+    agent: str
+    sets: tuple[str, ...]
+
+
+def parse_arm(text: str) -> Arm:
+    """`NAME=AGENT[,KEY=VALUE,...]` -> Arm; a one-line error for anything else."""
+    head, *sets = [part.strip() for part in text.split(",")]
+    name, sep, agent = head.partition("=")
+    if not sep or not name or not agent or "/" in name or any("=" not in s for s in sets):
+        raise SuiteError(f"--arm {text!r} is invalid; expected NAME=AGENT[,KEY=VALUE,...] "
+                         f"(e.g. no-vicreg=jepa,jepa.vicreg=false)")
+    return Arm(name, agent, tuple(sets))
+
+
+def condition_sets(condition: str) -> list[str]:
+    """Config overrides of a condition: `clean` has no distractor, anything else is one."""
+    if condition == "clean":
+        return ["env.options.distractor=null"]
+    return [f"env.options.distractor={condition}"]
+
+
+@dataclass
+class Cell:
+    """The runs of one (arm, condition)."""
+
+    arm: str
+    condition: str
+    specs: list[RunSpec]
+
+
+def plan_comparison(envs: Sequence[str], arms: Sequence[Arm], conditions: Sequence[str],
+                    seeds: int, frames: int, out: str | Path, size: str | None = None,
+                    sets: Sequence[str] = ()) -> list[Cell]:
+    """Every run, its config resolved now (bad overrides fail before Ray starts)."""
+    if len(set(a.name for a in arms)) != len(arms):
+        raise SuiteError(f"arm names must differ; got {[a.name for a in arms]}")
+    if not conditions or len(set(conditions)) != len(conditions):
+        raise SuiteError(f"--conditions must name distinct conditions; got {list(conditions)}")
+    cells = []
+    for arm in arms:
+        for condition in conditions:
+            folder = Path(out) / arm.name / condition.replace("/", "_").replace(":", "-")
+            specs = plan(envs, seeds, frames, REPEAT, folder, arm.agent, size,
+                         [*arm.sets, *condition_sets(condition), *sets])
+            for spec in specs:
+                spec.group = f"{arm.name}/{condition}/"
+            cells.append(Cell(arm.name, condition, specs))
+    return cells
+
+
+def stratified_bootstrap(statistic: Callable[..., float], arrays: Sequence[np.ndarray],
+                         reps: int = 2000, size: float = 0.95, seed: int = 0
+                         ) -> tuple[float, float, float]:
+    """(point, low, high) of `statistic(*arrays)` for arrays of scores [runs, tasks]: each
+    task's runs resampled with replacement, the same indices in every array (paired)."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
+    runs, tasks = arrays[0].shape
+    rng = np.random.default_rng(seed)
+    cols = np.arange(tasks)
+    values = np.empty(reps)
+    for i in range(reps):
+        idx = rng.integers(runs, size=(runs, tasks))
+        values[i] = statistic(*[a[idx, cols] for a in arrays])
+    low, high = np.nanpercentile(values, [50 * (1 - size), 50 * (1 + size)])
+    return float(statistic(*arrays)), float(low), float(high)
+
+
+def mean_score(scores: np.ndarray) -> float:
+    """Mean over tasks of the seed-mean score."""
+    return float(np.mean(np.nanmean(scores, axis=0)))
+
+
+def kept_share(clean: np.ndarray, distracted: np.ndarray) -> float:
+    """Mean distracted score over mean clean score (tasks averaged first)."""
+    base = mean_score(clean)
+    return mean_score(distracted) / base if base > 0 else math.nan
+
+
+def final_scores(cell: Cell, frames: int, evals: bool) -> np.ndarray:
+    """Scores [seeds, tasks] of a cell at the budget (NaN where a run has none yet)."""
+    tasks = list(dict.fromkeys(s.task for s in cell.specs))
+    seeds = sorted({s.seed for s in cell.specs})
+    out = np.full((len(seeds), len(tasks)), np.nan)
+    for spec in cell.specs:
+        try:
+            run = read_run_dir(spec.logdir, spec.task, spec.seed, eval_scores=evals)
+        except ScoreFileError:
+            continue
+        rule, window = ("last", 0.0) if evals else ("window", 0.1 * frames)
+        out[seeds.index(spec.seed), tasks.index(spec.task)] = final_value(
+            run.xs, run.ys, frames, rule, window)
+    return out
+
+
+def summarize(cells: Sequence[Cell], frames: int, reps: int = 2000) -> tuple[str, dict]:
+    """Markdown table and the numbers behind it."""
+    result: dict = {}
+    lines = [f"Final return at {frames} frames, mean over tasks of the seed mean [95% "
+             f"stratified-bootstrap interval]; `kept` = distracted / clean of the same arm.", "",
+             "| arm | condition | seeds | eval return | kept (eval) | train return | "
+             "kept (train) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for cell in cells:
+        clean = next((c for c in cells if c.arm == cell.arm and c.condition == "clean"), None)
+        row: dict = {}
+        cols = []
+        for kind, evals in (("eval", True), ("train", False)):
+            scores = final_scores(cell, frames, evals)
+            done = int(np.isfinite(scores).all(axis=1).sum())
+            row[f"{kind}_seeds"] = done
+            if done == 0:
+                cols += ["-", "-"]
+                continue
+            scores = scores[np.isfinite(scores).all(axis=1)]
+            row[kind] = stratified_bootstrap(mean_score, [scores], reps)
+            cols.append("{:.1f} [{:.1f}, {:.1f}]".format(*row[kind]))
+            if clean is None or clean is cell:
+                cols.append("-")
+                continue
+            base = final_scores(clean, frames, evals)
+            both = np.isfinite(base).all(axis=1) & np.isfinite(final_scores(cell, frames, evals)
+                                                               ).all(axis=1)
+            if not both.any():
+                cols.append("-")
+                continue
+            pair = [base[both], final_scores(cell, frames, evals)[both]]
+            row[f"kept_{kind}"] = stratified_bootstrap(kept_share, pair, reps)
+            cols.append("{:.2f} [{:.2f}, {:.2f}]".format(*row[f"kept_{kind}"]))
+        result[(cell.arm, cell.condition)] = row
+        seeds = f"{row['eval_seeds']}/{row['train_seeds']}"
+        lines.append(f"| {cell.arm} | {cell.condition} | {seeds} | " + " | ".join(
+            [cols[0], cols[1], cols[2], cols[3]]) + " |")
+    lines += ["", "seeds: runs with an eval / a train score at the budget (eval: the last "
+              "evaluation, sampled actions; train: training episodes)."]
+    return "\n".join(lines), result
+
+
+def plot(runs_by_cell: dict[str, list[Run]], frames: int, path: Path, bins: int = 20) -> Path:
+    """Training return vs frames per cell: mean over runs with a 95% bootstrap band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = np.linspace(0, frames, bins + 1)
+    mids = 0.5 * (edges[1:] + edges[:-1])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rng = np.random.default_rng(0)
+    for label, runs in runs_by_cell.items():
+        curves = np.full((len(runs), bins), np.nan)
+        for i, run in enumerate(runs):
+            which = np.digitize(run.xs, edges) - 1
+            for b in range(bins):
+                ys = run.ys[which == b]
+                curves[i, b] = ys.mean() if ys.size else np.nan
+        with warnings.catch_warnings():  # bins with no episode yet stay NaN (gaps)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(curves, 0)
+            boot = np.stack([np.nanmean(curves[rng.integers(len(runs), size=len(runs))], 0)
+                             for _ in range(500)])
+            low, high = np.nanpercentile(boot, [2.5, 97.5], axis=0)
+        (line,) = ax.plot(mids, mean, label=f"{label} ({len(runs)} seeds)")
+        ax.fill_between(mids, low, high, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("env frames")
+    ax.set_ylabel("training episode return")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def report(cells: Sequence[Cell], frames: int, out: Path, plots: bool = True) -> str:
+    """Score file, table and plot of whatever the runs wrote so far."""
+    runs_by_cell: dict[str, list[Run]] = {}
+    for cell in cells:
+        label = f"{cell.arm}/{cell.condition}"
+        for spec in cell.specs:
+            try:
+                runs_by_cell.setdefault(label, []).append(
+                    read_run_dir(spec.logdir, spec.task, spec.seed, method=label))
+            except ScoreFileError:
+                continue
+    all_runs = [r for runs in runs_by_cell.values() for r in runs]
+    if all_runs:
+        write_scores(all_runs, out / "scores.json.gz")
+    text, _ = summarize(cells, frames)
+    (out / "compare.md").write_text(text + "\n")
+    if plots and all_runs:
+        plot({k: v for k, v in runs_by_cell.items() if v}, frames, out / "compare.png")
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = ArgParser(prog="python -m benchmarks.compare", description=__doc__.split("\n")[0])
+    parser.add_argument("--env", action="append", required=True, dest="envs",
+                        help="env spec (repeatable; tasks are the bootstrap's strata)")
+    parser.add_argument("--arm", action="append", default=[], dest="arms",
+                        help="NAME=AGENT[,KEY=VALUE,...] (repeatable; default dreamerv3, jepa)")
+    parser.add_argument("--conditions", default="clean,atari",
+                        help="comma-separated: clean or distractor values (default clean,atari)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per cell: 0..N-1")
+    parser.add_argument("--frames", type=int, default=100_000, help="env frames per run")
+    parser.add_argument("--size", default=None, help="model size preset (default: domain's)")
+    parser.add_argument("--out", default=None, help="output folder (default runs/compare)")
+    parser.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                        help="config override of every run (repeatable)")
+    parser.add_argument("--no-plots", action="store_true", help="skip compare.png")
+    parser.add_argument("--report-only", action="store_true",
+                        help="aggregate what the runs wrote so far; train nothing")
+    add_ray_args(parser, unit="run")
+    args = parser.parse_args(argv)
+    out = Path(args.out or "runs/compare")
+    try:
+        arms = [parse_arm(a) for a in (args.arms or DEFAULT_ARMS)]
+        conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+        cells = plan_comparison(args.envs, arms, conditions, args.seeds, args.frames,
+                                out.resolve(), args.size, args.sets)
+    except SuiteError as exc:
+        parser.error(str(exc))
+    failed: list[str] = []
+    if not args.report_only:
+        init_ray(args.address, args.num_cpus)
+        outcome = run_suite([s for c in cells for s in c.specs], args.cpus_per_run,
+                            args.gpus_per_run)
+        failed = sorted(k for k, v in outcome.items() if v.startswith("FAILED"))
+    out.mkdir(parents=True, exist_ok=True)
+    print(report(cells, args.frames, out, plots=not args.no_plots))
+    print(f"wrote {out / 'compare.md'}" + ("" if args.no_plots else f", {out / 'compare.png'}"))
+    exit_with(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Paired comparisons: arm and condition parsing, the run layout and configs, the stratified
+bootstrap, and the table of a comparison whose runs wrote known scores."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.compare import main, mean_score, parse_arm, plan_comparison, stratified_bootstrap
+from benchmarks.suite import SuiteError
+
+ENV = "dmc:cartpole-balance-pixels"
+
+
+def test_arms_and_their_bad_forms():
+    arm = parse_arm("no-predict=jepa,jepa.predict=false,jepa.vicreg=false")
+    assert (arm.name, arm.agent, arm.sets) == ("no-predict", "jepa",
+                                               ("jepa.predict=false", "jepa.vicreg=false"))
+    for bad in ("jepa", "=jepa", "a=jepa,jepa.predict", "a/b=jepa"):
+        with pytest.raises(SuiteError, match="expected NAME=AGENT"):
+            parse_arm(bad)
+
+
+def test_plan_lays_out_every_arm_condition_and_seed(tmp_path):
+    arms = [parse_arm("dreamerv3=dreamerv3"), parse_arm("no-predict=jepa,jepa.predict=false")]
+    cells = plan_comparison([ENV], arms, ["clean", "atari"], 2, 1000, tmp_path)
+    assert [(c.arm, c.condition) for c in cells] == [
+        ("dreamerv3", "clean"), ("dreamerv3", "atari"), ("no-predict", "clean"),
+        ("no-predict", "atari")]
+    names = [s.name for c in cells for s in c.specs]
+    assert len(names) == 8 == len(set(names))
+    spec = cells[3].specs[1]
+    assert spec.logdir == tmp_path / "no-predict" / "atari" / "dmc_cartpole_balance" / "seed_1"
+    cfg = spec.config
+    assert cfg.agent == "jepa" and cfg.jepa.predict is False and cfg.seed == 1
+    assert cfg.env.options.to_dict()["distractor"] == "atari" and cfg.run.steps == 500
+    assert cells[0].specs[0].config.env.options.to_dict()["distractor"] is None
+    with pytest.raises(SuiteError, match="arm names must differ"):
+        plan_comparison([ENV], arms[:1] * 2, ["clean"], 1, 1000, tmp_path)
+    with pytest.raises(SuiteError):  # a bad override fails before anything runs
+        plan_comparison([ENV], [parse_arm("x=jepa,jepa.nosuchkey=1")], ["clean"], 1, 1000,
+                        tmp_path)
+
+
+def test_stratified_bootstrap_resamples_runs_within_each_task():
+    # Task 0's runs are 0 and 10, task 1's are both 4: means over tasks can only be
+    # (0|5|10 + 4) / 2 = 2, 4.5 or 7, and a constant array has no spread at all.
+    scores = np.array([[0.0, 4.0], [10.0, 4.0]])
+    point, low, high = stratified_bootstrap(mean_score, [scores], reps=4000)
+    assert point == 4.5 and low == 2.0 and high == 7.0
+    assert stratified_bootstrap(mean_score, [np.full((3, 2), 7.0)]) == (7.0, 7.0, 7.0)
+    # Paired: the same indices in both arrays, so a constant ratio has no spread.
+    clean = np.array([[100.0], [200.0], [300.0]])
+    assert stratified_bootstrap(lambda a, b: mean_score(b) / mean_score(a),
+                                [clean, 0.8 * clean]) == pytest.approx((0.8, 0.8, 0.8))
+
+
+def _write(logdir, rows, name):
+    logdir.mkdir(parents=True, exist_ok=True)
+    (logdir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_report_of_runs_with_known_scores(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    arms = ["a=dreamerv3", "b=jepa"]
+    cells = plan_comparison([ENV], [parse_arm(a) for a in arms], ["clean", "shapes"], 2, 1000,
+                            out.resolve())
+    # Train returns: clean 100 (a) / 200 (b) in the last 10% of the budget, distracted half
+    # (a) and 90% (b); evals the same numbers x 2; seed 1 adds 10 everywhere.
+    for cell in cells:
+        for spec in cell.specs:
+            base = {"a": 100.0, "b": 200.0}[cell.arm] * (
+                1.0 if cell.condition == "clean" else {"a": 0.5, "b": 0.9}[cell.arm])
+            y = base + 10 * spec.seed
+            _write(spec.logdir, [{"frames": 100, "return": -1.0}, {"frames": 950, "return": y},
+                                 {"frames": 1000, "return": y}], "scores.jsonl")
+            _write(spec.logdir, [{"frames": 1000, "return": 2 * y}], "eval_scores.jsonl")
+    with pytest.raises(SystemExit) as done:
+        main(["--env", ENV, "--arm", arms[0], "--arm", arms[1], "--conditions", "clean,shapes",
+              "--seeds", "2", "--frames", "1000", "--out", str(out), "--report-only"])
+    assert done.value.code == 0
+    text = (out / "compare.md").read_text()
+    assert "| a | clean | 2/2 | 210.0 [200.0, 220.0] | - | 105.0 [100.0, 110.0] | - |" in text
+    # kept = mean distracted / mean clean: a (50 + 60) / (100 + 110), b (180 + 190) / 410.
+    a_kept, b_kept = 110 / 210, 370 / 410
+    assert f"| a | shapes | 2/2 | 110.0 [100.0, 120.0] | {a_kept:.2f} [" in text
+    assert f"| b | shapes | 2/2 | 370.0 [360.0, 380.0] | {b_kept:.2f} [" in text
+    assert (out / "compare.png").stat().st_size > 0
+    with gzip.open(out / "scores.json.gz", "rt") as f:
+        methods = {r["method"] for r in json.load(f)}
+    assert methods == {"a/clean", "a/shapes", "b/clean", "b/shapes"}
+    assert "| b | clean |" in capsys.readouterr().out
