@@ -4,6 +4,7 @@ import json
 
 import gymnasium as gym
 import numpy as np
+import pytest
 from learning_envs import MatchCueEnv, ReachCueEnv
 
 from agents.train import train
@@ -50,6 +51,9 @@ def test_dreamer_learns_match_cue(tmp_path, tiny_config):
     assert np.mean(final) >= 8.0, f"mean eval return {np.mean(final):.2f} below 8 (optimum 10)"
 
 
+# ~250 s on an AVX2-only 2-core CPU (fp32 fast path): `slow`, so the default run keeps one
+# agent learning test (the discrete one above) within its time budget.
+@pytest.mark.slow
 def test_dreamer_learns_continuous_reach_cue(tmp_path, tiny_config):
     logdir = train(tiny_config(f"gym:{REACH_ID}", tmp_path, 4000, base=TINY))
     evals = [json.loads(line) for line in (logdir / "eval_scores.jsonl").read_text().splitlines()]

@@ -3,7 +3,9 @@ import math
 from agents.cli import run_main
 from benchmarks.collapse import main
 
+# Eager fp32: the fast path's compile would cost more than this wiring check's whole run.
 TINY = ["--size", "1m", "--envs", "1", "--steps", "120", "--set", "threads=1",
+        "--set", "compile=off", "--set", "precision=fp32",
         "--set", "replay.size=20000",
         "--set", "replay.batch_size=2", "--set", "replay.batch_length=8",
         "--set", "run.prefill=32", "--set", "run.train_ratio=8", "--set", "run.log_every=0",
