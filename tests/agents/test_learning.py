@@ -43,6 +43,9 @@ def test_random_policy_is_far_below_threshold():
     assert np.mean(returns) < 4.0  # 10/3 expected
 
 
+# Both agent learning tests take ~250 s each on an AVX2-only 2-core CPU (fp32 fast path, no
+# native bf16): `slow`, to keep the default run within its ~15-minute budget.
+@pytest.mark.slow
 def test_dreamer_learns_match_cue(tmp_path, tiny_config):
     logdir = train(tiny_config(f"gym:{ENV_ID}", tmp_path, 4000, base=TINY))
     evals = [json.loads(line) for line in (logdir / "eval_scores.jsonl").read_text().splitlines()]
@@ -51,8 +54,6 @@ def test_dreamer_learns_match_cue(tmp_path, tiny_config):
     assert np.mean(final) >= 8.0, f"mean eval return {np.mean(final):.2f} below 8 (optimum 10)"
 
 
-# ~250 s on an AVX2-only 2-core CPU (fp32 fast path): `slow`, so the default run keeps one
-# agent learning test (the discrete one above) within its time budget.
 @pytest.mark.slow
 def test_dreamer_learns_continuous_reach_cue(tmp_path, tiny_config):
     logdir = train(tiny_config(f"gym:{REACH_ID}", tmp_path, 4000, base=TINY))
