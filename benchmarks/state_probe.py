@@ -50,6 +50,13 @@ class InfoRecorder(gym.vector.VectorWrapper):
         return obs, reward, terminated, truncated, self.info
 
 
+def physics_spec(env_spec: str) -> str:
+    """`dmc:DOMAIN-TASK` without an observation suffix (-pixels, -state, -both)."""
+    for suffix in ("-pixels", "-state", "-both"):
+        env_spec = env_spec.removesuffix(suffix)
+    return env_spec
+
+
 def background_options(cfg, background: str) -> dict[str, Any]:
     """Env options of the probe episodes: the run's eval options with physics info on and
     the background asked for."""
@@ -60,7 +67,9 @@ def background_options(cfg, background: str) -> dict[str, Any]:
         options["distractor"] = None
     elif background != "run":
         options["distractor"] = background
-    if options.get("distractor") and str(options.get("obs", "state")) == "state":
+    obs = cfg.env.spec.rsplit("-", 1)[-1] if physics_spec(cfg.env.spec) != cfg.env.spec \
+        else str(options.get("obs", "state"))
+    if options.get("distractor") and obs == "state":
         raise ValueError(f"background {background!r} needs a pixel run; {cfg.env.spec} is "
                          f"state-only: use --backgrounds clean")
     return options
@@ -105,6 +114,7 @@ def velocity_names(env_spec: str) -> list[str]:
 
 def probe(data: dict[str, np.ndarray], env_spec: str) -> dict[str, Any]:
     """Held-out R^2 of positions and velocities from the features."""
+    env_spec = physics_spec(env_spec)
     groups = split_groups(data["episode"])
     pos, pos_names = position_targets(env_spec, data["qpos"])
     pos_r2, pos_dims = ridge_probe(data["feat"], pos, groups)

@@ -34,6 +34,8 @@ def test_probe_recovers_what_the_features_hold_and_not_what_they_lack():
     noise = 0.01 * rng.normal(size=(len(state), 32))
     part = probe({**data, "feat": state[:, :3] @ mix[:3] + noise}, SPEC)
     assert part["pos_r2"] > 0.99 and part["vel_r2"] < 0.1
+    pixels = probe({**data, "feat": state @ mix}, SPEC + "-pixels")  # the vision spec form
+    assert set(pixels["dims"]) == set(full["dims"])
 
 
 def test_state_probe_table_for_a_distracted_pixel_run(tmp_path, capsys):
