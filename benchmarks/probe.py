@@ -23,6 +23,12 @@ cosine, camera-tracked x dropped) and `--stack` consecutive embeddings, concaten
 qvel; R^2 (uniform over state dimensions) is cross-validated over episodes (every episode
 held out once; contiguous chunks of episodes when there are fewer than 8). Writes `probe.md`
 and `probe.json`: per encoder the mean and standard deviation over seeds.
+
+`--pool` says how token features become the probe's input: `mean` (the pooled vector an
+agent gets) and/or `grid:G` (tokens averaged over G x G cells of the patch grid and
+concatenated, G^2 x width features), which keeps where things are in the frame. Several,
+comma-separated, probe the same trained encoders; rows other than `mean` are named
+`ENCODER grid:G`.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from agents.cli_args import ArgParser
 from agents.frame_sources import clip_starts, collect_random_frames, sample_clips
 from agents.pretrainer import Pretrainer, build_objective
 from world_models.diagnostics import collapse_metrics
-from world_models.vit_jepa import ViT, make_config
+from world_models.vit_jepa import ViT, make_config, parse_pool, pool_tokens
 
 LAMBDAS = np.logspace(-3, 4, 15)
 ENCODERS = ("random", "autoencoder", "mae", "jepa", "jepa-tubelet")
@@ -162,9 +168,10 @@ def stacked(z: np.ndarray, episodes: np.ndarray, k: int) -> tuple[np.ndarray, np
 
 @torch.no_grad()
 def embed_all(vit: ViT, frames: np.ndarray, episodes: np.ndarray, device: torch.device,
-              chunk: int = 256) -> np.ndarray:
-    """Mean-pooled embedding [N, D] per frame t; a clip model sees frames t-f+1..t (the first
-    frames of an episode repeat its first frame), as an agent would feed it."""
+              chunk: int = 256, cells: int = 0) -> np.ndarray:
+    """Pooled embedding per frame t (`pool_tokens`: mean [N, D] by default); a clip model sees
+    frames t-f+1..t (the first frames of an episode repeat its first frame), as an agent
+    would feed it."""
     vit.eval()
     fpc = vit.cfg.frames_per_clip
     n = len(frames)
@@ -177,7 +184,7 @@ def embed_all(vit: ViT, frames: np.ndarray, episodes: np.ndarray, device: torch.
         t = np.arange(i, min(n, i + chunk))
         idx = np.maximum(t[:, None] + offsets[None], first[t][:, None])
         x = torch.from_numpy(np.asarray(frames[idx])).to(device)
-        out.append(vit(x).mean(1).cpu())
+        out.append(pool_tokens(vit(x), vit.cfg.grid, cells).cpu())
     return torch.cat(out).numpy().astype(np.float64)
 
 
@@ -220,11 +227,11 @@ def train_encoder(name: str, frames: np.ndarray, episodes: np.ndarray, steps: in
 
 
 def probe_encoder(vit: ViT, data: dict[str, np.ndarray], device: torch.device,
-                  stack: int) -> dict[str, float]:
+                  stack: int, cells: int = 0) -> dict[str, float]:
     """Held-out R^2 for positions (one embedding; `data["pos"]`, see `position_targets`) and
-    qvel (`stack` embeddings), plus RankMe."""
+    qvel (`stack` embeddings), plus RankMe (of the features probed)."""
     groups = split_groups(data["episodes"])
-    z = embed_all(vit, data["frames"], data["episodes"], device)
+    z = embed_all(vit, data["frames"], data["episodes"], device, cells=cells)
     pos_r2, pos_dims = ridge_probe(z, data["pos"], groups)
     zs, t = stacked(z, data["episodes"], stack)
     vel_r2, vel_dims = ridge_probe(zs, data["qvel"][t], groups[t])
@@ -272,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, from {', '.join(ENCODERS)}")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--stack", type=int, default=3, help="frames stacked for the qvel probe")
+    p.add_argument("--pool", default="mean",
+                   help="comma-separated probe inputs: mean (default) and/or grid:G")
     p.add_argument("--time-limit", type=int, default=None, help="episode length in env frames")
     p.add_argument("--fast-render", action="store_true", help="shadows/reflections off")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the random-policy frames")
@@ -293,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.set_num_threads(threads)  # callers in the same process keep their setting
 
 
-def _parse(args: argparse.Namespace) -> tuple[list[str], list[int]]:
+def _parse(args: argparse.Namespace) -> tuple[list[str], list[int], dict[str, int]]:
     if not args.env.startswith("dmc:"):
         raise SystemExit(f"probe: error: --env {args.env!r}; only dmc:DOMAIN-TASK has qpos/qvel")
     if args.stack not in (2, 3):
@@ -308,12 +317,18 @@ def _parse(args: argparse.Namespace) -> tuple[list[str], list[int]]:
     except ValueError:
         raise SystemExit(f"probe: error: --seeds {args.seeds!r}; expected integers "
                          "like 0,1,2") from None
-    return names, seeds
+    try:
+        pools = {p.strip(): parse_pool(p.strip()) for p in args.pool.split(",") if p.strip()}
+    except ValueError as err:
+        raise SystemExit(f"probe: error: --pool: {err}") from None
+    if not pools:
+        raise SystemExit("probe: error: --pool is empty; allowed: mean or grid:G")
+    return names, seeds, pools
 
 
 def run(args: argparse.Namespace) -> dict:
     """Collect, train, probe and report as the CLI does; returns the per-encoder summary."""
-    names, seeds = _parse(args)
+    names, seeds, pools = _parse(args)
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
@@ -325,7 +340,8 @@ def run(args: argparse.Namespace) -> dict:
     print(f"collected {len(data['frames'])} frames, {data['episodes'].max() + 1} episodes "
           f"in {time.time() - t0:.0f}s", flush=True)
     data["pos"], pos_names = position_targets(args.env, data["qpos"])
-    per_seed: dict[str, list[dict]] = {n: [] for n in names}
+    rows = {(n, p): n if p == "mean" else f"{n} {p}" for n in names for p in pools}
+    per_seed: dict[str, list[dict]] = {row: [] for row in rows.values()}
     for seed in seeds:
         budget = None
         if args.budget == "equal-cpu":  # JEPA's CPU-seconds at --steps set everyone's budget
@@ -341,13 +357,17 @@ def run(args: argparse.Namespace) -> dict:
                 vit, cost = train_encoder(name, data["frames"], data["episodes"],
                                           None if own else args.steps, args.batch, args.lr,
                                           seed, device, own)
-            per_seed[name].append({**cost, **probe_encoder(vit, data, device, args.stack)})
-            r = per_seed[name][-1]
-            print(f"{name} seed {seed}: pos {r['pos_r2']:.3f} vel {r['vel_r2']:.3f} "
-                  f"({r['cpu_s']:.0f} CPU-s)", flush=True)
+            for pool, cells in pools.items():
+                row = rows[name, pool]
+                per_seed[row].append({**cost, **probe_encoder(vit, data, device, args.stack,
+                                                              cells)})
+                r = per_seed[row][-1]
+                print(f"{row} seed {seed}: pos {r['pos_r2']:.3f} vel {r['vel_r2']:.3f} "
+                      f"({r['cpu_s']:.0f} CPU-s)", flush=True)
     summary = summarise(per_seed)
     title = (f"{args.env}: {args.frames} random-policy frames, batch {args.batch}, "
-             f"{args.budget} (JEPA {args.steps} steps), tiny ViT, seeds {args.seeds}")
+             f"{args.budget} (JEPA {args.steps} steps), tiny ViT, seeds {args.seeds}, "
+             f"pool {args.pool}")
     table = markdown_table(summary, title)
     print(table)
     if args.out:

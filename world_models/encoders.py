@@ -102,12 +102,16 @@ class PretrainedImageEncoder(nn.Module):
 
 
 def make_encoder(obs_shapes: Mapping[str, Sequence[int]], kind: str = "cnn",
-                 mode: str = "frozen", **kwargs) -> nn.Module:
+                 mode: str = "frozen", pool: str = "mean", **kwargs) -> nn.Module:
     """The encoder named by `kind` (cnn | jepa:PATH | hf:ID_OR_DIR); `mode` (frozen |
-    finetune) applies to pretrained ones; `kwargs` configure the CNN/MLP."""
+    finetune) and `pool` (mean | grid:G, see `vit_jepa.encoder.pool_tokens`) apply to
+    pretrained ones; `kwargs` configure the CNN/MLP."""
     if mode not in ENCODER_MODES:
         raise ValueError(f"encoder mode {mode!r} unknown; allowed: {', '.join(ENCODER_MODES)}")
     if kind == "cnn":
+        if pool != "mean":
+            raise ValueError(f"encoder pool {pool!r} is for pretrained encoders (jepa:PATH); "
+                             "the cnn encoder keeps its whole feature map (pool: mean)")
         return MultiEncoder(obs_shapes, **kwargs)
     prefix, _, target = kind.partition(":")
     if prefix not in ("jepa", "hf") or not target:
@@ -115,7 +119,7 @@ def make_encoder(obs_shapes: Mapping[str, Sequence[int]], kind: str = "cnn",
     if IMAGE_KEY not in obs_shapes:
         raise ValueError(f"encoder {kind!r} needs image observations; this env has "
                          f"{sorted(obs_shapes)} (use --obs pixels)")
-    image = load_encoder(kind, tuple(obs_shapes[IMAGE_KEY]), frozen=mode == "frozen")
+    image = load_encoder(kind, tuple(obs_shapes[IMAGE_KEY]), frozen=mode == "frozen", pool=pool)
     mlp_kwargs = {k: kwargs[k] for k in ("layers", "units", "symlog") if k in kwargs}
     return PretrainedImageEncoder(image, obs_shapes, **mlp_kwargs)
 

@@ -28,12 +28,14 @@ def encoder_file(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("mode", ["frozen", "finetune"])
-def test_dreamer_runs_with_jepa_encoder(tmp_path, encoder_file, mode):
+@pytest.mark.parametrize(("mode", "pool"), [("frozen", "mean"), ("finetune", "mean"),
+                                          ("frozen", "grid:2")])
+def test_dreamer_runs_with_jepa_encoder(tmp_path, encoder_file, mode, pool):
     before = torch.load(encoder_file, weights_only=False)
     logdir = tmp_path / mode
     assert run_main(["--env", "dmc:cartpole-balance", "--logdir", str(logdir), *SMOKE,
-                     "--encoder", f"jepa:{encoder_file}", "--encoder-mode", mode]) == 0
+                     "--encoder", f"jepa:{encoder_file}", "--encoder-mode", mode,
+                     "--set", f"model.encoder.pool={pool}"]) == 0
     status = json.loads((logdir / "status.json").read_text())
     assert status["finished"] and status["updates"] > 0
     state = torch.load(logdir / "checkpoint" / "agent.pt", weights_only=False)["state"]

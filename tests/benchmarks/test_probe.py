@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.probe import embed_all, main, position_targets, ridge_probe, split_groups
+from benchmarks.probe import (
+    embed_all,
+    main,
+    parse_pool,
+    pool_tokens,
+    position_targets,
+    ridge_probe,
+    split_groups,
+)
 from world_models.vit_jepa import ViT, make_config
 
 
@@ -49,6 +57,37 @@ def test_clip_encoder_sees_the_previous_frame_and_never_crosses_an_episode():
         np.testing.assert_allclose(z[2], one(1, 2), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(z[3], one(3, 3), rtol=1e-5, atol=1e-6)  # episode start
         np.testing.assert_allclose(z[0], one(0, 0), rtol=1e-5, atol=1e-6)
+
+
+def test_grid_pooling_keeps_where_a_feature_is_and_one_cell_is_the_mean():
+    grid = (1, 4, 4)
+    tokens = torch.zeros(2, 16, 3)
+    tokens[0, 0, 0] = 1.0  # frame 0: a feature in the top-left patch
+    tokens[1, 15, 0] = 1.0  # frame 1: the same feature in the bottom-right patch
+    mean = pool_tokens(tokens, grid, 0)
+    torch.testing.assert_close(mean[0], mean[1])  # the mean cannot tell them apart
+    cells = pool_tokens(tokens, grid, 2).reshape(2, 3, 2, 2)
+    assert cells[0, 0, 0, 0] == 0.25 and cells[0, 0, 1, 1] == 0
+    assert cells[1, 0, 1, 1] == 0.25 and cells[1, 0, 0, 0] == 0
+    torch.testing.assert_close(pool_tokens(tokens, grid, 1), mean)
+    clip = torch.randn(2, 2 * 16, 3)  # two time steps: time is averaged first
+    torch.testing.assert_close(pool_tokens(clip, (2, 4, 4), 1), clip.mean(1))
+    assert parse_pool("mean") == 0 and parse_pool("grid:4") == 4
+    for bad in ("max", "grid:0", "grid:x", "grid"):
+        with pytest.raises(ValueError, match="allowed: mean or grid:G"):
+            parse_pool(bad)
+
+
+def test_pool_flag_adds_rows_for_the_same_encoders_and_rejects_bad_values(tmp_path, capsys):
+    pytest.importorskip("dm_control")
+    summary = main(["--frames", "120", "--time-limit", "60", "--steps", "2", "--batch", "4",
+                    "--encoders", "random,jepa", "--pool", "mean,grid:2", "--fast-render",
+                    "--threads", "1", "--out", str(tmp_path)])
+    assert set(summary) == {"random", "random grid:2", "jepa", "jepa grid:2"}
+    assert summary["jepa grid:2"]["steps"] == summary["jepa"]["steps"] == 2
+    assert "| jepa grid:2 |" in (tmp_path / "probe.md").read_text()
+    with pytest.raises(SystemExit, match="--pool: pool 'max' unknown"):
+        main(["--pool", "max"])
 
 
 def test_tiny_probe_run_every_encoder_two_seeds_equal_cpu(tmp_path):

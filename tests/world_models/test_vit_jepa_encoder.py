@@ -1,11 +1,13 @@
 import pytest
 import torch
 
+from world_models.encoders import make_encoder
 from world_models.vit_jepa import (
     EncoderSpecError,
     ViT,
     load_encoder,
     make_config,
+    pool_tokens,
     read_encoder_file,
     save_encoder,
 )
@@ -33,6 +35,33 @@ def test_round_trip_same_outputs(encoder_file):
     assert not any(p.requires_grad for p in enc.parameters())
     _, meta = read_encoder_file(path)
     assert meta["train"]["steps"] == 3 and meta["patch"] == 8 and meta["embed_dim"] == 32
+
+
+def test_grid_pool_keeps_image_regions_and_sizes_the_feature(encoder_file):
+    path, vit = encoder_file
+    enc = load_encoder(f"jepa:{path}", (64, 64, 3), pool="grid:2")
+    assert enc.out_dim == 4 * 32
+    x = torch.randint(0, 255, (3, 64, 64, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        ref = pool_tokens(vit(x[:, None]), vit.cfg.grid, 2)
+    torch.testing.assert_close(enc({"image": x}), ref)
+    # Through the agents' factory: the image feature plus the vector MLP's.
+    both = make_encoder({"image": (64, 64, 3), "vector": (5,)}, kind=f"jepa:{path}",
+                        pool="grid:2", layers=1, units=16, symlog=True)
+    assert both.out_dim == 4 * 32 + 16
+    assert both({"image": x, "vector": torch.zeros(3, 5)}).shape == (3, 4 * 32 + 16)
+
+
+def test_bad_pools_are_one_line_errors(encoder_file):
+    path, _ = encoder_file
+    with pytest.raises(EncoderSpecError, match="allowed: mean or grid:G"):
+        load_encoder(f"jepa:{path}", (64, 64, 3), pool="max")
+    with pytest.raises(EncoderSpecError, match="more cells per side than .* 8x8 patch grid"):
+        load_encoder(f"jepa:{path}", (64, 64, 3), pool="grid:9")
+    with pytest.raises(EncoderSpecError, match="is for jepa: encoders"):
+        load_encoder("hf:some/model", (64, 64, 3), pool="grid:2")
+    with pytest.raises(ValueError, match="is for pretrained encoders"):
+        make_encoder({"image": (64, 64, 3)}, kind="cnn", pool="grid:2")
 
 
 def test_unfrozen_encoder_gets_gradients(encoder_file):

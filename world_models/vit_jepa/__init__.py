@@ -6,6 +6,8 @@ from world_models.vit_jepa.encoder import (
     JEPAEncoder,
     VJEPA2Encoder,
     load_encoder,
+    parse_pool,
+    pool_tokens,
     read_encoder_file,
     save_encoder,
 )
@@ -27,6 +29,8 @@ __all__ = [
     "ViTConfig",
     "load_encoder",
     "make_config",
+    "parse_pool",
+    "pool_tokens",
     "read_encoder_file",
     "sample_masks",
     "save_encoder",

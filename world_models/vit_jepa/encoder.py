@@ -1,8 +1,10 @@
 """Encoder contract for agents: `obs dict -> [..., D]` from our JEPA file or a V-JEPA 2 model.
 
-Both encoders return one pooled vector per frame: the mean over the final (layer-normed)
-patch tokens. Mean pooling keeps D = width whatever the token count, and is what V-JEPA's
-frozen-evaluation probes start from.
+Both encoders return one pooled vector per frame: by default the mean over the final
+(layer-normed) patch tokens. Mean pooling keeps D = width whatever the token count, and is
+what V-JEPA's frozen-evaluation probes start from. Our JEPA encoder can instead pool over a
+G x G grid of image regions (`pool="grid:G"`, D = G^2 x width): a mean over all patches
+cannot say where in the frame a feature is, which is what positions (a cart, a limb) need.
 """
 
 from __future__ import annotations
@@ -26,6 +28,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class EncoderSpecError(ValueError):
     """Raised when an encoder spec, file or input shape does not match what is expected."""
+
+
+def parse_pool(text: str) -> int:
+    """`mean` -> 0; `grid:G` -> G (cells per side of the patch grid)."""
+    if text == "mean":
+        return 0
+    kind, _, g = str(text).partition(":")
+    if kind == "grid" and g.isdigit() and int(g) >= 1:
+        return int(g)
+    raise EncoderSpecError(f"pool {text!r} unknown; allowed: mean or grid:G with G >= 1")
+
+
+def pool_tokens(tokens: Tensor, grid: tuple[int, int, int], cells: int) -> Tensor:
+    """Token features [B, N, D] on the ViT's (T, H, W) patch grid -> [B, D] (cells 0: mean)
+    or [B, cells^2 * D] (time-averaged, then averaged over cells x cells spatial regions)."""
+    if cells == 0:
+        return tokens.mean(1)
+    b, _, d = tokens.shape
+    x = tokens.reshape(b, *grid, d).mean(1).permute(0, 3, 1, 2)  # B, D, H, W
+    return F.adaptive_avg_pool2d(x, cells).flatten(1)
 
 
 def save_encoder(path: str | os.PathLike, vit: ViT, train_info: dict | None = None) -> None:
@@ -109,24 +131,30 @@ class _FrameEncoder(nn.Module, abc.ABC):
 
 
 class JEPAEncoder(_FrameEncoder):
-    """Our pretrained JEPA ViT as an agent encoder (mean-pooled tokens, D = width).
+    """Our pretrained JEPA ViT as an agent encoder: tokens pooled by `pool` (`mean`, D =
+    width, or `grid:G`, D = G^2 x width; see `pool_tokens`).
 
     A tubelet model (frames_per_clip > 1) sees each frame repeated over its clip, the way
     V-JEPA feeds still images.
     """
 
-    def __init__(self, vit: ViT, frozen: bool = True, meta: dict | None = None) -> None:
+    def __init__(self, vit: ViT, frozen: bool = True, meta: dict | None = None,
+                 pool: str = "mean") -> None:
         super().__init__()
         self.vit = vit
         self.image_shape = tuple(vit.cfg.image_shape)
-        self.out_dim = vit.cfg.width
+        self.cells = parse_pool(pool)
+        if self.cells > min(vit.cfg.grid[1:]):
+            raise EncoderSpecError(f"pool {pool!r} has more cells per side than the encoder's "
+                                   f"{vit.cfg.grid[1]}x{vit.cfg.grid[2]} patch grid")
+        self.out_dim = vit.cfg.width * max(1, self.cells) ** 2
         self.frozen = frozen
         self.meta = dict(meta or {})
         self._freeze()
 
     def encode_frames(self, frames: Tensor) -> Tensor:
         clip = frames.unsqueeze(1).expand(-1, self.vit.cfg.frames_per_clip, -1, -1, -1)
-        return self.vit(clip).mean(1)
+        return pool_tokens(self.vit(clip), self.vit.cfg.grid, self.cells)
 
 
 class VJEPA2Encoder(_FrameEncoder):
@@ -165,8 +193,10 @@ class VJEPA2Encoder(_FrameEncoder):
         return self.model.get_vision_features(clip).mean(1)
 
 
-def load_encoder(spec: str, image_shape: tuple[int, int, int], frozen: bool = True) -> nn.Module:
-    """Build an agent encoder from `jepa:PATH/encoder.pt` or `hf:HUB_ID_OR_LOCAL_DIR`."""
+def load_encoder(spec: str, image_shape: tuple[int, int, int], frozen: bool = True,
+                 pool: str = "mean") -> nn.Module:
+    """Build an agent encoder from `jepa:PATH/encoder.pt` or `hf:HUB_ID_OR_LOCAL_DIR`; `pool`
+    (`mean` | `grid:G`) is how a JEPA file's tokens become one vector (hf: mean only)."""
     kind, _, target = spec.partition(":")
     if not target or kind not in ("jepa", "hf"):
         raise EncoderSpecError(
@@ -176,7 +206,10 @@ def load_encoder(spec: str, image_shape: tuple[int, int, int], frozen: bool = Tr
     if kind == "jepa":
         vit, meta = read_encoder_file(target)
         _check_shape(vit.cfg.image_shape, image_shape, f"encoder {target!r}")
-        return JEPAEncoder(vit, frozen=frozen, meta=meta)
+        return JEPAEncoder(vit, frozen=frozen, meta=meta, pool=pool)
+    if pool != "mean":
+        raise EncoderSpecError(f"pool {pool!r} is for jepa: encoders; hf: encoders pool by "
+                               "the mean (pool: mean)")
     try:
         from transformers import VJEPA2Model
     except ImportError as e:  # optional dependency: the `jepa` extra
