@@ -3,9 +3,11 @@ written so that a crash never leaves a half-written one behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +18,7 @@ STATUS = "status.json"
 METRICS = "metrics.jsonl"
 SCORES = "scores.jsonl"
 EVAL_SCORES = "eval_scores.jsonl"
+MACHINES = "machines.jsonl"  # one line per (re)start: the machine each part of a run used
 VIDEOS = "videos"
 CHECKPOINT = "checkpoint"
 AGENT_FILE = "agent.pt"
@@ -67,8 +70,16 @@ class RunDir:
     metrics = property(lambda self: self.path / METRICS)
     scores = property(lambda self: self.path / SCORES)
     eval_scores = property(lambda self: self.path / EVAL_SCORES)
+    machines = property(lambda self: self.path / MACHINES)
     videos = property(lambda self: self.path / VIDEOS)
     checkpoint = property(lambda self: self.path / CHECKPOINT)
+
+    def record_machine(self, info: dict) -> None:
+        """Append one line to `machines.jsonl`: a run resumed elsewhere says which machine
+        made which part of its curve (wall times differ several-fold between CPUs)."""
+        line = json.dumps({"time": time.time(), **info})
+        with open(self.machines, "a") as f:
+            f.write(line + "\n")
 
     def exists(self) -> bool:
         """Whether a run was started here (it has its config)."""

@@ -22,6 +22,30 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def describe_machine() -> dict[str, object]:
+    """What a timing or a learning curve ran on: CPU model and flags that decide the fast
+    path, cores this process may use, GPU, torch version."""
+    model, flags = "unknown", []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model == "unknown":
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": len(os.sched_getaffinity(0)),
+        "bf16": cpu_has_bf16(),
+        "avx512": "avx512f" in flags,
+        "amx": "amx_bf16" in flags,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+    }
+
+
 def select_device(device: str = "auto", precision: str = "auto") -> tuple[torch.device, str]:
     """CUDA when present, else CPU. Precision `auto`: bf16 autocast on CUDA and on CPUs with
     native bf16 (see `cpu_has_bf16`), else fp32. Asking for CUDA on a machine without it is

@@ -27,7 +27,7 @@ from agents.config import Config, ConfigError, save_config
 from agents.fast import resolve_compile
 from agents.logger import Progress, RunLogger, open_loop_video
 from agents.rundir import AGENT_FILE, REPLAY, RunDir
-from agents.runtime import seed_everything, select_device, set_threads
+from agents.runtime import describe_machine, seed_everything, select_device, set_threads
 from agents.schedules import Every, Ratio
 from replay import SequenceReplay
 
@@ -405,6 +405,8 @@ def train(cfg: Config, logdir: str | Path | None = None, report: Report | None =
     try:
         resumed = trainer.restore(warn=log)
         save_config(cfg, run.config)
+        run.record_machine({"step": trainer.counters["step"],
+                            "updates": trainer.counters["updates"], **describe_machine()})
         total, step = int(cfg.run.steps), trainer.counters["step"]
         if changed:
             log("applied on resume: " + ", ".join(f"{k} {a!r} -> {b!r}"

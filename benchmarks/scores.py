@@ -211,7 +211,8 @@ def read_run_dir(
     """A run directory's `scores.jsonl` (or `eval_scores.jsonl`) as one Run in env frames.
 
     Task, seed and agent come from `config.yaml` when it names them, else from the
-    `<task>/seed_<s>/` layout the suite runners write; our method names read `ours:<agent>`.
+    `<task>/seed_<s>/` layout the suite runners write; the method is `run.json`'s (written
+    by `benchmarks.publish` and `benchmarks.official`), else `ours:<agent>`.
     """
     path = Path(path)
     scores = path / ("eval_scores.jsonl" if eval_scores else "scores.jsonl")
@@ -237,6 +238,8 @@ def read_run_dir(
         match = re.fullmatch(r"seed_(\w+)", path.name)
         seed = match.group(1) if match else 0
     if method is None:
+        method = _run_info(path).get("method")
+    if not isinstance(method, str) or not method:
         agent = next(
             (
                 v
@@ -250,6 +253,15 @@ def read_run_dir(
     xs = [float(r.get("frames", r.get("step", math.nan))) for r in rows]
     ys = [float(r["return"]) for r in rows]
     return Run(canonical_task(task), method, _dump_seed(seed), xs, ys, source=str(path))
+
+
+def _run_info(path: Path) -> dict[str, Any]:
+    """A run directory's `run.json` (method, machine, command), or {} when it has none."""
+    try:
+        info = json.loads((path / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def read_status(path: str | Path) -> dict[str, Any] | None:

@@ -23,6 +23,8 @@ ENTRY_POINTS = {
     "benchmarks.collapse": "benchmarks.collapse",
     "benchmarks.env_throughput": "benchmarks.env_throughput",
     "benchmarks.crash_trials": "benchmarks.crash_trials",
+    "benchmarks.official": "benchmarks.official",
+    "benchmarks.publish": "benchmarks.publish",
     "dreamer-export": "agents.export",
     "dreamer-cost": "benchmarks.cost",
     "benchmarks.probe": "benchmarks.probe",
@@ -91,6 +93,14 @@ CASES = [
     ("dreamer-export", ["{tmp}/broken", "--format", "tflite"], "invalid choice"),
     ("dreamer-cost", ["--env", "nosuch:task"], "unknown env suite"),
     ("dreamer-cost", ["--vit", "--frames-per-clip", "15"], "tubelet"),
+    ("benchmarks.official", ["run", "--checkout", "{tmp}/empty", "--logdir", "{tmp}/off",
+                             "--env", "dmc:walker-walk"], "no dreamerv3/main.py"),
+    ("benchmarks.official", ["run", "--checkout", "{tmp}/empty", "--logdir", "{tmp}/off",
+                             "--env", "gym:CartPole-v1"], "allowed: dmc_proprio"),
+    ("benchmarks.official", ["convert", "{tmp}/empty", "--env", "dmc:walker-walk"],
+     "no scores.jsonl"),
+    ("benchmarks.official", ["metrics", "{tmp}/empty", "{tmp}/empty"], "no training metrics"),
+    ("benchmarks.publish", ["{tmp}/empty"], "config.yaml"),
 ]
 
 
