@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -240,15 +241,14 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
 
 
 def domain_for(spec: str, options: Mapping[str, Any]) -> str:
-    """Name of the domain preset for an env spec such as ``dmc:walker-walk``."""
-    suite, _, task = spec.partition(":")
-    suite = suite.strip().lower()
-    if suite == "dmc":
-        pixels = str(options.get("obs", "")).lower() in ("pixels", "both")
-        return "dmc_vision" if pixels or task.endswith("-pixels") else "dmc_proprio"
-    if suite in ("atari", "atari100k", "minigrid"):
-        return suite
-    return "gym"
+    """Name of the domain preset for an env spec such as ``dmc:walker-walk``: what its
+    suite declares (`envs.domain_preset`)."""
+    from envs import EnvSpecError, domain_preset
+
+    try:
+        return domain_preset(spec, options)
+    except EnvSpecError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def load_config(
@@ -273,6 +273,7 @@ def load_config(
 
     env_spec = ":".join(parse_spec(env_spec))  # `dmc_walker_walk` -> `dmc:walker_walk`
     defaults = _read_yaml(CONFIG_DIR / "defaults.yaml")
+    defaults = _merge(_objective_sections(defaults), defaults)
     if extra_defaults:
         defaults = _merge(defaults, nest(dict(extra_defaults)))
     sizes = _read_yaml(CONFIG_DIR / "sizes.yaml")
@@ -303,6 +304,7 @@ def load_config(
 
     options = {**defaults["env"]["options"], **user.get("env", {}).get("options", {})}
     domain = user.get("domain") or defaults.get("domain") or domain_for(env_spec, options)
+    domains = _with_shipped_presets(domains)
     if domain not in domains:
         raise ConfigError(f"unknown domain '{domain}'; valid domains: {', '.join(domains)}")
     preset = _check(nest(domains[domain]), defaults, prefix="")
@@ -330,6 +332,28 @@ def load_config(
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _objective_sections(defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Config sections of objectives registered in this process beyond the built-in ones
+    (`SECTION` and `DEFAULTS` of the class), so a new objective needs no edit here. Read
+    only when the registry was imported: a plain config load pulls in no torch."""
+    registry = sys.modules.get("world_models.objectives")
+    if registry is None:
+        return {}
+    return {cls.SECTION: dict(cls.DEFAULTS) for cls in registry.OBJECTIVES.values()
+            if cls.SECTION and cls.SECTION not in defaults and cls.DEFAULTS is not None}
+
+
+def _with_shipped_presets(domains: Mapping[str, Any]) -> dict[str, Any]:
+    """domains.yaml's presets plus those that registered suites ship (`envs.SHIPPED_PRESETS`);
+    a shipped preset may not replace a built-in one."""
+    from envs import SHIPPED_PRESETS
+
+    clash = sorted(set(SHIPPED_PRESETS) & set(domains))
+    if clash:
+        raise ConfigError(f"suite presets {clash} reuse built-in preset names; rename them")
+    return {**domains, **SHIPPED_PRESETS}
 
 
 def _read_yaml(path: Path) -> Any:

@@ -16,6 +16,7 @@ from agents.base import Agent
 from agents.fast import CompileClock, compile_policy, compile_update
 from agents.optim import LaProp
 from world_models.encoders import IMAGE_KEY, VECTOR_KEY
+from world_models.objectives import objective_class
 from world_models.world_model import WorldModel
 
 OBS_KEYS = (IMAGE_KEY, VECTOR_KEY)
@@ -41,8 +42,6 @@ class DreamerV3Agent(Agent):
     """DreamerV3 (2024-25 recipe) behind the Agent interface; `model.objective` picks the
     world model's representation loss (reconstruction or latent)."""
 
-    objective: str | None = None  # None: the config's model.objective
-
     def __init__(self, obs_space: gym.spaces.Dict, act_space: gym.Space, config,
                  device: str | torch.device = "cpu", precision: str = "fp32",
                  compile: bool = False):
@@ -58,14 +57,16 @@ class DreamerV3Agent(Agent):
         mcfg = config["model"]
         encoder = dict(mcfg["encoder"])
         lr_scale = float(encoder.pop("lr_scale"))
-        # The latent objective's settings and scales live in the config's `jepa` section.
-        latent = dict(config["jepa"])
-        scales = {**mcfg["loss_scales"], **latent.pop("scales")}
+        # The objective's settings are its own config section; their `scales` join the loss
+        # scales (the world model checks every term has one).
+        objective = objective_class(mcfg["objective"])
+        settings = dict(config[objective.SECTION]) if objective.SECTION else {}
+        scales = {**mcfg["loss_scales"], **settings.pop("scales", {})}
         self.wm = WorldModel(
             self.shapes, self.act_dim, mcfg["rssm"], encoder, mcfg["decoder"],
-            mcfg["reward_head"], mcfg["cont_head"], scales,
-            objective=self.objective or mcfg["objective"], latent=latent,
-            discrete=self.discrete, diag_every=mcfg["diag_every"]).to(self.device)
+            mcfg["reward_head"], mcfg["cont_head"], scales, objective=mcfg["objective"],
+            settings=settings if objective.SECTION else None, discrete=self.discrete,
+            diag_every=mcfg["diag_every"]).to(self.device)
         self.ac = ActorCritic(self.wm.rssm.feat_dim, self.act_dim, self.discrete,
                               **config["actor_critic"]).to(self.device)
         self.opt = LaProp(self._param_groups(config["opt"]["lr"] * lr_scale), **config["opt"])
@@ -241,7 +242,7 @@ class DreamerV3Agent(Agent):
 
 
 class JEPAAgent(DreamerV3Agent):
-    """`--agent jepa`: DreamerV3 whose world model predicts latents (`model.objective=latent`,
-    settings in the config's `jepa` section) instead of reconstructing observations."""
-
-    objective = "latent"
+    """`--agent jepa`: DreamerV3 whose world model predicts latents. The agent preset
+    (agents/config.py) sets `model.objective=latent`, settings in the config's `jepa`
+    section; the config is the one source of what trains, so `--set model.objective=...`
+    beside `--agent jepa` trains what it says and the run's config.yaml says so."""

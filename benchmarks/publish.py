@@ -113,6 +113,10 @@ def publish(run: str | Path, scores: str | Path = "scores", method: str | None =
         "updates": info.get("updates", _last_metric(run, "perf/updates")),
         "wall_s": info.get("wall_s", next((t for t in reversed(times) if t), None)),
     })
+    if not (run / MACHINES).is_file() and "machine" not in info:
+        from agents.runtime import describe_machine  # torch: only when it is needed
+
+        info["machine"] = {**describe_machine(), "recorded": "at publish"}
     (dest / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
     rebuild_score_files(scores, benchmark)
     return dest

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from agents.config import domain_for, get_dotted
+from agents.config import ConfigError, domain_for, get_dotted
 from benchmarks.scores import Run, ScoreFileError, _tdmpc2_task, domain_of, read_scores
 
 __all__ = ["REFERENCE_SOURCE", "benchmark_of", "file_benchmark", "read_references",
@@ -54,7 +54,10 @@ def benchmark_of(run: Run) -> str | None:
     spec, options = get_dotted(config, "env.spec"), get_dotted(config, "env.options")
     if not isinstance(spec, str) or ":" not in spec:
         return None
-    return domain_for(spec, options if isinstance(options, dict) else {})
+    try:
+        return domain_for(spec, options if isinstance(options, dict) else {})
+    except ConfigError:  # a suite this process has not registered
+        return None
 
 
 def _candidates(folder: Path) -> list[Path]:

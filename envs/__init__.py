@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -30,8 +31,8 @@ from envs.core import (
 # Importing anything that pulls in dm_control (ray.rllib does) before this would lock in GLFW.
 pick_gl_backend()
 
-__all__ = ["SUITES", "EnvSpecError", "canonical_spec", "list_envs", "make", "make_vector",
-           "parse_spec", "register_suite"]
+__all__ = ["SHIPPED_PRESETS", "SUITES", "SUITE_PRESETS", "EnvSpecError", "canonical_spec",
+           "domain_preset", "list_envs", "make", "make_vector", "parse_spec", "register_suite"]
 
 # Suite name -> module that implements it (see `_suite_module` for the interface).
 SUITES: dict[str, str] = {
@@ -51,12 +52,61 @@ _ASYNC_WHEN_RENDERING = frozenset({"dmc"})
 _GL_SUITES = frozenset({"dmc", "gym"})
 
 
-def register_suite(name: str, module: str) -> None:
+
+
+def _dmc_preset(task: str, options: Mapping[str, Any]) -> str:
+    pixels = str(options.get("obs", "")).lower() in ("pixels", "both")
+    return "dmc_vision" if pixels or task.endswith("-pixels") else "dmc_proprio"
+
+
+# Suite name -> the domain preset (agents/configs/domains.yaml) its runs start from: a name,
+# or a function of (task, options) where the observation kind picks it. Built-in suites are
+# declared here, so reading a config imports no env library; a registered suite declares
+# its own (`register_suite(..., preset=)` or its module's DOMAIN_PRESET).
+SUITE_PRESETS: dict[str, str | Callable[[str, Mapping[str, Any]], str]] = {
+    "dmc": _dmc_preset,
+    "atari": "atari",
+    "atari100k": "atari100k",
+    "gym": "gym",
+    "minigrid": "minigrid",
+}
+# Presets that suites ship themselves (name -> config values), beside domains.yaml's.
+SHIPPED_PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def register_suite(name: str, module: str, preset: str | None = None,
+                   presets: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Make `name:TASK` specs build envs with the module `module` (an import path); see
-    `_suite_module` for what the module provides."""
+    `_suite_module` for what the module provides. `preset` names the domain preset its runs
+    start from (default: the module's `DOMAIN_PRESET`); `presets` ships presets of its own
+    (name -> config values, as in agents/configs/domains.yaml)."""
     if not name.isidentifier():
         raise EnvSpecError(f"suite name {name!r} must be an identifier (letters, digits, _)")
     SUITES[name] = module
+    SUITE_PRESETS.pop(name, None)
+    if preset is not None:
+        SUITE_PRESETS[name] = preset
+    SHIPPED_PRESETS.update({k: dict(v) for k, v in (presets or {}).items()})
+
+
+def domain_preset(spec: str, options: Mapping[str, Any] | None = None) -> str:
+    """The domain preset a spec's runs start from, as its suite declares it. A suite with
+    no declaration is an error, not the `gym` preset by default."""
+    suite, task = parse_spec(spec)
+    declared = SUITE_PRESETS.get(suite)
+    if declared is None:
+        module = _suite_module(suite)
+        declared = getattr(module, "domain_preset", None) or getattr(module, "DOMAIN_PRESET",
+                                                                     None)
+        shipped = getattr(module, "DOMAIN_PRESETS", {}) or {}
+        SHIPPED_PRESETS.update({k: dict(v) for k, v in shipped.items()})
+        if not declared:
+            raise EnvSpecError(
+                f"suite '{suite}' ({SUITES[suite]}) declares no domain preset; set "
+                f"DOMAIN_PRESET = 'gym' (or another preset) in that module, or pass preset= "
+                "to envs.register_suite")
+        SUITE_PRESETS[suite] = declared
+    return declared(task, dict(options or {})) if callable(declared) else str(declared)
 
 
 def parse_spec(spec: str) -> tuple[str, str]:

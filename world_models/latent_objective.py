@@ -32,15 +32,20 @@ whatever the embedding scale, and a prediction cannot win by shrinking its norm.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from world_models.encoders import MultiDecoder
 from world_models.nets import mlp
-from world_models.objectives import Objective, decoder_report, decoder_terms
+from world_models.objectives import (
+    Objective,
+    ObjectiveContext,
+    decoder_report,
+    decoder_terms,
+    register_objective,
+)
 from world_models.regularizers import VICREG_COV, VICREG_VAR, sigreg, vicreg_terms
 from world_models.rssm import RSSM, State
 
@@ -61,17 +66,22 @@ def open_loop_weights(horizon: int, decay: float) -> list[float]:
     return [w / sum(raw) for w in raw]
 
 
+@register_objective("latent")
 class LatentObjective(Objective):
-    """JEPA: predictor from RSSM features to the EMA target encoder's embedding (see module)."""
+    """JEPA: predictor from RSSM features to the EMA target encoder's embedding (see module).
+    Settings: the config's `jepa` section."""
 
     SCALES = ("jepa_post", "jepa_open", "vicreg", "sigreg", "inverse", "probe_rec")
+    SECTION = "jepa"
 
-    def __init__(self, encoder: nn.Module, feat_dim: int, obs_shapes: Mapping[str, Sequence[int]],
-                 act_dim: int, discrete: bool, decoder: Mapping, default_units: int, *,
-                 ema: float, stop_grad: bool, horizon: int, decay: float, predictor: Mapping,
-                 vicreg: bool, inverse: bool, probe_decoder: bool, probe_stride: int,
-                 predict: bool = True, sigreg: bool = False) -> None:
+    def __init__(self, context: ObjectiveContext, *, ema: float, stop_grad: bool, horizon: int,
+                 decay: float, predictor: Mapping, vicreg: bool, inverse: bool,
+                 probe_decoder: bool, probe_stride: int, predict: bool = True,
+                 sigreg: bool = False) -> None:
         super().__init__()
+        encoder, feat_dim, act_dim = context.encoder, context.feat_dim, context.act_dim
+        obs_shapes, discrete, decoder = context.obs_shapes, context.discrete, context.decoder
+        default_units = context.units
         self.ema = float(ema)
         if not 0.0 <= self.ema <= 1.0:
             raise ValueError(f"jepa.ema={self.ema} is invalid; expected a rate in [0, 1]")

@@ -11,15 +11,10 @@ from torch import nn
 from world_models.diagnostics import distinct_rows, latent_diagnostics
 from world_models.dists import Bernoulli, TwoHot
 from world_models.encoders import MultiDecoder, make_encoder
-from world_models.latent_objective import LatentObjective
 from world_models.nets import mlp
-from world_models.objectives import Objective, ReconstructionObjective
+from world_models.objectives import OBJECTIVES, ObjectiveContext, objective_class
 from world_models.rssm import RSSM, State
 
-OBJECTIVES: dict[str, type[Objective]] = {
-    "reconstruction": ReconstructionObjective,
-    "latent": LatentObjective,
-}
 # The terms every world model has, whatever its objective (term -> scale name).
 SHARED_TERMS = {"dyn": "dyn", "rep": "rep", "rew": "rew", "con": "con"}
 
@@ -52,6 +47,7 @@ def expand_scales(terms: Mapping[str, str], scales: Mapping[str, float]) -> dict
 
     A name no objective knows is an error; names of terms this model does not have (another
     objective's, a switched-off safeguard's) are ignored: the config holds them all."""
+    objective_class("reconstruction")  # the built-in objectives are registered
     known = set(SHARED_TERMS).union(*(cls.SCALES for cls in OBJECTIVES.values()))
     unknown = sorted(set(scales) - known)
     if unknown:
@@ -86,24 +82,21 @@ class WorldModel(nn.Module):
         cont_head: Mapping,
         loss_scales: Mapping[str, float],
         objective: str = "reconstruction",
-        latent: Mapping | None = None,
-        discrete: bool = True,  # the action space's kind, for the inverse-dynamics loss
+        settings: Mapping | None = None,  # the objective's config section (less `scales`)
+        discrete: bool = True,  # the action space's kind
         diag_every: int = 0,
     ):
         super().__init__()
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective {objective!r} unknown; allowed: {', '.join(OBJECTIVES)}")
+        cls = objective_class(objective)
         self.encoder = make_encoder(obs_shapes, **encoder)
         self.rssm = RSSM(self.encoder.out_dim, act_dim, **rssm)
         feat = self.rssm.feat_dim
-        if objective == "reconstruction":
-            self.objective = ReconstructionObjective(feat, obs_shapes, decoder)
-        elif latent is None:
-            raise ValueError("objective 'latent' needs its settings (the config's jepa section)")
-        else:
-            self.objective = LatentObjective(
-                self.encoder, feat, obs_shapes, act_dim, discrete, decoder,
-                reward_head.get("units", 1024), **latent)
+        context = ObjectiveContext(self.encoder, feat, obs_shapes, act_dim, discrete, decoder,
+                                   int(reward_head.get("units", 1024)))
+        if cls.SECTION is not None and settings is None:
+            raise ValueError(f"objective {objective!r} needs its settings (the config's "
+                             f"{cls.SECTION} section)")
+        self.objective = cls(context, **dict(settings or {}))
         self.reward = RewardHead(feat, **reward_head)
         self.cont = ContinueHead(feat, **cont_head)
         self.scales = expand_scales({**SHARED_TERMS, **self.objective.terms}, loss_scales)

@@ -20,6 +20,7 @@ RECIPE = textwrap.dedent('''
     from envs.gym_suite import DictObservation
 
     TASKS = {"swing": "Pendulum-v1", "balance": "CartPole-v1"}
+    DOMAIN_PRESET = "gym"  # the config preset its runs start from (agents/configs/domains.yaml)
 
 
     def task_names():
@@ -154,3 +155,43 @@ def test_list_envs_unknown_suite_suggests_and_skips_broken_suites(monkeypatch):
 
 def test_list_envs_finds_plugin_suites(plugin_suite):
     assert envs.list_envs("plug") == ["plug:balance", "plug:swing"]
+
+
+def test_suites_declare_their_domain_preset(mysuite, monkeypatch):
+    from agents.config import ConfigError, load_config
+
+    monkeypatch.setattr(envs, "SUITE_PRESETS", dict(envs.SUITE_PRESETS))
+    monkeypatch.setattr(envs, "SHIPPED_PRESETS", {})
+    # The module's DOMAIN_PRESET ("gym").
+    assert load_config("mysuite:swing").domain == "gym"
+    # Declared at registration instead: the minigrid preset's train ratio follows.
+    envs.register_suite("mysuite", "my_suite", preset="minigrid")
+    config = load_config("mysuite:swing")
+    assert config.domain == "minigrid" and config.run.train_ratio == 256
+    # A preset of its own.
+    envs.register_suite("mysuite", "my_suite", preset="mine",
+                        presets={"mine": {"size": "1m", "run": {"train_ratio": 8}}})
+    assert load_config("mysuite:swing").run.train_ratio == 8
+    envs.register_suite("mysuite", "my_suite", preset="nosuch")
+    with pytest.raises(ConfigError, match="unknown domain 'nosuch'; valid domains: dmc_proprio"):
+        load_config("mysuite:swing")
+    envs.register_suite("mysuite", "my_suite", presets={"gym": {}})
+    with pytest.raises(ConfigError, match="reuse built-in preset names"):
+        load_config("mysuite:swing")
+
+
+def test_a_plugin_without_a_preset_is_an_error(tmp_path, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from agents.config import ConfigError, load_config
+
+    (tmp_path / "bare_suite.py").write_text(RECIPE.replace("DOMAIN_PRESET", "_UNUSED"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(envs, "SUITES", dict(envs.SUITES))
+    monkeypatch.setattr(envs, "SUITE_PRESETS", dict(envs.SUITE_PRESETS))
+    eps = [EntryPoint("bare", "bare_suite", "dreamjepa.suites")]
+    monkeypatch.setattr("importlib.metadata.entry_points",
+                        lambda group=None: eps if group == "dreamjepa.suites" else [])
+    with pytest.raises(ConfigError, match="suite 'bare' .*declares no domain preset"):
+        load_config("bare:swing")
+    sys.modules.pop("bare_suite", None)

@@ -34,7 +34,7 @@ def make_wm(shapes=None, scales=SCALES, **over):
     latent = jepa_cfg(**over)
     scales = {**scales, **latent.pop("scales")}
     return WorldModel(shapes, 2, RSSM, ENC, dict(depth=4, layers=1, units=32), HEAD, HEAD,
-                      scales, objective="latent", latent=latent, discrete=True)
+                      scales, objective="latent", settings=latent, discrete=True)
 
 
 def make_batch(B=4, T=12, image=False, seed=0):

@@ -23,8 +23,9 @@ LATENT_SCALES = dict(jepa_post=1.0, jepa_open=1.0, vicreg=0.04, inverse=1.0, pro
 
 def make_wm(objective="reconstruction", scales=None, **latent):
     scales = {**SCALES, **LATENT_SCALES} if scales is None else scales
+    settings = {**LATENT, **latent} if objective == "latent" else None
     return WorldModel(SHAPES, 2, RSSM, SMALL, SMALL, SMALL, SMALL, scales, objective=objective,
-                      latent={**LATENT, **latent})
+                      settings=settings)
 
 
 def batch(B=2, T=6):
