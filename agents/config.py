@@ -30,7 +30,7 @@ AGENT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # Keys whose children are forwarded untouched (to the env factory).
-FREE_FORM = ("env.options",)
+FREE_FORM = ("env.options", "replay.sampler_options")
 
 # Size-preset field -> dotted config keys it sets.
 SIZE_KEYS: dict[str, tuple[str, ...]] = {

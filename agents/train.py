@@ -29,7 +29,7 @@ from agents.logger import Progress, RunLogger, open_loop_video
 from agents.rundir import AGENT_FILE, REPLAY, RunDir
 from agents.runtime import describe_machine, seed_everything, select_device, set_threads
 from agents.schedules import Every, Ratio
-from replay import SequenceReplay
+from replay import SequenceReplay, make_sampler
 
 Report = Callable[[dict], None]
 # Agents report updates skipped for a non-finite gradient under these keys (see LaProp.step).
@@ -146,6 +146,10 @@ def build_parts(cfg: Config, run: RunDir) -> Parts:
     if cfg.run.eval_policy not in EVAL_POLICIES:
         raise ConfigError(f"run.eval_policy {cfg.run.eval_policy!r} unknown; allowed: "
                           f"{', '.join(EVAL_POLICIES)}")
+    try:  # a bad sampler fails before anything is built or written
+        make_sampler(cfg.replay.sampler, **cfg.replay.sampler_options.to_dict())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     device, precision = select_device(cfg.device, cfg.precision)
     compile = resolve_compile(cfg.compile, device)
     set_threads(cfg.threads)
@@ -161,7 +165,8 @@ def build_parts(cfg: Config, run: RunDir) -> Parts:
     run.path.mkdir(parents=True, exist_ok=True)
     rcfg = cfg.replay
     replay = SequenceReplay(int(rcfg.size), cfg.env.num_envs, recency=rcfg.recency,
-                            seed=cfg.seed,
+                            seed=cfg.seed, sampler=rcfg.sampler,
+                            sampler_options=rcfg.sampler_options.to_dict(),
                             directory=str(run.path / REPLAY) if rcfg.on_disk else None)
     return Parts(env, agent, replay, RunLogger(run.path))
 

@@ -1,6 +1,7 @@
 """Sequence replay: store steps from N envs, sample [B, T] TensorDicts."""
 
-from replay.sampler import StreamSliceSampler
+from replay.sampler import SAMPLERS, StreamSliceSampler, make_sampler, register_sampler
 from replay.sequence import NotEnoughDataError, ReplayError, SequenceReplay
 
-__all__ = ["NotEnoughDataError", "ReplayError", "SequenceReplay", "StreamSliceSampler"]
+__all__ = ["SAMPLERS", "NotEnoughDataError", "ReplayError", "SequenceReplay",
+           "StreamSliceSampler", "make_sampler", "register_sampler"]

@@ -1,4 +1,12 @@
-"""Slice samplers over a time x env storage where every env column is one stream."""
+"""Slice samplers over a time x env storage where every env column is one stream.
+
+A sampler decides where each slice starts; the base class finds the valid starts of every
+stream and turns starts into storage indices. Samplers are a registry (`replay.sampler` in
+the config names one; `replay.sampler_options` are its keyword arguments): a new one is a
+subclass with `@register_sampler("name")` that overrides `starts`, and nothing else is
+edited. The official replay's selectors have counterparts: `uniform` (Uniform; with
+`recency` > 0 a Mixture of Uniform and Recency) and `recency` (Recency).
+"""
 
 from __future__ import annotations
 
@@ -13,9 +21,10 @@ class StreamSliceSampler(SliceSampler):
     """SliceSampler for a 2-D (time, env) ring storage: each env column is one stream.
 
     Slices may cross episode boundaries inside a stream (``is_first`` marks restarts,
-    as DreamerV3 samples) but never the write cursor nor another env's column. A
-    ``recency`` fraction of each batch draws its start with probability proportional
-    to ``(age + 1) ** -recency_exponent`` (age 0 = newest possible start).
+    as DreamerV3 samples) but never the write cursor nor another env's column. Starts are
+    uniform over the valid ones, except that a ``recency`` fraction of each batch draws its
+    start with probability proportional to ``(age + 1) ** -recency_exponent`` (age 0 =
+    newest possible start). Subclasses change `starts`.
     """
 
     def __init__(
@@ -72,6 +81,18 @@ class StreamSliceSampler(SliceSampler):
         age = torch.searchsorted(self._cdf[:max_span], u, right=True)
         return torch.minimum(age, span - 1)
 
+    def starts(self, span: torch.Tensor) -> torch.Tensor:
+        """Where each slice starts, as an offset in [0, span) from its stream's oldest valid
+        start (span - 1 is the newest); `span` [num_slices] counts the valid starts. Draw
+        random numbers from `self._rng`, so a seeded replay samples reproducibly."""
+        rand = torch.rand(span.shape, generator=self._rng, device=span.device)
+        relative = (rand * span).floor().to(torch.long)
+        n_recent = int(round(self.recency * span.numel()))
+        if n_recent:
+            recent_span = span[:n_recent]
+            relative[:n_recent] = recent_span - 1 - self._recent_offsets(recent_span)
+        return relative
+
     def _get_index(
         self,
         lengths: torch.Tensor,
@@ -86,12 +107,7 @@ class StreamSliceSampler(SliceSampler):
         storage: Storage,
     ) -> tuple[tuple[torch.Tensor, ...], dict[str, Any]]:
         span = lengths[traj_idx] - seq_length + 1  # number of valid starts per stream
-        rand = torch.rand(num_slices, generator=self._rng, device=lengths.device)
-        relative = (rand * span).floor().to(start_idx.dtype)
-        n_recent = int(round(self.recency * num_slices))
-        if n_recent:
-            recent_span = span[:n_recent]
-            relative[:n_recent] = recent_span - 1 - self._recent_offsets(recent_span)
+        relative = self.starts(span).to(start_idx.dtype)
         starts = torch.cat(
             [(start_idx[traj_idx, 0] + relative).unsqueeze(1), start_idx[traj_idx, 1:]], 1
         )
@@ -109,3 +125,43 @@ class StreamSliceSampler(SliceSampler):
         # The parent gathers the whole sample once more just to add markers we turned
         # off; skipping that halves the sampling cost.
         return index.to(torch.long).unbind(-1), {}
+
+
+SAMPLERS: dict[str, type[StreamSliceSampler]] = {}
+
+
+def register_sampler(name: str):
+    """Class decorator: make `replay.sampler=<name>` use this StreamSliceSampler subclass."""
+
+    def add(cls: type[StreamSliceSampler]) -> type[StreamSliceSampler]:
+        if not (isinstance(cls, type) and issubclass(cls, StreamSliceSampler)):
+            raise TypeError(f"sampler {name!r} must subclass replay.sampler.StreamSliceSampler")
+        SAMPLERS[name] = cls
+        return cls
+
+    return add
+
+
+def make_sampler(name: str, **options: Any) -> StreamSliceSampler:
+    """The sampler registered as `name`, built with `options`; ValueError (one line) for an
+    unknown name or option."""
+    if name not in SAMPLERS:
+        raise ValueError(f"replay sampler {name!r} unknown; allowed: {', '.join(SAMPLERS)}")
+    try:
+        return SAMPLERS[name](**options)
+    except TypeError as exc:
+        raise ValueError(f"replay sampler {name!r}: {exc}") from None
+
+
+@register_sampler("uniform")
+class UniformSampler(StreamSliceSampler):
+    """Uniform starts (the official Uniform selector); `recency` > 0 mixes in recent ones."""
+
+
+@register_sampler("recency")
+class RecencySampler(StreamSliceSampler):
+    """Every start drawn with probability proportional to (age + 1) ** -recency_exponent
+    (the official Recency selector)."""
+
+    def __init__(self, *, slice_len: int = 1, recency_exponent: float = 1.0) -> None:
+        super().__init__(slice_len=slice_len, recency=1.0, recency_exponent=recency_exponent)

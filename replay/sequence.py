@@ -14,7 +14,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, ReplayBuffer
 
-from replay.sampler import StreamSliceSampler
+from replay.sampler import make_sampler
 
 # torchrl announces every storage it allocates at INFO, in colour, in the middle of the
 # training progress bar; its warnings still show.
@@ -48,6 +48,8 @@ class SequenceReplay:
         recency: float = 0.0,
         seed: int | None = None,
         recency_exponent: float = 1.0,
+        sampler: str = "uniform",
+        sampler_options: Mapping[str, Any] | None = None,
     ) -> None:
         if num_envs < 1:
             raise ReplayError(f"num_envs must be >= 1, got {num_envs}")
@@ -62,7 +64,14 @@ class SequenceReplay:
         self.directory = None if directory is None else str(directory)
         self.recency = float(recency)
         self.seed = seed
-        self._sampler = StreamSliceSampler(recency=recency, recency_exponent=recency_exponent)
+        # `recency` and `recency_exponent` are the uniform sampler's (kept for old callers).
+        options = dict(sampler_options or {})
+        if sampler == "uniform":
+            options = {"recency": recency, "recency_exponent": recency_exponent, **options}
+        try:
+            self._sampler = make_sampler(sampler, **options)
+        except ValueError as exc:
+            raise ReplayError(str(exc)) from None
         if self.directory is None:
             storage = LazyTensorStorage(self.capacity, ndim=2)
         else:

@@ -61,6 +61,7 @@ CASES = [
     ("dreamer-run", [*RUN, "--set", "run.eval_policy=greedy"], "sample, mode"),
     ("dreamer-run", [*RUN, "--set", "replay.context=-1"], "replay.context"),
     ("dreamer-run", [*RUN, "--set", "env.options.no_such=1"], "no_such"),
+    ("dreamer-run", [*RUN, "--set", "replay.sampler=prio"], "allowed: uniform, recency"),
     ("dreamer-run", ["--size", "1m"], "--env is required"),
     ("dreamer-run", ["--env", "dmc:cartpole-balance", "--obs", "pixels", "--encoder",
                      "jepa:{tmp}/missing.pt"], "missing.pt"),
