@@ -23,6 +23,17 @@ SMOKE: dict[str, Any] = {
 }
 
 
+@pytest.fixture(scope="module")
+def one_thread_per_module():
+    """One torch thread for a whole module of tiny ops (`pytestmark =
+    pytest.mark.usefixtures("one_thread_per_module")`): on a shared 2-core machine extra
+    threads only add contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_thread():
     """Run the test with one torch thread (two busy threads on two cores are slower)."""

@@ -9,14 +9,7 @@ import torch
 from agents.actor_critic import ActorCritic, ReturnNorm, lambda_return
 from world_models.world_model import WorldModel
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny ops: on a shared 2-core machine extra threads only add contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def t(*rows):
