@@ -117,11 +117,11 @@ def load_folder_frames(
 
 def load_run_frames(logdir: str | os.PathLike, limit: int | None = None) -> dict[str, np.ndarray]:
     """Frames from a run's saved SequenceReplay (the folder holding `sequence_replay.json`)."""
-    from replay.sequence import _META_FILE, SequenceReplay
+    from replay.sequence import META_FILE, SequenceReplay
 
-    metas = sorted(Path(logdir).rglob(_META_FILE))
+    metas = sorted(Path(logdir).rglob(META_FILE))
     if not metas:
-        raise PretrainError(f"no saved replay ({_META_FILE}) under {str(logdir)!r}")
+        raise PretrainError(f"no saved replay ({META_FILE}) under {str(logdir)!r}")
     meta = json.loads(metas[0].read_text())
     rb = SequenceReplay(meta["capacity"], meta["num_envs"])
     rb.load(metas[0].parent)

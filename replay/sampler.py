@@ -16,6 +16,8 @@ import torch
 from torchrl.data import SliceSampler
 from torchrl.data.replay_buffers.storages import Storage
 
+from replay.torchrl_private import is_full, last_written_row
+
 
 class StreamSliceSampler(SliceSampler):
     """SliceSampler for a 2-D (time, env) ring storage: each env column is one stream.
@@ -53,12 +55,10 @@ class StreamSliceSampler(SliceSampler):
         # Each column holds one env's steps in time order, so the only boundaries are
         # the fill end (not full) or the write cursor (full): no storage read needed.
         rows, num_envs = int(storage.shape[0]), int(storage.shape[1])
-        full = bool(storage._is_full)
-        cursor = storage._last_cursor_index if full else None
+        full = is_full(storage)
+        cursor = last_written_row(storage) if full else None
         if full and cursor is None:
             raise RuntimeError("full storage without a write cursor: slices could cross it")
-        if cursor is not None:
-            cursor = int(torch.as_tensor(cursor).reshape(-1)[-1])
         key = (rows, num_envs, full, cursor)
         if key != self._bounds_key:
             # Same result as torchrl's find_start_stop_traj on all-False end flags, in O(N).

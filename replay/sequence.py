@@ -15,12 +15,23 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, ReplayBuffer
 
 from replay.sampler import make_sampler
+from replay.torchrl_private import (
+    allocate,
+    load_writer_state,
+    rng_of,
+    sampler_of,
+    set_last_written_row,
+    set_length,
+    storage_data,
+    write_cursor,
+    writer_state,
+)
 
 # torchrl announces every storage it allocates at INFO, in colour, in the middle of the
 # training progress bar; its warnings still show.
 logging.getLogger("torchrl").setLevel(logging.WARNING)
 
-_META_FILE = "sequence_replay.json"
+META_FILE = "sequence_replay.json"
 _STATE_FILE = "state.pt"  # writer cursor, storage length, RNG
 _DATA_DIR = "data"  # filled rows, one memmap file per key
 _SAVE_THREADS = 4
@@ -166,7 +177,7 @@ class SequenceReplay:
         for key, value in values.items():
             if key not in stored:
                 raise ReplayError(f"write() got key {key!r}; the replay stores {sorted(stored)}")
-            target = self._buffer.storage._storage.get(key)
+            target = storage_data(self._buffer.storage).get(key)
             expect = (*rows.shape, *target.shape[2:])
             if tuple(value.shape) != expect:
                 raise ReplayError(f"write() got {key!r} of shape {tuple(value.shape)}; the "
@@ -178,12 +189,12 @@ class SequenceReplay:
         if not len(self):
             raise ReplayError("write_last() needs a stored step; add() one first")
         stored = self._stored_keys("write_last")
-        row = (int(self._buffer._writer._cursor) - 1) % self.rows
+        row = (write_cursor(self._buffer) - 1) % self.rows
         for key, value in values.items():
             if key not in stored:
                 raise ReplayError(f"write_last() got key {key!r}; the replay stores "
                                   f"{sorted(stored)}")
-            target = self._buffer.storage._storage.get(key)
+            target = storage_data(self._buffer.storage).get(key)
             value = torch.as_tensor(value)
             if tuple(value.shape) != tuple(target.shape[1:]):
                 raise ReplayError(f"write_last() got {key!r} of shape {tuple(value.shape)}; "
@@ -201,7 +212,7 @@ class SequenceReplay:
         data = self._filled_data()
         if data is None or self.steps_per_env < self.rows:
             return data
-        cursor = int(self._buffer._writer._cursor) % self.rows
+        cursor = write_cursor(self._buffer) % self.rows
         return torch.cat([data[cursor:], data[:cursor]], 0)
 
     def stats(self) -> dict[str, float]:
@@ -237,20 +248,19 @@ class SequenceReplay:
         self._sampler._bounds_key = None
         self._keys = None
         if len(self._buffer):
-            last_row = (self._buffer._writer._cursor - 1) % self.rows
-            self._buffer.storage._set_last_cursor(last_row)
+            set_last_written_row(self._buffer.storage, (write_cursor(self._buffer) - 1) % self.rows)
             self._keys = set(self._buffer.storage[0:1].keys(include_nested=True, leaves_only=True))
 
     def _compact_state(self) -> dict[str, Any]:
         """Everything but the stored rows: writer cursor, storage length, RNG, counters."""
         buffer = self._buffer
-        rng = buffer._rng
+        rng = rng_of(buffer)
         return {
             "meta": self._meta(),
             "filled_rows": self.steps_per_env,
             "storage_len": len(buffer.storage),
-            "writer": buffer._writer.state_dict(),
-            "sampler": buffer._sampler.state_dict(),
+            "writer": writer_state(buffer),
+            "sampler": sampler_of(buffer).state_dict(),
             "rng": None if rng is None else (rng.get_state().clone(), str(rng.device)),
         }
 
@@ -259,7 +269,7 @@ class SequenceReplay:
         rows = self.steps_per_env
         if rows == 0:
             return None
-        return self._buffer.storage._storage[:rows]
+        return storage_data(self._buffer.storage)[:rows]
 
     def _restore(self, state: Mapping[str, Any], data: TensorDictBase | None) -> None:
         """Write ``data`` into rows [0, filled_rows) and restore cursor, RNG and counters."""
@@ -273,20 +283,18 @@ class SequenceReplay:
                 f"saved replay is inconsistent: {rows} filled rows but data of batch size {got}"
             )
         if data is not None:
-            if not storage.initialized:
-                storage._init(data[0])
-            ours = set(storage._storage.keys(include_nested=True, leaves_only=True))
+            allocate(storage, data[0])
+            ours = set(storage_data(storage).keys(include_nested=True, leaves_only=True))
             theirs = set(data.keys(include_nested=True, leaves_only=True))
             if ours != theirs:
                 raise ReplayError(
                     f"saved replay stores keys {sorted(map(str, theirs))}, but this replay "
                     f"already stores {sorted(map(str, ours))}"
                 )
-            storage._storage[:rows] = data
-        storage._len = int(state["storage_len"])
-        storage._bump_mutation_revision()
-        self._buffer._writer.load_state_dict(state["writer"])
-        self._buffer._sampler.load_state_dict(state["sampler"])
+            storage_data(storage)[:rows] = data
+        set_length(storage, int(state["storage_len"]))
+        load_writer_state(self._buffer, state["writer"])
+        sampler_of(self._buffer).load_state_dict(state["sampler"])
         if state["rng"] is not None:
             rng_state, device = state["rng"]
             generator = torch.Generator(device=device)
@@ -311,14 +319,14 @@ class SequenceReplay:
             data.memmap(data_dir, copy_existing=True, num_threads=_SAVE_THREADS)
         torch.save(self._compact_state(), path / _STATE_FILE)
         # Written last: its presence marks a complete save.
-        (path / _META_FILE).write_text(json.dumps(self._meta()))
+        (path / META_FILE).write_text(json.dumps(self._meta()))
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore what :meth:`save` wrote; sampling then continues identically."""
         path = Path(path)
-        meta_file = path / _META_FILE
+        meta_file = path / META_FILE
         if not meta_file.is_file() or not (path / _STATE_FILE).is_file():
-            raise ReplayError(f"no saved replay in {path} (missing {_META_FILE} or {_STATE_FILE})")
+            raise ReplayError(f"no saved replay in {path} (missing {META_FILE} or {_STATE_FILE})")
         self._check_meta(json.loads(meta_file.read_text()))
         state = torch.load(path / _STATE_FILE, weights_only=True)
         data = None
