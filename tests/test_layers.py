@@ -1,0 +1,39 @@
+"""The folder layout is the architecture: envs and replay import none of the other
+packages, world_models none above it, agents nothing from benchmarks (DESIGN.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Package -> the project packages it may import (itself included).
+MAY_IMPORT = {
+    "envs": {"envs"},
+    "replay": {"replay"},
+    "world_models": {"world_models"},
+    "agents": {"agents", "world_models", "envs", "replay"},
+    "benchmarks": {"benchmarks", "agents", "world_models", "envs", "replay"},
+}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_no_import_runs_upward(package):
+    wrong = [f"{path.relative_to(ROOT)}:{line} imports {module}"
+             for path in sorted((ROOT / package).rglob("*.py"))
+             for line, module in _imports(path)
+             if module.split(".")[0] in MAY_IMPORT
+             and module.split(".")[0] not in MAY_IMPORT[package]]
+    assert not wrong, "; ".join(wrong)
