@@ -243,6 +243,6 @@ class DreamerV3Agent(Agent):
 
 class JEPAAgent(DreamerV3Agent):
     """`--agent jepa`: DreamerV3 whose world model predicts latents. The agent preset
-    (agents/config.py) sets `model.objective=latent`, settings in the config's `jepa`
+    (agents/run/config.py) sets `model.objective=latent`, settings in the config's `jepa`
     section; the config is the one source of what trains, so `--set model.objective=...`
     beside `--agent jepa` trains what it says and the run's config.yaml says so."""

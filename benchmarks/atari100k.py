@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agents.cli_args import ArgParser
+from agents.run.cli_args import ArgParser
 from benchmarks.reference_tables import ATARI100K_GAMES
 from benchmarks.references import reference_files
 from benchmarks.scores import ScoreFileError

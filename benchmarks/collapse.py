@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.cli_args import ArgParser
-from agents.collector import Collector
-from agents.inference import load_agent
-from agents.train import make_eval_env
+from agents.run.cli_args import ArgParser
+from agents.run.collector import Collector
+from agents.run.inference import load_agent
+from agents.run.train import make_eval_env
 from world_models.diagnostics import collapse_metrics
 
 

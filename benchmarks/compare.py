@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.cli_args import ArgParser
+from agents.run.cli_args import ArgParser
 from benchmarks.aggregate import final_value
 from benchmarks.ray_launch import add_ray_args, init_ray
 from benchmarks.scores import Run, ScoreFileError, read_run_dir, write_scores

@@ -200,7 +200,7 @@ def measure_vit_blocks(hidden: int, layers: int, heads: int, tokens: int, batch:
 
 # -- command line -----------------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
-    from agents.cli_args import ArgParser, run_parser
+    from agents.run.cli_args import ArgParser, run_parser
 
     p = ArgParser(prog="dreamer-cost", parents=[run_parser()], add_help=False,
                   description="Parameters, memory, FLOPs, time and GPU cost of a dreamer-run "
@@ -272,8 +272,8 @@ def vit_main(args: argparse.Namespace, out=print) -> None:
 def agent_main(args: argparse.Namespace, out=print) -> None:
     import envs
     from agents.base import make_agent
-    from agents.cli_args import build_config
     from agents.fast import resolve_compile
+    from agents.run.cli_args import build_config
     from agents.runtime import select_device, set_threads
 
     cfg = build_config(args)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.cli_args import ArgParser
+from agents.run.cli_args import ArgParser
 
 # Small and quick: checkpoints every second, so many kills land near one.
 TINY = {"env.num_envs": 2, "threads": 1, "replay.batch_size": 4, "replay.batch_length": 8,
@@ -52,7 +52,7 @@ class Trial:
 
 
 def command(logdir: Path, env: str, steps: int, sets: Sequence[str] = ()) -> list[str]:
-    argv = [sys.executable, "-c", "import sys; from agents.cli import run_main; "
+    argv = [sys.executable, "-c", "import sys; from agents.run.cli import run_main; "
             "sys.exit(run_main())", "--env", env, "--size", "1m",
             "--steps", str(steps), "--logdir", str(logdir)]
     for item in [f"{key}={value}" for key, value in TINY.items()] + list(sets):
@@ -62,8 +62,8 @@ def command(logdir: Path, env: str, steps: int, sets: Sequence[str] = ()) -> lis
 
 def _checkpoint_step(logdir: Path) -> int | None:
     """The agent step of the checkpoint a rerun would resume from (None: there is none)."""
-    from agents.checkpoint import load_checkpoint
-    from agents.rundir import AGENT_FILE, RunDir
+    from agents.run.checkpoint import load_checkpoint
+    from agents.run.rundir import AGENT_FILE, RunDir
 
     folder = RunDir(logdir).latest_checkpoint()
     if folder is None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from agents.cli_args import ArgParser
+from agents.run.cli_args import ArgParser
 from benchmarks.reference_tables import DMC_PROPRIO_TASKS, DMC_VISION_TASKS
 from benchmarks.references import reference_files
 from benchmarks.scores import ScoreFileError, task_id

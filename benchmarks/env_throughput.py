@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import envs
-from agents.cli_args import ArgParser
+from agents.run.cli_args import ArgParser
 
 
 @dataclass(frozen=True)

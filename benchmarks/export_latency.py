@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from agents.export import ExportedPolicy, export_policy
+from agents.run.export import ExportedPolicy, export_policy
 from benchmarks.throughput import ROWS, build_agent, one_obs
 
 
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     jobs: list[tuple[str, Callable]] = []
     if args.run:
-        from agents.inference import load_agent
+        from agents.run.inference import load_agent
 
         def loader(run: str) -> Callable:
             def make(compiled: bool):

@@ -38,8 +38,8 @@ from typing import Any
 
 import yaml
 
-from agents.cli_args import ArgParser
-from agents.config import Config, ConfigError, load_config
+from agents.run.cli_args import ArgParser
+from agents.run.config import Config, ConfigError, load_config
 
 __all__ = [
     "OfficialError",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.cli_args import ArgParser
+from agents.run.cli_args import ArgParser
 from benchmarks.aggregate import (
     Summary,
     aggregate_curve,

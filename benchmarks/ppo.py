@@ -23,8 +23,8 @@ import gymnasium as gym
 import numpy as np
 import yaml
 
-from agents.cli_args import ArgParser
-from agents.rundir import RunDir, atomic_write
+from agents.run.cli_args import ArgParser
+from agents.run.rundir import RunDir, atomic_write
 
 __all__ = ["EpisodeLog", "FlattenObs", "main", "make_env", "train_ppo"]
 

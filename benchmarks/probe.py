@@ -4,7 +4,7 @@
 
 collects frames plus qpos/qvel with a random policy (seeded once: every encoder and seed sees
 the same frames), then for each seed trains the encoders named in `--encoders` on the same ViT
-with the same loop (agents/pretrainer.py) and batch:
+with the same loop (agents/pretrain/pretrainer.py) and batch:
 
 - `random`: the ViT at initialisation (no training, 0 CPU-seconds);
 - `autoencoder`: whole-frame reconstruction through the pooled embedding;
@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.cli_args import ArgParser
-from agents.frame_sources import clip_starts, collect_random_frames, sample_clips
-from agents.pretrainer import Pretrainer, build_objective
+from agents.pretrain.frame_sources import clip_starts, collect_random_frames, sample_clips
+from agents.pretrain.pretrainer import Pretrainer, build_objective
+from agents.run.cli_args import ArgParser
 from world_models.diagnostics import collapse_metrics
 from world_models.vit_jepa import ViT, make_config, parse_pool, pool_tokens
 

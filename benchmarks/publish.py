@@ -23,9 +23,9 @@ from typing import Any
 
 import yaml
 
-from agents.cli_args import ArgParser
-from agents.config import get_dotted
-from agents.rundir import CONFIG, EVAL_SCORES, MACHINES, METRICS, SCORES
+from agents.run.cli_args import ArgParser
+from agents.run.config import get_dotted
+from agents.run.rundir import CONFIG, EVAL_SCORES, MACHINES, METRICS, SCORES
 from benchmarks.references import benchmark_of
 from benchmarks.scores import Run, ScoreFileError, read_run_dir, write_scores
 

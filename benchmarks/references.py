@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from agents.config import ConfigError, domain_for, get_dotted
+from agents.run.config import ConfigError, domain_for, get_dotted
 from benchmarks.scores import Run, ScoreFileError, _tdmpc2_task, domain_of, read_scores
 
 __all__ = ["REFERENCE_SOURCE", "benchmark_of", "file_benchmark", "read_references",

@@ -12,7 +12,7 @@ import time
 import torch
 from tensordict import TensorDict
 
-from agents.cli_args import ArgParser
+from agents.run.cli_args import ArgParser
 from replay import SequenceReplay
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from agents.config import get_dotted
+from agents.run.config import get_dotted
 from benchmarks.reference_tables import ATARI100K_GAMES
 
 __all__ = [

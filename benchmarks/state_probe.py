@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 import envs
-from agents.cli_args import ArgParser
-from agents.collector import Collector
-from agents.inference import load_agent
-from agents.train import eval_options
+from agents.run.cli_args import ArgParser
+from agents.run.collector import Collector
+from agents.run.inference import load_agent
+from agents.run.train import eval_options
 from benchmarks.probe import position_targets, ridge_probe, split_groups
 
 

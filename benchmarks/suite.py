@@ -2,7 +2,7 @@
 
 `benchmarks.atari100k` and `benchmarks.dmc` only say which env specs to run. Each run's
 config is resolved here (bad overrides fail before Ray starts) and trained with
-`agents.train.train(cfg)` in its own Ray worker (one run per worker process), writing to
+`agents.run.train.train(cfg)` in its own Ray worker (one run per worker process), writing to
 `OUT/<task>/seed_<s>/`. Runs whose `status.json` says finished are skipped; unfinished ones
 are started again with the same logdir, which resumes them. A failed run is reported and the
 others go on. At the end every run's scores go to `OUT/scores.json.gz` (official format) and
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.config import Config, load_config
+from agents.run.config import Config, load_config
 from benchmarks.ray_launch import add_ray_args, gpus_per_task, init_ray
 from benchmarks.scores import Run, ScoreFileError, read_run_dir, read_status, task_id, write_scores
 
@@ -96,7 +96,7 @@ def is_finished(logdir: str | Path) -> bool:
 
 def _train(cfg: Config) -> str:
     # Imported in the worker: the driver needs neither torch nor the agents.
-    from agents.train import train
+    from agents.run.train import train
 
     return str(train(cfg))
 

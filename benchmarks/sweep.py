@@ -3,7 +3,7 @@
     dreamer-sweep --env dmc:walker-walk --param opt.lr=loguniform(1e-5,1e-3) \
         --param run.train_ratio=choice(128,256,512) --samples 8 --scheduler asha
 
-Every trial is one `agents.train.train(cfg)`, its config resolved from the same flags as
+Every trial is one `agents.run.train.train(cfg)`, its config resolved from the same flags as
 `dreamer-run` plus the sampled values; its metric reports are forwarded to `tune.report`.
 ASHA stops weak trials early on agent steps. Distributions: `choice(a,b,...)`,
 `uniform(lo,hi)`, `loguniform(lo,hi)` and `randint(lo,hi)` (hi exclusive, as in Tune).
@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from agents.cli_args import ArgParser
-from agents.config import load_config, nest, parse_override, parse_value
+from agents.run.cli_args import ArgParser
+from agents.run.config import load_config, nest, parse_override, parse_value
 from benchmarks.ray_launch import add_ray_args, gpus_per_task, init_ray
 
 __all__ = [
@@ -140,7 +140,7 @@ def _trainable(config: dict[str, Any], request: dict[str, Any], metric: str) -> 
     # Runs inside a Tune trial actor.
     from ray import tune
 
-    from agents.train import train
+    from agents.run.train import train
 
     trial_dir = Path(tune.get_context().get_trial_dir())
     overrides = {k: _plain(v) for k, v in config.items()}

@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 from agents.base import make_agent
-from agents.cli_args import ArgParser
-from agents.config import ConfigError, load_config
 from agents.dreamerv3 import DreamerV3Agent
 from agents.fast import resolve_compile
+from agents.run.cli_args import ArgParser
+from agents.run.config import ConfigError, load_config
 from agents.runtime import cpu_has_bf16, select_device
 
 STATE_DIM, ACT_DIM, IMAGE = 24, 6, (64, 64, 3)
@@ -230,7 +230,7 @@ def bench_collect(args: argparse.Namespace, device: torch.device, precision: str
                   ) -> dict[str, float]:
     """Agent steps per second on dmc:walker-walk (state) with the 1m policy vs random."""
     import envs
-    from agents.collector import Collector, random_policy
+    from agents.run.collector import Collector, random_policy
 
     spec = "dmc:walker-walk"
     cfg = load_config(spec, size="1m")

@@ -59,7 +59,7 @@ def _dmc_preset(task: str, options: Mapping[str, Any]) -> str:
     return "dmc_vision" if pixels or task.endswith("-pixels") else "dmc_proprio"
 
 
-# Suite name -> the domain preset (agents/configs/domains.yaml) its runs start from: a name,
+# Suite name -> the domain preset (agents/run/configs/domains.yaml) its runs start from: a name,
 # or a function of (task, options) where the observation kind picks it. Built-in suites are
 # declared here, so reading a config imports no env library; a registered suite declares
 # its own (`register_suite(..., preset=)` or its module's DOMAIN_PRESET).
@@ -79,7 +79,7 @@ def register_suite(name: str, module: str, preset: str | None = None,
     """Make `name:TASK` specs build envs with the module `module` (an import path); see
     `_suite_module` for what the module provides. `preset` names the domain preset its runs
     start from (default: the module's `DOMAIN_PRESET`); `presets` ships presets of its own
-    (name -> config values, as in agents/configs/domains.yaml)."""
+    (name -> config values, as in agents/run/configs/domains.yaml)."""
     if not name.isidentifier():
         raise EnvSpecError(f"suite name {name!r} must be an identifier (letters, digits, _)")
     SUITES[name] = module

@@ -14,7 +14,7 @@ deterministic under the env seed and `render()` shows the same picture as the ob
   Atari games (ROMs ship with ale-py) played live by a random policy, one game per episode,
   a new emulator frame every simulator frame. `atari` is `atari:train`; training and
   evaluation draw from disjoint game sets (`TRAIN_GAMES`, `EVAL_GAMES`), and the trainer's
-  evaluation env swaps `atari:train` for `atari:eval` (agents/train.py).
+  evaluation env swaps `atari:train` for `atari:eval` (agents/run/train.py).
 """
 
 from __future__ import annotations

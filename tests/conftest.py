@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from agents.config import Config, load_config
+from agents.run.config import Config, load_config
 
 # A few hundred steps with a tiny model and batch: checks wiring, not learning; eager fp32
 # (compiling would cost more than such a run; the learning tests use the fast path). A small

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from agents.cli import eval_main, run_main
+from agents.run.cli import eval_main, run_main
 
 ENTRY_POINTS = {
     "dreamer-run": run_main,
     "dreamer-eval": eval_main,
-    "jepa-pretrain": "agents.jepa_pretrain",
+    "jepa-pretrain": "agents.pretrain.jepa_pretrain",
     "dreamer-sweep": "benchmarks.sweep",
     "benchmarks.plot": "benchmarks.plot",
     "benchmarks.dmc": "benchmarks.dmc",
@@ -25,7 +25,7 @@ ENTRY_POINTS = {
     "benchmarks.crash_trials": "benchmarks.crash_trials",
     "benchmarks.official": "benchmarks.official",
     "benchmarks.publish": "benchmarks.publish",
-    "dreamer-export": "agents.export",
+    "dreamer-export": "agents.run.export",
     "dreamer-cost": "benchmarks.cost",
     "benchmarks.probe": "benchmarks.probe",
 }

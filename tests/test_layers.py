@@ -37,3 +37,16 @@ def test_no_import_runs_upward(package):
              if module.split(".")[0] in MAY_IMPORT
              and module.split(".")[0] not in MAY_IMPORT[package]]
     assert not wrong, "; ".join(wrong)
+
+
+def test_the_agent_core_imports_neither_application():
+    """agents/ is the algorithm core; agents/run (the training application) and
+    agents/pretrain (encoder pretraining) build on it, never the other way round."""
+    apps = ("agents.run", "agents.pretrain")
+    wrong = [f"{path.relative_to(ROOT)}:{line} imports {module}"
+             for path in sorted((ROOT / "agents").glob("*.py"))
+             for line, module in _imports(path) if module.startswith(apps)]
+    wrong += [f"{path.relative_to(ROOT)}:{line} imports {module}"
+              for path in sorted((ROOT / "agents" / "run").rglob("*.py"))
+              for line, module in _imports(path) if module.startswith("agents.pretrain")]
+    assert not wrong, "; ".join(wrong)

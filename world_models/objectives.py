@@ -49,7 +49,7 @@ class Objective(nn.Module, ABC):
     # The top-level config section holding its settings; None: it has none.
     SECTION: str | None = None
     # That section's default values (with `scales`), for objectives added outside the
-    # built-in config (agents/configs/defaults.yaml holds the built-in ones' sections).
+    # built-in config (agents/run/configs/defaults.yaml holds the built-in ones' sections).
     DEFAULTS: Mapping[str, Any] | None = None
 
     def __init__(self) -> None:

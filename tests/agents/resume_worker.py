@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from agents.base import make_agent
-from agents.config import load_config
-from agents.logger import RunLogger
-from agents.rundir import RunDir
+from agents.run.config import load_config
+from agents.run.logger import RunLogger
+from agents.run.rundir import RunDir
+from agents.run.train import Parts, Trainer
 from agents.runtime import seed_everything
-from agents.train import Parts, Trainer
 from replay import SequenceReplay
 
 N_ENVS, B, T = 2, 4, 8

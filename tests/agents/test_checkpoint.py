@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.checkpoint import CheckpointError, GracefulExit, load_checkpoint, save_checkpoint
+from agents.run.checkpoint import CheckpointError, GracefulExit, load_checkpoint, save_checkpoint
 
 
 def make_state():

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from agents.cli import eval_main, run_main
-from agents.train import train
+from agents.run.cli import eval_main, run_main
+from agents.run.train import train
 
 
 def _lines(path):

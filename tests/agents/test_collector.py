@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.collector import Collector, CollectorError, random_policy
+from agents.run.collector import Collector, CollectorError, random_policy
 from replay import SequenceReplay
 
 

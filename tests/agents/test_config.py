@@ -1,11 +1,11 @@
-"""Layering, validation, immutability and round trip of agents.config."""
+"""Layering, validation, immutability and round trip of agents.run.config."""
 
 import pickle
 
 import pytest
 import yaml
 
-from agents.config import Config, ConfigError, domain_for, load_config, save_config
+from agents.run.config import Config, ConfigError, domain_for, load_config, save_config
 
 
 def test_domain_for():

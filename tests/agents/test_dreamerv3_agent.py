@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from agents.base import AGENTS, UnknownAgentError, agent_class, make_agent, register
-from agents.config import load_config
 from agents.dreamerv3 import LATENT_DETER, LATENT_STOCH, DreamerV3Agent, action_dim
+from agents.run.config import load_config
 
 B, T = 2, 8
 # 1m preset, with the narrowest CNN and a short imagination horizon to keep this fast.

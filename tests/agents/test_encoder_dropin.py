@@ -6,9 +6,9 @@ import pytest
 import torch
 import yaml
 
-from agents.cli import run_main
-from agents.cli_args import build_config, parse_run_args
-from agents.config import Config, load_config
+from agents.run.cli import run_main
+from agents.run.cli_args import build_config, parse_run_args
+from agents.run.config import Config, load_config
 from world_models.vit_jepa import ViT, make_config, save_encoder
 
 SMOKE = [

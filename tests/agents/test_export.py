@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from agents.config import load_config
 from agents.dreamerv3 import DreamerV3Agent
-from agents.export import ExportedPolicy, ExportError, export_policy, main
+from agents.run.config import load_config
+from agents.run.export import ExportedPolicy, ExportError, export_policy, main
 
 IMAGE = gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)
 VECTOR = gym.spaces.Box(-np.inf, np.inf, (5,), np.float32)
@@ -92,7 +92,7 @@ def test_export_rejects_bad_arguments(tmp_path):
 
 
 def test_cli_exports_a_trained_run(tmp_path, tiny_config, capsys):
-    from agents.train import train
+    from agents.run.train import train
 
     cfg = tiny_config("gym:CartPole-v1", tmp_path / "run", 96,
                       {"run.eval_episodes": 0, "run.video": False})

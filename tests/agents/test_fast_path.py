@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch._inductor import config as inductor_config
 
-from agents.config import load_config
 from agents.dreamerv3 import DreamerV3Agent
 from agents.fast import compiler_missing, graphs_compiled, resolve_compile
+from agents.run.config import load_config
 
 CPU = torch.device("cpu")
 needs_compiler = pytest.mark.skipif(compiler_missing(CPU) is not None,

@@ -11,11 +11,11 @@ import torch
 from learning_envs import MatchCueEnv
 
 from agents.base import make_agent
-from agents.cli import eval_main, run_main
-from agents.cli_args import build_config, parse_run_args
-from agents.config import load_config
 from agents.dreamerv3 import JEPAAgent
-from agents.train import train
+from agents.run.cli import eval_main, run_main
+from agents.run.cli_args import build_config, parse_run_args
+from agents.run.config import load_config
+from agents.run.train import train
 
 torch.set_num_threads(1)
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from agents import jepa_pretrain
-from agents.checkpoint import load_checkpoint
-from agents.frame_sources import clip_starts, load_folder_frames
-from agents.jepa_pretrain import main
-from agents.pretrainer import Pretrainer
+from agents.pretrain import jepa_pretrain
+from agents.pretrain.frame_sources import clip_starts, load_folder_frames
+from agents.pretrain.jepa_pretrain import main
+from agents.pretrain.pretrainer import Pretrainer
+from agents.run.checkpoint import load_checkpoint
 from world_models.vit_jepa import load_encoder
 
 ARGS = ["--frames", "40", "--steps", "4", "--batch", "4", "--diag-every", "2",
@@ -81,7 +81,7 @@ def test_bad_source_is_one_line_error(tmp_path):
 
 
 def test_run_source_reads_saved_replay(tmp_path):
-    from agents.frame_sources import load_run_frames
+    from agents.pretrain.frame_sources import load_run_frames
     from replay.sequence import SequenceReplay
 
     rb = SequenceReplay(capacity=16, num_envs=2)

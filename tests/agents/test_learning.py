@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from learning_envs import MatchCueEnv, ReachCueEnv
 
-from agents.train import train
+from agents.run.train import train
 
 ENV_ID = "MatchCue-v0"
 if ENV_ID not in gym.registry:

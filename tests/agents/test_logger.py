@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from agents.logger import Progress, RunLogger, open_loop_video
+from agents.run.logger import Progress, RunLogger, open_loop_video
 
 
 def read_jsonl(path):
@@ -117,7 +117,7 @@ def test_progress_counts_and_postfix():
 def test_progress_prints_plain_lines_when_not_a_terminal():
     import io
 
-    from agents.logger import Progress
+    from agents.run.logger import Progress
 
     stream, now = io.StringIO(), [0.0]
     progress = Progress(1000, 0, action_repeat=2, every=30, stream=stream, clock=lambda: now[0])
@@ -138,7 +138,7 @@ def test_progress_prints_plain_lines_when_not_a_terminal():
 def test_videos_also_go_to_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from agents.logger import RunLogger
+    from agents.run.logger import RunLogger
 
     with RunLogger(tmp_path) as logger:
         logger.video("eval", np.zeros((5, 8, 8, 3), np.uint8), 7)

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from agents.base import make_agent
-from agents.config import ConfigError, load_config
+from agents.run.config import ConfigError, load_config
 from world_models.latent_objective import LatentObjective
 from world_models.objectives import (
     OBJECTIVES,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from agents.pretrainer import (
+from agents.pretrain.pretrainer import (
     DEFAULT_REG_WEIGHT,
     CollapseGuard,
     PretrainConfigError,

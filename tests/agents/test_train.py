@@ -15,13 +15,13 @@ import pytest
 import torch
 
 import envs
-from agents.cli import run_main
-from agents.config import ConfigError
-from agents.inference import load_agent
-from agents.logger import RunLogger
-from agents.rundir import RunDir
-from agents.schedules import Every, Ratio
-from agents.train import Parts, Trainer, build_parts, train
+from agents.run.cli import run_main
+from agents.run.config import ConfigError
+from agents.run.inference import load_agent
+from agents.run.logger import RunLogger
+from agents.run.rundir import RunDir
+from agents.run.schedules import Every, Ratio
+from agents.run.train import Parts, Trainer, build_parts, train
 from replay import SequenceReplay
 
 
@@ -216,7 +216,7 @@ def _updates_logged(metrics) -> bool:
 def test_sighup_checkpoints_and_exits(tmp_path, smoke_argv):
     """A closed terminal (SIGHUP) finishes the step, saves and exits 0."""
     logdir = tmp_path / "run"
-    argv = [sys.executable, "-c", "import sys; from agents.cli import run_main; "
+    argv = [sys.executable, "-c", "import sys; from agents.run.cli import run_main; "
             "sys.exit(run_main())", "--env", "gym:CartPole-v1", "--steps", "100000",
             "--logdir", str(logdir), *smoke_argv]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -279,8 +279,8 @@ def test_nan_updates_are_skipped_then_the_run_stops(tmp_path, smoke_argv, capsys
 def test_readme_paths_are_the_default_run_directory():
     """The README's `dreamer-eval` and `load_agent` examples name the directory that
     `make run` (dreamer-run --env dmc:walker-walk) writes."""
-    from agents.config import load_config
-    from agents.train import default_logdir
+    from agents.run.config import load_config
+    from agents.run.train import default_logdir
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     path = str(default_logdir(load_config("dmc:walker-walk")))
@@ -292,7 +292,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, tiny_co
                                                                monkeypatch, smoke_argv, capsys):
     import errno
 
-    import agents.train as train_module
+    import agents.run.train as train_module
 
     cfg, logdir, _ = _finished_run(tmp_path, tiny_config)
     before = (logdir / "checkpoint" / "agent.pt").read_bytes()
@@ -348,8 +348,8 @@ def test_run_stores_acting_latents_and_writes_back_trained_ones(tmp_path, tiny_c
 
 
 def test_evaluation_swaps_atari_backgrounds_for_held_out_games():
-    from agents.config import load_config
-    from agents.train import eval_options
+    from agents.run.config import load_config
+    from agents.run.train import eval_options
 
     def options(distractor):
         cfg = load_config("dmc:cartpole-balance", sets=["env.options.obs=pixels",

@@ -110,7 +110,7 @@ def test_ppo_baseline_writes_a_comparable_run(tmp_path):
 def test_failed_run_is_reported_and_the_others_go_on(tmp_path):
     import ray
 
-    from agents.config import load_config
+    from agents.run.config import load_config
     from benchmarks.suite import init_ray, plan, run_suite
 
     good, bad = plan(["dmc:cartpole-balance", "dmc:walker-stand"], 1, 200, 2, tmp_path,

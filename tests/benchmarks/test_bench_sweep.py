@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from agents.config import ConfigError, load_config, nest
+from agents.run.config import ConfigError, load_config, nest
 from benchmarks.sweep import Dist, SweepSpecError, parse_param, trials_table, write_best
 
 

@@ -1,6 +1,6 @@
 import math
 
-from agents.cli import run_main
+from agents.run.cli import run_main
 from benchmarks.collapse import main
 
 # Eager fp32: the fast path's compile would cost more than this wiring check's whole run.

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from agents.config import load_config, save_config
+from agents.run.config import load_config, save_config
 from benchmarks import official, publish
 from benchmarks.plot import report
 from benchmarks.scores import ScoreFileError, read_scores

@@ -4,7 +4,7 @@ they lack; runs end to end on a pixel run, clean and with its own (held-out) bac
 import numpy as np
 import pytest
 
-from agents.cli import run_main
+from agents.run.cli import run_main
 from benchmarks.state_probe import main, probe
 
 SPEC = "dmc:cartpole-balance"

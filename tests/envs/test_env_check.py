@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 import envs
-from agents.cli import run_main
+from agents.run.cli import run_main
 
 USER_ENVS = textwrap.dedent('''
     import gymnasium as gym

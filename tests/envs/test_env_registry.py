@@ -20,7 +20,7 @@ RECIPE = textwrap.dedent('''
     from envs.gym_suite import DictObservation
 
     TASKS = {"swing": "Pendulum-v1", "balance": "CartPole-v1"}
-    DOMAIN_PRESET = "gym"  # the config preset its runs start from (agents/configs/domains.yaml)
+    DOMAIN_PRESET = "gym"  # the config preset its runs start from (agents/run/configs/domains.yaml)
 
 
     def task_names():
@@ -158,7 +158,7 @@ def test_list_envs_finds_plugin_suites(plugin_suite):
 
 
 def test_suites_declare_their_domain_preset(mysuite, monkeypatch):
-    from agents.config import ConfigError, load_config
+    from agents.run.config import ConfigError, load_config
 
     monkeypatch.setattr(envs, "SUITE_PRESETS", dict(envs.SUITE_PRESETS))
     monkeypatch.setattr(envs, "SHIPPED_PRESETS", {})
@@ -183,7 +183,7 @@ def test_suites_declare_their_domain_preset(mysuite, monkeypatch):
 def test_a_plugin_without_a_preset_is_an_error(tmp_path, monkeypatch):
     from importlib.metadata import EntryPoint
 
-    from agents.config import ConfigError, load_config
+    from agents.run.config import ConfigError, load_config
 
     (tmp_path / "bare_suite.py").write_text(RECIPE.replace("DOMAIN_PRESET", "_UNUSED"))
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_sequence_replay import assert_contiguous, fill
 
-from agents.config import load_config
+from agents.run.config import load_config
 from replay import SAMPLERS, ReplayError, SequenceReplay, StreamSliceSampler, register_sampler
 
 
@@ -30,7 +30,7 @@ def newest():
 
 
 def _replay(cfg, **kw) -> SequenceReplay:
-    """The replay as agents/train.py builds it from a config."""
+    """The replay as agents/run/train.py builds it from a config."""
     r = cfg.replay
     return SequenceReplay(400, 2, recency=r.recency, seed=0, sampler=r.sampler,
                           sampler_options=dict(r.sampler_options), **kw)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.cli_args import ArgParser
+from agents.run.cli_args import ArgParser
 
 # Errors a user can cause get one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
@@ -23,7 +23,7 @@ def _fail(err: BaseException) -> int:
 
 
 def run_main(argv: Sequence[str] | None = None) -> int:
-    from agents.cli_args import build_config, parse_run_args
+    from agents.run.cli_args import build_config, parse_run_args
 
     args = parse_run_args(argv)
     try:
@@ -36,7 +36,7 @@ def run_main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("--env is required (e.g. --env dmc:walker-walk); "
                              "--list-envs shows the specs")
         cfg = build_config(args)
-        from agents.train import RunError, run_dir, train
+        from agents.run.train import RunError, run_dir, train
 
         if getattr(args, "check", False):
             return _check_env(cfg)
@@ -85,10 +85,10 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from agents.collector import Collector
-    from agents.inference import find_run, load_agent
-    from agents.logger import RunLogger
-    from agents.train import make_eval_env
+    from agents.run.collector import Collector
+    from agents.run.inference import find_run, load_agent
+    from agents.run.logger import RunLogger
+    from agents.run.train import make_eval_env
 
     logdir, _ = find_run(args.path)
     agent, cfg = load_agent(args.path, device=args.device)

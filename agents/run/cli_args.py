@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from agents.config import Config, load_config
+from agents.run.config import Config, load_config
 
 
 class ArgParser(argparse.ArgumentParser):

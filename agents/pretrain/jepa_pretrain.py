@@ -8,8 +8,9 @@ Frames come from a random policy in an env (`--source random`), a folder of imag
 `metrics.jsonl`, TensorBoard logs in `tb/`, and `collapse.png`.
 
 Collapse is measured every `--diag-every` steps on held-out frames (RankMe, std score, top
-eigenvalue share); `--on-collapse` says what happens when it is found (agents/pretrainer.py:
-roll back to the best state and strengthen the regulariser, stop, or only warn).
+eigenvalue share); `--on-collapse` says what happens when it is found
+(agents/pretrain/pretrainer.py: roll back to the best state and strengthen the regulariser,
+stop, or only warn).
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.checkpoint import load_checkpoint, save_checkpoint
-from agents.cli_args import ArgParser
-from agents.frame_sources import (
+from agents.pretrain.frame_sources import (
     PretrainError,
     clip_starts,
     collect_random_frames,
@@ -33,8 +32,7 @@ from agents.frame_sources import (
     load_run_frames,
     sample_clips,
 )
-from agents.logger import RunLogger
-from agents.pretrainer import (
+from agents.pretrain.pretrainer import (
     ACTIONS,
     OBJECTIVES,
     CollapseGuard,
@@ -42,7 +40,10 @@ from agents.pretrainer import (
     Pretrainer,
     build_objective,
 )
-from agents.rundir import atomic_open
+from agents.run.checkpoint import load_checkpoint, save_checkpoint
+from agents.run.cli_args import ArgParser
+from agents.run.logger import RunLogger
+from agents.run.rundir import atomic_open
 from agents.runtime import select_device
 from world_models.diagnostics import collapse_metrics, eigen_spectrum
 from world_models.vit_jepa import make_config, save_encoder

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import envs
 from agents.base import Agent, make_agent
-from agents.checkpoint import CheckpointError, load_checkpoint
-from agents.config import Config
-from agents.rundir import RunDir
+from agents.run.checkpoint import CheckpointError, load_checkpoint
+from agents.run.config import Config
+from agents.run.rundir import RunDir
 from agents.runtime import select_device
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.rundir import atomic_open
+from agents.run.rundir import atomic_open
 
 FORMAT = "dreamjepa-checkpoint"
 VERSION = 1

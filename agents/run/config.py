@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from agents.config_ranges import range_error
-from agents.rundir import atomic_write
+from agents.run.config_ranges import range_error
+from agents.run.rundir import atomic_write
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 

@@ -13,7 +13,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from agents.rundir import EVAL_SCORES, METRICS, SCORES, STATUS, VIDEOS, atomic_write
+from agents.run.rundir import EVAL_SCORES, METRICS, SCORES, STATUS, VIDEOS, atomic_write
 
 
 def _scalar(value: Any) -> Any:

@@ -236,7 +236,7 @@ class ExportedPolicy:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from agents.cli_args import ArgParser
+    from agents.run.cli_args import ArgParser
 
     parser = ArgParser(
         prog="dreamer-export", description="Export a trained run's acting step (encoder, one "
@@ -249,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", default="mode", choices=list(POLICIES),
                         help="mode: the most likely action; sample: takes action_noise")
     args = parser.parse_args(argv)
-    from agents.checkpoint import CheckpointError
-    from agents.config import ConfigError
-    from agents.inference import find_run, load_agent
+    from agents.run.checkpoint import CheckpointError
+    from agents.run.config import ConfigError
+    from agents.run.inference import find_run, load_agent
 
     try:
         agent, cfg = load_agent(args.run, device="cpu")

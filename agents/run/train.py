@@ -1,7 +1,7 @@
 """The training loop behind `dreamer-run`: collect, replay, train at a fixed ratio,
 evaluate, log, checkpoint and resume.
 
-`train(cfg)` is the API: it takes a resolved `Config` (see `agents.config.load_config`);
+`train(cfg)` is the API: it takes a resolved `Config` (see `agents.run.config.load_config`);
 argv belongs to the CLI alone. `build_parts` makes the env, agent, replay and logger, and
 `Trainer` receives them, so a test can hand it a fake agent.
 """
@@ -21,14 +21,14 @@ import torch
 
 import envs
 from agents.base import Agent, make_agent
-from agents.checkpoint import CheckpointError, GracefulExit, load_checkpoint, save_checkpoint
-from agents.collector import Collector
-from agents.config import Config, ConfigError, save_config
 from agents.fast import resolve_compile
-from agents.logger import Progress, RunLogger, open_loop_video
-from agents.rundir import AGENT_FILE, REPLAY, RunDir
+from agents.run.checkpoint import CheckpointError, GracefulExit, load_checkpoint, save_checkpoint
+from agents.run.collector import Collector
+from agents.run.config import Config, ConfigError, save_config
+from agents.run.logger import Progress, RunLogger, open_loop_video
+from agents.run.rundir import AGENT_FILE, REPLAY, RunDir
+from agents.run.schedules import Every, Ratio
 from agents.runtime import describe_machine, seed_everything, select_device, set_threads
-from agents.schedules import Every, Ratio
 from replay import SequenceReplay, make_sampler
 
 Report = Callable[[dict], None]
