@@ -13,7 +13,7 @@ import torch
 
 from agents.actor_critic import ActorCritic
 from agents.base import Agent
-from agents.fast import CompileClock, compile_policy, compile_update
+from agents.compiled import CompileClock, compile_policy, compile_update
 from agents.optim import LaProp
 from world_models.encoders import IMAGE_KEY, VECTOR_KEY
 from world_models.objectives import objective_class

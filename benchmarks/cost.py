@@ -272,7 +272,7 @@ def vit_main(args: argparse.Namespace, out=print) -> None:
 def agent_main(args: argparse.Namespace, out=print) -> None:
     import envs
     from agents.base import make_agent
-    from agents.fast import resolve_compile
+    from agents.compiled import resolve_compile
     from agents.run.cli_args import build_config
     from agents.runtime import select_device, set_threads
 

@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             def make(compiled: bool):
                 agent, _ = load_agent(run, device="cpu")
                 if compiled:
-                    from agents.fast import compile_policy
+                    from agents.compiled import compile_policy
 
                     agent._act = compile_policy(agent._act, agent.device)
                 return agent

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 
 from agents.base import make_agent
+from agents.compiled import resolve_compile
 from agents.dreamerv3 import DreamerV3Agent
-from agents.fast import resolve_compile
 from agents.run.cli_args import ArgParser
 from agents.run.config import ConfigError, load_config
 from agents.runtime import cpu_has_bf16, select_device

@@ -34,7 +34,7 @@ from agents.pretrain.frame_sources import (
 )
 from agents.pretrain.pretrainer import (
     ACTIONS,
-    OBJECTIVES,
+    PRETRAIN_OBJECTIVES,
     CollapseGuard,
     PretrainConfigError,
     Pretrainer,
@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default="dmc:walker-walk", help="env spec for --source random")
     p.add_argument("--frames", type=int, default=100_000, help="frames to collect/use")
     p.add_argument("--out", required=True, help="output directory (rerun to resume)")
-    p.add_argument("--objective", default="jepa", help=f"{' | '.join(OBJECTIVES)}")
+    p.add_argument("--objective", default="jepa", help=f"{' | '.join(PRETRAIN_OBJECTIVES)}")
     p.add_argument("--preset", default="tiny", help="encoder size: tiny, small, base")
     p.add_argument("--steps", type=int, default=STEPS)
     p.add_argument("--batch", type=int, default=64)

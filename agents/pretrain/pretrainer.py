@@ -1,6 +1,6 @@
 """One training loop for every encoder-pretraining objective, and what to do on collapse.
 
-Objectives (`OBJECTIVES`): `jepa` (I-JEPA, world_models/vit_jepa/model.py), `mae` (masked
+Objectives (`PRETRAIN_OBJECTIVES`): `jepa` (I-JEPA, world_models/vit_jepa/model.py), `mae` (masked
 autoencoder) and `autoencoder` (whole-frame reconstruction), all on the same ViT, so a
 comparison at equal steps and batch is a comparison at equal budget.
 
@@ -23,7 +23,7 @@ from world_models.vit_jepa import JEPA, JEPAConfig, ViTConfig
 from world_models.vit_jepa.model import REGULARIZERS
 from world_models.vit_jepa.reconstruction import FrameAutoencoder, MaskedAutoencoder
 
-OBJECTIVES = ("jepa", "mae", "autoencoder")
+PRETRAIN_OBJECTIVES = ("jepa", "mae", "autoencoder")
 # Default weight per regulariser: SIGReg's lambda from LeJEPA; VICReg's variance weight
 # (covariance gets 1/25 of it, the paper's ratio) as measured in README's probe section.
 DEFAULT_REG_WEIGHT = {"sigreg": 0.05, "vicreg": 1.0, "none": 0.0}
@@ -36,8 +36,8 @@ class PretrainConfigError(ValueError):
 def build_objective(name: str, vit_cfg: ViTConfig, reg: str = "sigreg",
                     reg_weight: float | None = None) -> nn.Module:
     """The model for one objective; `reg` applies to JEPA only (the baselines need none)."""
-    if name not in OBJECTIVES:
-        raise PretrainConfigError(f"objective {name!r}; allowed: {', '.join(OBJECTIVES)}")
+    if name not in PRETRAIN_OBJECTIVES:
+        raise PretrainConfigError(f"objective {name!r}; allowed: {', '.join(PRETRAIN_OBJECTIVES)}")
     if reg not in REGULARIZERS:
         raise PretrainConfigError(f"regulariser {reg!r}; allowed: {', '.join(REGULARIZERS)}")
     if name == "mae":

@@ -21,7 +21,7 @@ import torch
 
 import envs
 from agents.base import Agent, make_agent
-from agents.fast import resolve_compile
+from agents.compiled import resolve_compile
 from agents.run.checkpoint import CheckpointError, GracefulExit, load_checkpoint, save_checkpoint
 from agents.run.collector import Collector
 from agents.run.config import Config, ConfigError, save_config

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch._inductor import config as inductor_config
 
+from agents.compiled import compiler_missing, graphs_compiled, resolve_compile
 from agents.dreamerv3 import DreamerV3Agent
-from agents.fast import compiler_missing, graphs_compiled, resolve_compile
 from agents.run.config import load_config
 
 CPU = torch.device("cpu")
@@ -166,7 +166,7 @@ def test_compile_setting_is_checked():
 
 
 def test_compile_on_without_a_compiler_is_one_line(monkeypatch):
-    monkeypatch.setattr("agents.fast.shutil.which", lambda name: None)
+    monkeypatch.setattr("agents.compiled.shutil.which", lambda name: None)
     assert resolve_compile("auto", CPU) is False
     with pytest.raises(ValueError, match="no C.. compiler"):
         resolve_compile("on", CPU)
@@ -194,7 +194,7 @@ def test_empty_kernel_files_in_the_inductor_cache_are_dropped(tmp_path, monkeypa
     import os
     import time
 
-    from agents.fast import drop_truncated_kernels
+    from agents.compiled import drop_truncated_kernels
 
     monkeypatch.setattr("torch._inductor.runtime.cache_dir_utils.cache_dir",
                         lambda: str(tmp_path))
