@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from agents.run.compat import upgrade_run_config
 from agents.run.config_ranges import range_error
 from agents.run.rundir import atomic_write
 
@@ -209,30 +210,9 @@ class Config(Mapping):
         """Read a config written by :func:`save_config`. Keys added to `defaults.yaml` since
         the run was written take their default, so older runs still load; nothing else is
         layered or checked."""
-        data = _upgrade_encoder_section(_read_yaml(Path(path)))
-        defaults = _read_yaml(CONFIG_DIR / "defaults.yaml")
-        if isinstance(data, Mapping) and data.get("agent") in AGENT_PRESETS:
-            # Written before agent presets existed: the agent implied its preset's values.
-            defaults = _merge(defaults, AGENT_PRESETS[data["agent"]])
+        data, implied = upgrade_run_config(_read_yaml(Path(path)), AGENT_PRESETS)
+        defaults = _merge(_read_yaml(CONFIG_DIR / "defaults.yaml"), implied)
         return cls(_merge(defaults, data))
-
-
-def _upgrade_encoder_section(data: Any) -> Any:
-    """Compat shim for runs written before the encoder moved into the model section: their
-    top-level `encoder: {name, mode, lr_scale}` becomes `model.encoder.{kind, mode, lr_scale}`
-    (name `default` -> kind `cnn`), so old run directories still load and resume."""
-    old = data.get("encoder") if isinstance(data, Mapping) else None
-    if not isinstance(old, Mapping):
-        return data
-    data = {k: v for k, v in data.items() if k != "encoder"}
-    model = dict(data.get("model") or {})
-    new = dict(model.get("encoder") or {})
-    name = old.get("name", "default")
-    new.setdefault("kind", "cnn" if name == "default" else name)
-    new.update({k: old[k] for k in ("mode", "lr_scale") if k in old and k not in new})
-    model["encoder"] = new
-    data["model"] = model
-    return data
 
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:

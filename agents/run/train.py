@@ -24,6 +24,7 @@ from agents.base import Agent, make_agent
 from agents.compiled import resolve_compile
 from agents.run.checkpoint import CheckpointError, GracefulExit, load_checkpoint, save_checkpoint
 from agents.run.collector import Collector
+from agents.run.compat import saved_rng_state
 from agents.run.config import Config, ConfigError, save_config
 from agents.run.logger import Progress, RunLogger, open_loop_video
 from agents.run.rundir import AGENT_FILE, REPLAY, RunDir
@@ -204,8 +205,8 @@ class Trainer:
                 self.agent.load_state_dict(state["agent"])
                 self.counters = {**initial, **state["counters"]}
                 self.replay.load(folder / REPLAY)
-                if "rng" in state:  # checkpoints before this key resume with fresh streams
-                    set_rng_state(state["rng"])
+                if saved_rng_state(state) is not None:
+                    set_rng_state(saved_rng_state(state))
             except Exception as err:  # noqa: BLE001 - any failure means: try the older one
                 reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
                 warn(f"warning: checkpoint {folder} does not load ({type(err).__name__}: "
