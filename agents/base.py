@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -19,6 +20,17 @@ AGENTS: dict[str, str | type[Agent]] = {
     "dreamerv3": "agents.dreamerv3:DreamerV3Agent",
     "jepa": "agents.dreamerv3:JEPAAgent",
 }
+
+
+@dataclass
+class ReplayWrite:
+    """Values an update computed for the steps it trained on, to store back into replay:
+    `values[key]` is [B, T', ...] for the batch's steps `start` .. `start + T' - 1` (a
+    stored key; DreamerV3's replay context writes its fresher latents this way, and a
+    prioritised sampler's priorities would go the same way)."""
+
+    values: dict[str, torch.Tensor]
+    start: int = 0
 
 
 class UnknownAgentError(ValueError):
@@ -101,8 +113,15 @@ class Agent(ABC):
 
     def trained_latents(self) -> dict[str, torch.Tensor]:
         """The `latent_spec` entries [B, T] the last `train` computed for its batch's steps
-        after the context, written back to replay (fresher than the acting-time ones)."""
+        after the context (fresher than the acting-time ones); handed out once."""
         return {}
+
+    def replay_writes(self) -> list[ReplayWrite]:
+        """What the last `train` wants stored back at the steps it replayed; the trainer
+        writes each at its place in the sampled batch. By default the trained latents,
+        which belong to the steps after the replay context."""
+        latents = self.trained_latents() if self.replay_context else {}
+        return [ReplayWrite(latents, start=self.replay_context)] if latents else []
 
     @abstractmethod
     def state_dict(self) -> dict: ...

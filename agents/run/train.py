@@ -319,14 +319,15 @@ class Trainer:
         self.save()
 
     def train_step(self, batch_size: int, length: int) -> dict[str, float]:
-        """One update on a replayed batch; with replay context, the latents it computed
-        are written back to the steps they belong to."""
+        """One update on a replayed batch; what the update returns for the steps it trained
+        on (`Agent.replay_writes`: the replay context's latents) goes back to those steps."""
         K = self.context
         batch, (rows, envs) = self.replay.sample(batch_size, length + K, return_index=True)
         metrics = self.agent.train(batch)
-        latents = self.agent.trained_latents() if K else {}
-        if latents:
-            self.replay.write((rows[:, K:], envs[:, K:]), latents)
+        for write in self.agent.replay_writes():
+            width = next(iter(write.values.values())).shape[1]
+            span = slice(write.start, write.start + width)
+            self.replay.write((rows[:, span], envs[:, span]), write.values)
         return metrics
 
     def _stop_diverged(self, in_a_row: int) -> None:
