@@ -199,9 +199,13 @@ PAIRS = (
     ("loss/rew", "train/loss/rew"), ("loss/con", "train/loss/con"),
     ("loss/rec", "train/loss/rec"), ("loss/policy", "train/loss/policy"),
     ("loss/value", "train/loss/value"), ("loss/repval", "train/loss/repval"),
-    ("train/policy_entropy", "train/ent/action"), ("train/imag_return", "train/ret"),
+    ("train/policy_entropy", "train/ent/action"), ("train/imag_reward", "train/rew"),
     ("train/adv_std", "train/adv_std"),
 )
+# Not paired: our `train/imag_return` is the raw lambda return, the official `train/ret` is
+# normalised by the return scale; and the official continue target is 1 - 1/horizon
+# (contdisc), so its `loss/con` floor is ~0.02 where ours (target 1, discount applied in
+# the return) is 0.
 _OFFICIAL_NON_OBS = {"dyn", "rep", "rew", "con", "policy", "value", "repval"}
 
 
