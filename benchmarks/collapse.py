@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, emit_table
 from agents.run.collector import Collector
 from agents.run.inference import load_agent
 from agents.run.train import make_eval_env
@@ -95,10 +95,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
         rows = [measure(run, args.steps, args.seed, args.device) for run in args.runs]
     except (ValueError, FileNotFoundError) as err:  # a missing or broken run: one line
         parser.exit(2, f"{parser.prog}: error: {str(err).splitlines()[0]}\n")
-    text = table(rows)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit_table(table(rows), args.out)
     return rows
 
 

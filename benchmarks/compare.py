@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, add_set_arg
 from benchmarks.aggregate import final_value
 from benchmarks.ray_launch import add_ray_args, init_ray
 from benchmarks.scores import Run, ScoreFileError, read_run_dir, write_scores
@@ -255,8 +255,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=100_000, help="env frames per run")
     parser.add_argument("--size", default=None, help="model size preset (default: domain's)")
     parser.add_argument("--out", default=None, help="output folder (default runs/compare)")
-    parser.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
-                        help="config override of every run (repeatable)")
+    add_set_arg(parser, "config override of every run (repeatable)")
     parser.add_argument("--no-plots", action="store_true", help="skip compare.png")
     parser.add_argument("--report-only", action="store_true",
                         help="aggregate what the runs wrote so far; train nothing")

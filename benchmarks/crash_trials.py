@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, add_set_arg
 
 # Small and quick: checkpoints every second, so many kills land near one.
 TINY = {"env.num_envs": 2, "threads": 1, "replay.batch_size": 4, "replay.batch_length": 8,
@@ -175,8 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600, help="seconds per process at most")
     p.add_argument("--out", default="runs/crash_trials")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every run (repeatable), e.g. compile=off")
+    add_set_arg(p, "config override for every run (repeatable), e.g. compile=off", dest="set")
     args = p.parse_args(argv)
     if args.trials < 1 or args.kills < 1 or args.steps < 1:
         p.error("--trials, --kills and --steps must be >= 1")

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, add_set_arg
 from agents.run.config import Config, ConfigError, load_config
 
 __all__ = [
@@ -302,8 +302,7 @@ def _parser() -> ArgParser:
         s.add_argument("--size", default=None)
         s.add_argument("--steps", type=float, default=None, help="agent steps")
         s.add_argument("--seed", type=int, default=None)
-        s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="our config keys, as for dreamer-run")
+        add_set_arg(s, "our config keys, as for dreamer-run", dest="set")
     return p
 
 

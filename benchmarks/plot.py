@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, add_reference_arg
 from benchmarks.aggregate import (
     Summary,
     aggregate_curve,
@@ -383,13 +383,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("runs", nargs="*", help="run directories, suite folders or score files")
-    parser.add_argument(
-        "--reference",
-        nargs="+",
-        default=[],
-        metavar="FILE_OR_DIR",
-        help="published score files, TD-MPC2 CSVs or folders of them (DreamerV3's scores/)",
-    )
+    add_reference_arg(
+        parser, "published score files, TD-MPC2 CSVs or folders of them (DreamerV3's scores/)")
     parser.add_argument("--out", default="plots", help="output folder (default: plots)")
     parser.add_argument("--budget", type=float, default=None, help="frame budget for finals")
     parser.add_argument(

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import envs
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, emit_table
 from agents.run.collector import Collector
 from agents.run.inference import load_agent
 from agents.run.train import eval_options
@@ -174,10 +174,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         # A clean run's `run` background is `clean` again: keep one row.
         seen: set = set()
         rows += [r for r in run_rows if not (r["distractor"] in seen or seen.add(r["distractor"]))]
-    text = table(rows)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit_table(table(rows), args.out)
     return rows
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.run.cli_args import add_reference_arg, add_set_arg
 from agents.run.config import Config, load_config
 from benchmarks.ray_launch import add_ray_args, gpus_per_task, init_ray
 from benchmarks.scores import Run, ScoreFileError, read_run_dir, read_status, task_id, write_scores
@@ -162,21 +163,8 @@ def add_common_args(parser: argparse.ArgumentParser, frames: int) -> None:
     parser.add_argument("--size", default=None, help="model size preset (default: domain's)")
     add_ray_args(parser, unit="run")
     parser.add_argument("--out", default=None, help="output folder")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        dest="sets",
-        metavar="KEY=VALUE",
-        help="config override forwarded to every run (repeatable)",
-    )
-    parser.add_argument(
-        "--reference",
-        nargs="+",
-        default=[],
-        metavar="FILE",
-        help="published score files to plot and tabulate beside ours",
-    )
+    add_set_arg(parser, "config override forwarded to every run (repeatable)")
+    add_reference_arg(parser, "published score files to plot and tabulate beside ours", "FILE")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG files")
 
 

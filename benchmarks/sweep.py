@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, add_set_arg
 from agents.run.config import load_config, nest, parse_override, parse_value
 from benchmarks.ray_launch import add_ray_args, gpus_per_task, init_ray
 
@@ -191,14 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     add_ray_args(p, unit="trial")
     p.add_argument("--out", default="runs/sweep", help="output folder")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        dest="sets",
-        metavar="KEY=VALUE",
-        help="fixed config override for every trial (repeatable)",
-    )
+    add_set_arg(p, "fixed config override for every trial (repeatable)")
     return p
 
 

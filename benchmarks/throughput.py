@@ -42,7 +42,7 @@ import torch
 from agents.base import make_agent
 from agents.compiled import resolve_compile
 from agents.dreamerv3 import DreamerV3Agent
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, add_set_arg
 from agents.run.config import ConfigError, load_config
 from agents.runtime import cpu_has_bf16, select_device
 
@@ -289,8 +289,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="timed vector steps for the collect row")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every model row (repeatable)")
+    add_set_arg(parser, "config override for every model row (repeatable)", dest="set")
     args = parser.parse_args(argv)
     try:
         rows = parse_rows(args.rows)

@@ -1,9 +1,11 @@
-"""Command-line arguments of `dreamer-run` and how they map onto the config."""
+"""Command-line arguments of `dreamer-run` and how they map onto the config, and the
+argument blocks and table output every entry point shares."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 from agents.run.config import Config, load_config
 
@@ -15,6 +17,25 @@ class ArgParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         first = message.strip().splitlines()[0] if message.strip() else "bad arguments"
         self.exit(2, f"{self.prog}: error: {first} (see --help)\n")
+
+
+def add_set_arg(parser: argparse.ArgumentParser, help: str, dest: str = "sets") -> None:
+    """The repeatable `--set KEY=VALUE` config override every entry point takes."""
+    parser.add_argument("--set", action="append", default=[], dest=dest, metavar="KEY=VALUE",
+                        help=help)
+
+
+def add_reference_arg(parser: argparse.ArgumentParser, help: str,
+                      metavar: str = "FILE_OR_DIR") -> None:
+    """`--reference FILE...`: published score files (or folders of them) laid beside ours."""
+    parser.add_argument("--reference", nargs="+", default=[], metavar=metavar, help=help)
+
+
+def emit_table(text: str, out: str | None) -> None:
+    """Print a result table and, when `out` names a file, write it there too."""
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
 
 
 def run_parser() -> argparse.ArgumentParser:
@@ -42,8 +63,7 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--config", action="append", default=[], metavar="FILE",
                    help="YAML file of config overrides (repeatable, applied in order)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
-                   help="dotted config override, e.g. --set run.train_ratio=64 (repeatable)")
+    add_set_arg(p, "dotted config override, e.g. --set run.train_ratio=64 (repeatable)")
     p.add_argument("--check", action="store_true",
                    help="check the env (Gymnasium's checker and our contract), print one line "
                         "per problem, exit")
