@@ -324,7 +324,8 @@ class Trainer:
         K = self.context
         batch, (rows, envs) = self.replay.sample(batch_size, length + K, return_index=True)
         metrics = self.agent.train(batch)
-        for write in self.agent.replay_writes():
+        # An agent outside the Agent base class (duck-typed) may have no replay_writes.
+        for write in getattr(self.agent, "replay_writes", list)():
             width = next(iter(write.values.values())).shape[1]
             span = slice(write.start, write.start + width)
             self.replay.write((rows[:, span], envs[:, span]), write.values)
