@@ -1,6 +1,6 @@
 """Keep a finished run's small files under `scores/`, so tables rebuild on a fresh clone.
 
-    python -m benchmarks.publish RUN [RUN ...] [--scores scores] [--method LABEL]
+    python -m benchmarks.publish RUN [RUN ...] [--scores scores] [--method LABEL] [--note TEXT]
 
 RUN is one of our run directories, or an official run converted by `benchmarks.official`.
 Each goes to `scores/<benchmark>/<task>/<method>-seed<s>/` with its `config.yaml`,
@@ -27,7 +27,7 @@ from agents.run.cli_args import ArgParser
 from agents.run.config import get_dotted
 from agents.run.rundir import CONFIG, EVAL_SCORES, MACHINES, METRICS, SCORES
 from benchmarks.references import benchmark_of
-from benchmarks.scores import Run, ScoreFileError, read_run_dir, write_scores
+from benchmarks.scores import Run, ScoreFileError, read_run_dir, read_status, write_scores
 
 __all__ = ["method_label", "publish", "rebuild_score_files", "main"]
 
@@ -84,7 +84,8 @@ def _read_config(run: Path) -> dict[str, Any]:
         raise ScoreFileError(f"{run}: no readable {CONFIG} ({exc})") from None
 
 
-def publish(run: str | Path, scores: str | Path = "scores", method: str | None = None) -> Path:
+def publish(run: str | Path, scores: str | Path = "scores", method: str | None = None,
+            note: str | None = None) -> Path:
     """Copy `run`'s small files under `scores` (see the module doc); returns the new folder."""
     run, scores = Path(run), Path(scores)
     config = _read_config(run)
@@ -104,15 +105,20 @@ def publish(run: str | Path, scores: str | Path = "scores", method: str | None =
             shutil.copyfile(run / name, dest / name)
     times = [json.loads(line).get("time") for line in (run / SCORES).read_text().splitlines()
              if line.strip()]
+    status = read_status(run) or {}
     info.update({
         "method": label,
         "task": curve.task,
         "seed": curve.seed,
-        "frames": float(curve.xs[-1]) if curve.xs.size else 0.0,
+        "frames": status.get("frames", float(curve.xs[-1]) if curve.xs.size else 0.0),
+        "finished": status.get("finished"),
         "episodes": int(curve.xs.size),
-        "updates": info.get("updates", _last_metric(run, "perf/updates")),
+        "updates": status.get("updates", info.get("updates",
+                                                  _last_metric(run, "perf/updates"))),
         "wall_s": info.get("wall_s", next((t for t in reversed(times) if t), None)),
     })
+    if note:
+        info["note"] = note
     if not (run / MACHINES).is_file() and "machine" not in info:
         from agents.runtime import describe_machine  # torch: only when it is needed
 
@@ -139,10 +145,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--scores", default="scores", help="the scores folder (default scores)")
     parser.add_argument("--method", default=None,
                         help="method label (default: agent, size, train ratio and lr)")
+    parser.add_argument("--note", default=None,
+                        help="what else a reader should know (contention, pauses, ...)")
     args = parser.parse_args(argv)
     try:
         for run in args.runs:
-            print(f"{run} -> {publish(run, args.scores, args.method)}")
+            print(f"{run} -> {publish(run, args.scores, args.method, args.note)}")
     except ScoreFileError as exc:
         parser.error(str(exc))
 

@@ -155,6 +155,10 @@ def test_publish_keeps_small_files_and_score_files(tmp_path):
     info = json.loads((preset / "run.json").read_text())
     assert info["method"] == "dreamjepa:dreamerv3 1m r128 lr3e-4"
     assert info["frames"] == 3000 and info["updates"] == 42 and info["wall_s"] == 20.0
+    (tmp_path / "a" / "status.json").write_text('{"frames": 3100, "updates": 44, '
+                                                '"finished": true}')
+    info = json.loads((publish.publish(tmp_path / "a", scores) / "run.json").read_text())
+    assert info["frames"] == 3100 and info["updates"] == 44 and info["finished"] is True
     assert json.loads((protocol / "run.json").read_text())["method"] == (
         "dreamjepa:dreamerv3 1m r512 lr4e-5")
     with gzip.open(scores / "dreamjepa-dmc_proprio.json.gz", "rt") as f:
