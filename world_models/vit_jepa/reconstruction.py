@@ -24,7 +24,20 @@ def patchify(clip: Tensor, cfg: ViTConfig) -> Tensor:
     return x.reshape(b, (t // tub) * (h // p) * (w // p), tub * p * p * c)
 
 
-class MaskedAutoencoder(nn.Module):
+class PixelBaseline(nn.Module):
+    """What both pixel baselines share: the ViT they train (`encoder`, exported for probes
+    and agents) and no per-step schedule (JEPA's EMA has one; these have nothing to move)."""
+
+    encoder: ViT
+
+    def export_encoder(self) -> ViT:
+        return self.encoder
+
+    def after_step(self, step: int, total: int) -> dict[str, float]:
+        return {}
+
+
+class MaskedAutoencoder(PixelBaseline):
     """MAE: the encoder sees a random `1 - mask_ratio` of the tokens; a narrow transformer
     decoder fills in the rest from mask tokens and reconstructs each masked patch's pixels,
     normalised per patch (MAE's `norm_pix_loss`). Loss on masked patches only."""
@@ -49,12 +62,6 @@ class MaskedAutoencoder(nn.Module):
         c = vit_cfg.image_shape[2]
         self.head = nn.Linear(dw, vit_cfg.tubelet * vit_cfg.patch ** 2 * c)
 
-    def export_encoder(self) -> ViT:
-        return self.encoder
-
-    def after_step(self, step: int, total: int) -> dict[str, float]:
-        return {}
-
     def loss(self, clip: Tensor, gen: torch.Generator | None = None,
              reg_weight: float | None = None) -> dict[str, Tensor]:
         b = clip.shape[0]
@@ -72,7 +79,7 @@ class MaskedAutoencoder(nn.Module):
         return {"loss/rec": rec, "loss/total": rec}
 
 
-class FrameAutoencoder(nn.Module):
+class FrameAutoencoder(PixelBaseline):
     """The ViT sees the whole frame; its mean-pooled embedding goes through a transposed-conv
     decoder back to the frame (MSE on pixels in [-0.5, 0.5]): the bottleneck baseline."""
 
@@ -87,12 +94,6 @@ class FrameAutoencoder(nn.Module):
         for cin, cout in zip(chans, chans[1:] + [c]):
             layers += [nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1), nn.SiLU()]
         self.decoder = nn.Sequential(*layers[:-1])  # no activation on the output
-
-    def export_encoder(self) -> ViT:
-        return self.encoder
-
-    def after_step(self, step: int, total: int) -> dict[str, float]:
-        return {}
 
     def loss(self, clip: Tensor, gen: torch.Generator | None = None,
              reg_weight: float | None = None) -> dict[str, Tensor]:
