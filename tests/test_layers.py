@@ -50,3 +50,12 @@ def test_the_agent_core_imports_neither_application():
               for path in sorted((ROOT / "agents" / "run").rglob("*.py"))
               for line, module in _imports(path) if module.startswith("agents.pretrain")]
     assert not wrong, "; ".join(wrong)
+
+
+def test_observation_keys_agree_across_layers():
+    """envs and world_models may not import each other, so each names the observation keys
+    of the contract (DESIGN.md, Observations); they must be the same names."""
+    from envs.core import IMAGE_KEY, VECTOR_KEY
+    from world_models import encoders
+
+    assert (encoders.IMAGE_KEY, encoders.VECTOR_KEY) == (IMAGE_KEY, VECTOR_KEY)
