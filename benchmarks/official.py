@@ -52,8 +52,9 @@ __all__ = [
 ]
 
 METHOD = "official:dreamerv3"
-# Our domain presets that the official configs.yaml has under the same name.
-DOMAINS = ("dmc_proprio", "dmc_vision", "atari", "atari100k", "minigrid")
+# Our domain presets that the official configs.yaml has under the same name (it has no
+# MiniGrid or Gymnasium suite).
+DOMAINS = ("dmc_proprio", "dmc_vision", "atari", "atari100k")
 SIZES = ("1m", "12m", "25m", "50m", "100m", "200m", "400m")
 
 
@@ -95,7 +96,7 @@ def official_command(config: Config, checkout: str | Path, logdir: str | Path,
     if not main_py.is_file():
         raise OfficialError(f"{checkout}: no dreamerv3/main.py (is this a checkout of "
                             "danijar/dreamerv3?)")
-    suite = domain.split("_")[0]  # the env section: dmc, atari, atari100k, minigrid
+    suite = domain.split("_")[0]  # the env section: dmc, atari, atari100k
     flags: dict[str, Any] = {
         "logdir": Path(logdir).resolve(),
         "configs": f"{domain} size{size}",
@@ -115,7 +116,7 @@ def official_command(config: Config, checkout: str | Path, logdir: str | Path,
         "logger.outputs": "jsonl",
     }
     repeat = config.env.options.get("repeat")
-    if repeat is not None and suite in ("dmc", "atari", "atari100k"):
+    if repeat is not None:
         flags[f"env.{suite}.repeat"] = int(repeat)
     argv = [python, str(main_py)]
     for key, value in flags.items():
