@@ -30,7 +30,7 @@ AGENT_PRESETS: dict[str, dict[str, Any]] = {
     "jepa": {"model": {"objective": "latent"}},  # DreamerV3 whose world model predicts latents
 }
 
-# Keys whose children are forwarded untouched (to the env factory).
+# Keys whose children are forwarded untouched (to the env factory, the replay sampler).
 FREE_FORM = ("env.options", "replay.sampler_options")
 
 # Size-preset field -> dotted config keys it sets.
