@@ -90,7 +90,7 @@ def publish(run: str | Path, scores: str | Path = "scores", method: str | None =
     run, scores = Path(run), Path(scores)
     config = _read_config(run)
     curve = read_run_dir(run)  # raises ScoreFileError (one line) when it has no scores
-    benchmark = benchmark_of(Run(curve.task, "", 0, [], [], source=str(run)))
+    benchmark = benchmark_of(curve)  # its source is the run directory
     if benchmark is None:
         raise ScoreFileError(f"{run}: {CONFIG} names no env spec")
     info: dict[str, Any] = {}
