@@ -142,9 +142,9 @@ class ActorCritic(nn.Module):
         tensors (plus the return-scale EMA), so the fast path compiles it as one graph.
         Returns (losses, lambda returns, metrics)."""
         with torch.no_grad():
-            feat = wm.rssm.feat(states)
-            rew = wm.reward(feat).pred()
-            con = wm.cont(feat).pred()
+            feat = wm.feat(states)
+            rew = wm.predict_reward(feat)
+            con = wm.predict_continue(feat)
             # The start state is real: use its true continue flag.
             con = torch.cat([1.0 - is_terminal.reshape(-1, 1).to(con.dtype), con[:, 1:]], 1)
             slowval = self.slow_value(feat).pred()
@@ -177,7 +177,7 @@ class ActorCritic(nn.Module):
         """Value loss on the replayed trajectory, bootstrapping from imagined returns. Its
         gradient reaches the encoder and RSSM through the posterior features (official
         `repval_grad: True`); the slow value and the bootstrap targets carry none."""
-        feat = wm.rssm.feat(post)
+        feat = wm.feat(post)
         value_dist = self.value(feat)
         with torch.no_grad():
             slowval = self.slow_value(feat).pred()

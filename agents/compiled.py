@@ -80,7 +80,7 @@ class CompileClock:
         return out
 
 
-def _compile(fn: Callable, device: torch.device, graphs: bool = False) -> Callable:
+def compile_step(fn: Callable, device: torch.device, graphs: bool = False) -> Callable:
     """`fn` compiled for fixed shapes: a run uses a handful (training batch, env counts), and
     static-shape kernels are faster. `graphs`: on CUDA, also capture CUDA graphs, for
     functions run without gradients; outputs are cloned, as the next replay reuses them."""
@@ -140,16 +140,23 @@ def compile_update(wm, ac, device: torch.device) -> None:
     attributes, so `torch.compile` never sees the Python loops that call them."""
     configure_dynamo()
     rssm = wm.rssm
-    rssm.obs_step = _compile(rssm.obs_step, device)
-    rssm.imagine_step = _compile(rssm.imagine_step, device, graphs=True)
-    wm.encode = _compile(wm.encode, device)
-    wm.terms = _compile(wm.terms, device)
-    ac.imagined_losses = _compile(ac.imagined_losses, device)
-    ac.repval_terms = _compile(ac.repval_terms, device)
+    rssm.obs_step = compile_step(rssm.obs_step, device)
+    rssm.imagine_step = compile_step(rssm.imagine_step, device, graphs=True)
+    wm.encode = compile_step(wm.encode, device)
+    wm.terms = compile_step(wm.terms, device)
+    ac.imagined_losses = compile_step(ac.imagined_losses, device)
+    ac.repval_terms = compile_step(ac.repval_terms, device)
+
+
+def compile_rollout(fn: Callable, device: torch.device) -> Callable:
+    """A planner's batched rollout-and-score function, compiled (no gradients; one graph
+    per batch shape), for planners that run their loop outside the acting step."""
+    configure_dynamo()
+    return compile_step(fn, device, graphs=True)
 
 
 def compile_policy(act: Callable, device: torch.device) -> Callable:
     """The agent's acting step (posterior update + action), compiled; one graph per env
     count and mode (train samples, eval takes the mode)."""
     configure_dynamo()
-    return _compile(act, device, graphs=True)
+    return compile_step(act, device, graphs=True)

@@ -13,6 +13,7 @@ import torch
 
 from agents.actor_critic import ActorCritic
 from agents.base import Agent
+from agents.behaviors import make_behavior
 from agents.compiled import CompileClock, compile_policy, compile_update
 from agents.optim import LaProp
 from world_models.encoders import IMAGE_KEY, VECTOR_KEY
@@ -70,6 +71,8 @@ class DreamerV3Agent(Agent):
         self.ac = ActorCritic(self.wm.rssm.feat_dim, self.act_dim, self.discrete,
                               **config["actor_critic"]).to(self.device)
         self.opt = LaProp(self._param_groups(config["opt"]["lr"] * lr_scale), **config["opt"])
+        self._config = config  # the behaviours' settings, for `set_behavior`
+        self.set_behavior(config["run"]["behavior"])
         self.step = 0
         self.replay_context = int(config["replay"]["context"])
         self._trained: dict[str, torch.Tensor] = {}
@@ -99,29 +102,51 @@ class DreamerV3Agent(Agent):
                                    device=self.device) for k, v in data.items()}
 
     # -- acting ----------------------------------------------------------------
+    def set_behavior(self, name: str, **settings: Any) -> None:
+        """Act with behaviour `name` from now on (`actor`, `mppi`, any registered one; its
+        settings are the config section it names, any replaced by `settings`). Start
+        episodes afresh (carry None)."""
+        self.behavior = make_behavior(name, self.wm, self.ac, self.act_dim, self.discrete,
+                                      self._config, **settings)
+        self.behavior_name = name
+        if self.compiled and hasattr(self.behavior, "compile"):
+            self.behavior.compile(self.device)
+
     @torch.no_grad()
     def policy(self, obs: Mapping[str, np.ndarray], carry: Any = None, mode: str = "train"):
+        """Carry: (latent state, last action, the behaviour's own carry)."""
         n = len(obs["is_first"])
         if mode == "random":
             return self.random_actions(n), carry
         data = self._to_torch({k: obs[k] for k in self.shapes})
         is_first = torch.as_tensor(np.asarray(obs["is_first"]), device=self.device)
         if carry is None:
-            carry = (self.wm.rssm.initial(n, self.device),
-                     torch.zeros(n, self.act_dim, device=self.device))
-        state, action = self.clock.timed(self._act, data, is_first, *carry, mode == "train")
-        return action.cpu().numpy(), (state, action)
+            carry = (self.wm.initial(n, self.device),
+                     torch.zeros(n, self.act_dim, device=self.device),
+                     self.behavior.initial(n, self.device))
+        sample = mode == "train"
+        state, action, own = self.clock.timed(self._act, data, is_first, *carry, sample)
+        if action is None:  # a planner: its loop runs here, its pieces compiled on their own
+            with self._amp():
+                action, own = self.clock.timed(self.behavior, state, own, is_first, sample)
+            action = action.float()
+        return action.cpu().numpy(), (state, action, own)
 
     def _act(self, data: dict[str, torch.Tensor], is_first: torch.Tensor, state: dict,
-             prev_action: torch.Tensor, sample: bool) -> tuple[dict, torch.Tensor]:
-        """One policy step on tensors (compiled on the fast path): posterior update, then an
-        action sampled (`sample`) or the mode. fp32 on CPU: batches of a few envs."""
+             prev_action: torch.Tensor, own: Any, sample: bool
+             ) -> tuple[dict, torch.Tensor | None, Any]:
+        """One policy step on tensors (compiled on the fast path): posterior update, then the
+        behaviour's action, sampled (`sample`) or its most likely; fp32 on CPU. A behaviour
+        that is not `FUSED` (a planner: hundreds of rollouts, minutes to compile as one
+        graph) is left to the caller: the action is then None."""
         with self._amp(batched=False):
             embed = self.wm.encode(data)
-            state, _ = self.wm.rssm.obs_step(state, prev_action, embed, is_first)
-            dist = self.ac.policy(self.wm.rssm.feat(state))
-            action = dist.sample() if sample else dist.mode()
-        return {k: v.float() for k, v in state.items()}, action.float()
+            state = self.wm.obs_step(state, prev_action, embed, is_first)
+            action = None
+            if self.behavior.FUSED:
+                action, own = self.behavior(state, own, is_first, sample)
+                action = action.float()
+        return {k: v.float() for k, v in state.items()}, action, own
 
     def random_actions(self, n: int) -> np.ndarray:
         if self.discrete:
@@ -227,7 +252,7 @@ class DreamerV3Agent(Agent):
         data = self._to_torch({k: obs[k] for k in self.shapes})
         with self._amp():
             embed = self.wm.encode(data)
-        return embed.float(), self.wm.rssm.feat(carry[0]).float()
+        return embed.float(), self.wm.feat(carry[0]).float()
 
     # -- persistence ---------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -111,6 +111,44 @@ class WorldModel(nn.Module):
     def encode(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.encoder(obs)
 
+    # -- the latent interface: what acting, imagination, planning and export use ----------
+    # (TD-MPC2's world model is the example: encode, next, reward, pi, Q.) A caller holds a
+    # State (a dict of tensors, opaque to it) and reads the model only through these.
+    @property
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of a State's carried tensors per batch row (an exported graph's carry)."""
+        return {"deter": (self.rssm.deter,), "stoch": (self.rssm.stoch, self.rssm.classes)}
+
+    @property
+    def feat_dim(self) -> int:
+        return self.rssm.feat_dim
+
+    def initial(self, batch: int, device: torch.device | str) -> State:
+        """The state before the first observation (zeros)."""
+        return self.rssm.initial(batch, device)
+
+    def obs_step(self, state: State, prev_action: torch.Tensor, embed: torch.Tensor,
+                 is_first: torch.Tensor, uniform: torch.Tensor | None = None) -> State:
+        """Observe one step: the posterior state after `prev_action` led to the observation
+        embedded as `embed` (state and action reset where `is_first`)."""
+        return self.rssm.obs_step(state, prev_action, embed, is_first, uniform)[0]
+
+    def img_step(self, state: State, action: torch.Tensor, sample: bool = True) -> State:
+        """Imagine one step: the prior state after taking `action` in `state`."""
+        return self.rssm.img_step(state, action, sample)
+
+    def feat(self, state: State) -> torch.Tensor:
+        """The feature [..., feat_dim] the heads, the actor and the critic read."""
+        return self.rssm.feat(state)
+
+    def predict_reward(self, feat: torch.Tensor) -> torch.Tensor:
+        """Expected reward on arriving at the state of `feat`."""
+        return self.reward(feat).pred()
+
+    def predict_continue(self, feat: torch.Tensor) -> torch.Tensor:
+        """Probability that the episode goes on after the state of `feat`."""
+        return self.cont(feat).pred()
+
     def observe(self, embed, action, is_first, state: State | None = None):
         return self.rssm.observe(embed, action, is_first, state)
 

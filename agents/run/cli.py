@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, add_set_arg
 
 # Errors a user can cause get one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
@@ -77,6 +77,17 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--envs", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None, help="where to write results (default: <run>/eval)")
+    p.add_argument("--behavior", default=None,
+                   help="how the agent acts: actor | mppi (planning; settings from the run's "
+                        "config, changed with --set mppi.KEY=VALUE); default: the run's "
+                        "run.behavior")
+    p.add_argument("--policy", choices=("mode", "sample"), default="mode",
+                   help="mode: the behaviour's most likely action (default); sample: act as "
+                        "in training")
+    p.add_argument("--compile", choices=("auto", "on", "off"), default="off",
+                   help="the compiled acting path: pays its warm-up (seconds to a minute) "
+                        "back over long evaluations, planning ones above all (default off)")
+    add_set_arg(p, "override a setting of the loaded run's config for evaluation (mppi.*)")
     args = p.parse_args(argv)
     try:
         return _evaluate(args)
@@ -85,29 +96,38 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from agents.run.collector import Collector
+    from agents.behaviors import check_behavior
+    from agents.run.collector import ActingClock, Collector
     from agents.run.inference import find_run, load_agent
     from agents.run.logger import RunLogger
     from agents.run.train import make_eval_env
 
     logdir, _ = find_run(args.path)
-    agent, cfg = load_agent(args.path, device=args.device)
+    agent, cfg = load_agent(args.path, device=args.device, overrides=args.sets,
+                            compile=args.compile)
+    behavior = args.behavior or cfg.run.behavior
+    check_behavior(behavior, cfg)
+    agent.set_behavior(behavior)
     env = make_eval_env(cfg, args.envs, cfg.seed + 20_000, args.video, agent.obs_space)
+    mode = "eval" if args.policy == "mode" else "train"
+    clock = ActingClock(lambda obs, carry: agent.policy(obs, carry, mode=mode))
     try:
-        policy = lambda obs, carry: agent.policy(obs, carry, mode="eval")
-        records, frames = Collector(env).run_episodes(policy, args.episodes, render=args.video)
+        records, frames = Collector(env).run_episodes(clock, args.episodes, render=args.video)
     finally:
         env.close()
     returns = [r["return"] for r in records]
     out = Path(args.out) if args.out else logdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     summary = {"episodes": len(returns), "mean_return": float(np.mean(returns)),
-               "std_return": float(np.std(returns)), "returns": returns}
+               "std_return": float(np.std(returns)), "returns": returns,
+               "behavior": behavior, "policy": args.policy, "envs": args.envs,
+               "act_ms": clock.ms_per_step(), "updates": agent.step}
     (out / "eval.json").write_text(json.dumps(summary, indent=1))
     if args.video and frames:
         with RunLogger(out, tensorboard=False) as logger:
             path = logger.video("eval", np.stack(frames), 0)
         print(f"video: {path}")
-    print(f"{len(returns)} episodes: mean return {summary['mean_return']:.1f} "
-          f"+- {summary['std_return']:.1f}")
+    print(f"{len(returns)} episodes ({behavior}, {args.policy}): mean return "
+          f"{summary['mean_return']:.1f} +- {summary['std_return']:.1f}; acting "
+          f"{summary['act_ms']:.1f} ms per step at batch {args.envs}")
     return 0

@@ -8,6 +8,7 @@ an episode end is stored as `is_first` with zero action and reward, never as a t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,28 @@ def random_policy(action_space: gym.Space, seed: int | None = None) -> Policy:
         return rng.uniform(-1.0, 1.0, (n, size)).astype(np.float32), carry
 
     return policy
+
+
+class ActingClock:
+    """A policy that times its calls: milliseconds per acting step (one call steps every env
+    of the batch), leaving out the first call of each batch size (compile warm-up)."""
+
+    def __init__(self, policy: Policy):
+        self.policy, self.seconds, self.calls = policy, 0.0, 0
+        self._seen: set[int] = set()
+
+    def __call__(self, obs: dict[str, np.ndarray], carry: Any) -> tuple[np.ndarray, Any]:
+        start = time.perf_counter()
+        out = self.policy(obs, carry)
+        n = len(obs["is_first"])
+        if n in self._seen:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+        self._seen.add(n)
+        return out
+
+    def ms_per_step(self) -> float:
+        return 1000 * self.seconds / max(self.calls, 1)
 
 
 class Collector:

@@ -215,6 +215,19 @@ class Config(Mapping):
         return cls(_merge(defaults, data))
 
 
+def override_config(cfg: Config, sets: Sequence[str]) -> Config:
+    """`cfg` with `key=value` strings applied (a loaded run evaluated with other settings),
+    each checked against the keys and types `cfg` already has."""
+    if not sets:
+        return cfg
+    layer = _check(nest(dict(parse_override(s) for s in sets)), cfg.to_dict(), prefix="")
+    merged = _merge(cfg.to_dict(), layer)
+    error = range_error(merged)
+    if error:
+        raise ConfigError(error)
+    return Config(merged)
+
+
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
     atomic_write(path, cfg.to_yaml())

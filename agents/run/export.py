@@ -42,7 +42,7 @@ class ActingStep(nn.Module):
 
     def __init__(self, agent, sample: bool):
         super().__init__()
-        self.encoder, self.rssm, self.actor = agent.wm.encoder, agent.wm.rssm, agent.ac.policy
+        self.wm, self.actor = agent.wm, agent.ac.policy
         self.obs_keys = list(agent.shapes)
         self.sample = sample
 
@@ -50,10 +50,10 @@ class ActingStep(nn.Module):
         n = len(self.obs_keys)
         obs = dict(zip(self.obs_keys, inputs[:n]))
         is_first, deter, stoch, prev_action, latent_noise = inputs[n:n + 5]
-        embed = self.encoder(obs)
-        post, _ = self.rssm.obs_step({"deter": deter, "stoch": stoch}, prev_action, embed,
-                                     is_first, latent_noise)
-        dist = self.actor(self.rssm.feat(post))
+        embed = self.wm.encode(obs)
+        post = self.wm.obs_step({"deter": deter, "stoch": stoch}, prev_action, embed,
+                                is_first, latent_noise)
+        dist = self.actor(self.wm.feat(post))
         if self.sample:
             action = dist.sample(inputs[n + 5])
         else:
@@ -63,15 +63,15 @@ class ActingStep(nn.Module):
 
 def input_specs(agent, sample: bool) -> list[dict[str, Any]]:
     """Name, shape (N = batch) and dtype of every graph input, in order."""
-    rssm = agent.wm.rssm
+    carry = agent.wm.state_shapes
     specs = [{"name": k, "shape": ["N", *shape], "dtype": "uint8" if k == "image" else "float32"}
              for k, shape in agent.shapes.items()]
     specs += [
         {"name": "is_first", "shape": ["N"], "dtype": "bool"},
-        {"name": "deter", "shape": ["N", rssm.deter], "dtype": "float32"},
-        {"name": "stoch", "shape": ["N", rssm.stoch, rssm.classes], "dtype": "float32"},
+        {"name": "deter", "shape": ["N", *carry["deter"]], "dtype": "float32"},
+        {"name": "stoch", "shape": ["N", *carry["stoch"]], "dtype": "float32"},
         {"name": "prev_action", "shape": ["N", agent.act_dim], "dtype": "float32"},
-        {"name": "latent_noise", "shape": ["N", rssm.stoch], "dtype": "float32"},
+        {"name": "latent_noise", "shape": ["N", carry["stoch"][0]], "dtype": "float32"},
     ]
     if sample:
         shape = ["N"] if agent.discrete else ["N", agent.act_dim]
@@ -80,9 +80,9 @@ def input_specs(agent, sample: bool) -> list[dict[str, Any]]:
 
 
 def output_specs(agent) -> list[dict[str, Any]]:
-    rssm = agent.wm.rssm
-    shapes = {"action": [agent.act_dim], "next_deter": [rssm.deter],
-              "next_stoch": [rssm.stoch, rssm.classes]}
+    carry = agent.wm.state_shapes
+    shapes = {"action": [agent.act_dim], "next_deter": list(carry["deter"]),
+              "next_stoch": list(carry["stoch"])}
     return [{"name": k, "shape": ["N", *shapes[k]], "dtype": "float32"} for k in OUTPUTS]
 
 
@@ -260,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"run": str(logdir), "checkpoint": str(file), "env": cfg.env.spec,
                 "env_options": cfg.env.options.to_dict(), "agent": cfg.agent, "size": cfg.size}
         export_policy(agent, out, args.format, args.policy, meta=meta)
+        if cfg.run.behavior != "actor":
+            # A planner is a loop of hundreds of world-model rollouts with its own noise, not
+            # one acting step: the graph holds the actor, and the run's evaluation plans.
+            print(f"note: the run acts with run.behavior={cfg.run.behavior}; the export holds "
+                  "its actor (planning is not exported)", file=sys.stderr)
     except (CheckpointError, ConfigError, ExportError) as err:
         print(f"dreamer-export: error: {err}", file=sys.stderr)
         return 2

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import envs
 from agents.base import Agent, make_agent
+from agents.compiled import resolve_compile
 from agents.run.checkpoint import CheckpointError, load_checkpoint
-from agents.run.config import Config
+from agents.run.config import Config, override_config
 from agents.run.rundir import RunDir
 from agents.runtime import select_device
 
@@ -21,19 +23,22 @@ def find_run(path: str | Path) -> tuple[Path, Path]:
     return run.path, file
 
 
-def load_agent(path: str | Path, device: str = "auto") -> tuple[Agent, Config]:
-    """Rebuild the agent of a run and load its weights.
+def load_agent(path: str | Path, device: str = "auto", overrides: Sequence[str] = (),
+               compile: str = "off") -> tuple[Agent, Config]:
+    """Rebuild the agent of a run and load its weights; `overrides` (`key=value`) change
+    settings that do not shape the weights (the behaviour's, e.g. `mppi.samples=256`);
+    `compile` (auto | on | off) picks the fast acting path (off: eager, no warm-up).
 
     >>> agent, cfg = load_agent("runs/dmc-walker-walk-state/dreamerv3-1m-seed0")
     >>> env = envs.make(cfg.env.spec, **cfg.env.options.to_dict())
     """
     logdir, file = find_run(path)
-    cfg = Config.from_yaml(RunDir(logdir).config)
+    cfg = override_config(Config.from_yaml(RunDir(logdir).config), overrides)
     dev, precision = select_device(device, cfg.precision)
     probe = envs.make(cfg.env.spec, seed=cfg.seed, **cfg.env.options.to_dict())
     try:
         agent = make_agent(cfg.agent, probe.observation_space, probe.action_space, cfg,
-                           device=dev, precision=precision)
+                           device=dev, precision=precision, compile=resolve_compile(compile, dev))
     finally:
         probe.close()
     state = load_checkpoint(file)

@@ -21,6 +21,7 @@ import torch
 
 import envs
 from agents.base import Agent, make_agent
+from agents.behaviors import check_behavior
 from agents.compiled import resolve_compile
 from agents.run.checkpoint import CheckpointError, GracefulExit, load_checkpoint, save_checkpoint
 from agents.run.collector import Collector
@@ -147,10 +148,14 @@ def build_parts(cfg: Config, run: RunDir) -> Parts:
     if cfg.run.eval_policy not in EVAL_POLICIES:
         raise ConfigError(f"run.eval_policy {cfg.run.eval_policy!r} unknown; allowed: "
                           f"{', '.join(EVAL_POLICIES)}")
-    try:  # a bad sampler fails before anything is built or written
+    try:  # a bad sampler or behaviour fails before anything is built or written
         make_sampler(cfg.replay.sampler, **cfg.replay.sampler_options.to_dict())
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    try:
+        check_behavior(cfg.run.behavior, cfg)
+    except ValueError as exc:
+        raise ConfigError(f"run.behavior {cfg.run.behavior!r}: {exc}") from None
     device, precision = select_device(cfg.device, cfg.precision)
     compile = resolve_compile(cfg.compile, device)
     set_threads(cfg.threads)

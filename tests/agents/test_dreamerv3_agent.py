@@ -86,7 +86,7 @@ def test_policy_returns_model_format_actions_and_a_carry(kind):
     if agent.discrete:
         np.testing.assert_allclose(action.sum(-1), 1.0, atol=1e-6)
         assert set(np.unique(action.round(6))) <= {0.0, 1.0}
-    state, prev = carry
+    state, prev, _ = carry
     assert state["deter"].shape == (n, agent.wm.rssm.deter)
     np.testing.assert_allclose(prev.numpy(), action)
     action2, carry2 = agent.policy(observation(agent, n, False, seed=1), carry, mode="eval")
