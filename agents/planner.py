@@ -37,7 +37,7 @@ class MPPI:
     def __init__(self, wm, ac, act_dim: int, discrete: bool, samples: int = 512,
                  horizon: int = 3, iterations: int = 6, elites: int = 64,
                  actor_samples: int = 24, temperature: float = 0.5, min_std: float = 0.05,
-                 max_std: float = 2.0, unimix: float = 0.01):
+                 max_std: float = 2.0, unimix: float = 0.01, sample_latents: bool = False):
         self.check(samples, horizon, iterations, elites, actor_samples, temperature, min_std,
                    max_std, unimix)
         self.wm, self.ac = wm, ac
@@ -45,11 +45,15 @@ class MPPI:
         self.samples, self.horizon, self.iterations = samples, horizon, iterations
         self.elites, self.actor_samples, self.temperature = elites, actor_samples, temperature
         self.min_std, self.max_std, self.unimix = min_std, max_std, unimix
+        # Score on the prior's most likely latents (TD-MPC2's dynamics are deterministic):
+        # with sampled ones, each candidate is scored on one noisy path and the top-k
+        # favours lucky draws.
+        self.sample_latents = bool(sample_latents)
 
     @staticmethod
     def check(samples: int = 512, horizon: int = 3, iterations: int = 6, elites: int = 64,
               actor_samples: int = 24, temperature: float = 0.5, min_std: float = 0.05,
-              max_std: float = 2.0, unimix: float = 0.01) -> None:
+              max_std: float = 2.0, unimix: float = 0.01, sample_latents: bool = False) -> None:
         """Raise ValueError naming the settings out of range."""
         checks = {"samples": samples >= 1, "horizon": horizon >= 1, "iterations": iterations >= 0,
                   "elites": 1 <= elites <= samples, "actor_samples": 0 <= actor_samples <= samples,
@@ -106,8 +110,8 @@ class MPPI:
         pick = (weight.log() + gumbel(weight.shape, device)).argmax(1)
         action = elite[torch.arange(n, device=device), pick, 0]
         if sample and not self.discrete:
-            action = (action + std[:, 0] * torch.randn_like(action)).clamp(-1, 1)
-        return action, mean
+            action = action + std[:, 0] * torch.randn_like(action)
+        return (action if self.discrete else action.clamp(-1, 1)), mean
 
     def _actor_plans(self, state: dict, n: int, sample: bool) -> torch.Tensor:
         """The actor's own rollouts [N, P, H, A] from each state under the prior."""
@@ -120,9 +124,11 @@ class MPPI:
             action = dist.sample()
             if not sample:  # candidate 0 of each env is the actor's most likely sequence
                 action = torch.where(first, dist.mode(), action)
+            if not self.discrete:  # the actor's normal reaches past the action bounds
+                action = action.clamp(-1, 1)
             actions.append(action)
             if t + 1 < self.horizon:
-                s = self.wm.img_step(s, action)
+                s = self.wm.img_step(s, action, self.sample_latents)
         return torch.stack(actions, 1).reshape(n, P, self.horizon, self.act_dim)
 
     def _draw(self, mean: torch.Tensor, std: torch.Tensor, count: int) -> torch.Tensor:
@@ -150,7 +156,7 @@ class MPPI:
         values bootstrapping (the return the actor is trained on, from a real state)."""
         s, feats = start, []
         for t in range(actions.shape[1]):
-            s = self.wm.img_step(s, actions[:, t])
+            s = self.wm.img_step(s, actions[:, t], self.sample_latents)
             feats.append(self.wm.feat(s))
         feat = torch.stack(feats, 1)
         rew = self.wm.predict_reward(feat)
@@ -161,4 +167,5 @@ class MPPI:
         rew, con, val = pad(rew, 0.0), pad(con, 1.0), pad(val, 0.0)
         ret = lambda_return(torch.zeros_like(con), 1 - con, rew, val, val, self.ac.disc,
                             self.ac.lam)
-        return ret[:, 0]
+        # A non-finite score would win the top-k and poison the plan (TD-MPC2 zeroes them).
+        return torch.nan_to_num(ret[:, 0], nan=0.0, posinf=0.0, neginf=0.0)

@@ -38,6 +38,8 @@ def parse_behavior(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def _number(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     for cast in (int, float):
         try:
             return cast(text)

@@ -82,8 +82,9 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                         "config, changed with --set mppi.KEY=VALUE); default: the run's "
                         "run.behavior")
     p.add_argument("--policy", choices=("mode", "sample"), default="mode",
-                   help="mode: the behaviour's most likely action (default); sample: act as "
-                        "in training")
+                   help="mode (default): the actor's most likely action, and no action "
+                        "noise from the planner (whose pick among its elites stays a draw); "
+                        "sample: act as in training")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="off",
                    help="the compiled acting path: pays its warm-up (seconds to a minute) "
                         "back over long evaluations, planning ones above all (default off)")

@@ -42,7 +42,9 @@ class ActingStep(nn.Module):
 
     def __init__(self, agent, sample: bool):
         super().__init__()
-        self.wm, self.actor = agent.wm, agent.ac.policy
+        # The modules the graph needs, not the whole world model (its decoder and heads
+        # would ride along in a TorchScript file); shapes come from its latent interface.
+        self.encoder, self.rssm, self.actor = agent.wm.encoder, agent.wm.rssm, agent.ac.policy
         self.obs_keys = list(agent.shapes)
         self.sample = sample
 
@@ -50,10 +52,10 @@ class ActingStep(nn.Module):
         n = len(self.obs_keys)
         obs = dict(zip(self.obs_keys, inputs[:n]))
         is_first, deter, stoch, prev_action, latent_noise = inputs[n:n + 5]
-        embed = self.wm.encode(obs)
-        post = self.wm.obs_step({"deter": deter, "stoch": stoch}, prev_action, embed,
-                                is_first, latent_noise)
-        dist = self.actor(self.wm.feat(post))
+        embed = self.encoder(obs)
+        post, _ = self.rssm.obs_step({"deter": deter, "stoch": stoch}, prev_action, embed,
+                                     is_first, latent_noise)
+        dist = self.actor(self.rssm.feat(post))
         if self.sample:
             action = dist.sample(inputs[n + 5])
         else:

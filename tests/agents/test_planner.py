@@ -127,6 +127,8 @@ def test_zero_iterations_all_from_the_actor_is_the_actor(kind, mode, candidates)
     agent.set_behavior("mppi")
     torch.manual_seed(1)
     planned, carry = agent.policy(obs(3, True), None, mode=mode)
+    if kind == "continuous":  # the planner keeps actions in bounds; the env clips the actor's
+        actor_action = actor_action.clip(-1, 1)
     np.testing.assert_allclose(planned, actor_action, atol=1e-6)
     assert carry[2].shape == (3, 3, agent.act_dim)  # the plan: horizon 3
 
@@ -153,6 +155,28 @@ def test_mppi_in_the_agent_acts_and_warm_starts(kind, agent_name):
     assert np.isfinite(action).all()
 
 
+def test_planner_scores_the_return_the_actor_trains_on():
+    agent = tiny_agent("continuous", ["actor_critic.value.outscale=1.0",
+                                      "model.reward_head.outscale=1.0"])
+    planner = MPPI(agent.wm, agent.ac, agent.act_dim, False, horizon=4)
+    torch.manual_seed(3)
+    n, horizon = 5, 4
+    start = {"deter": torch.randn(n, agent.wm.rssm.deter).tanh(),
+             "stoch": torch.nn.functional.one_hot(torch.randint(0, 4, (n, 32)), 4).float()}
+    actions = torch.rand(n, horizon + 1, agent.act_dim) * 2 - 1
+    states, s = [start], start
+    for t in range(horizon):
+        s = agent.wm.img_step(s, actions[:, t], sample=False)
+        states.append(s)
+    stacked = {k: torch.stack([x[k] for x in states], 1) for k in ("deter", "stoch")}
+    with torch.no_grad():
+        _, ret, _ = agent.ac.imagined_losses(agent.wm, stacked, actions,
+                                             torch.zeros(n, dtype=torch.bool))
+        score = planner.returns(start, actions[:, :horizon])
+    assert ret[:, 0].abs().max() > 1e-3  # non-trivial heads: rewards, continues and values
+    torch.testing.assert_close(score, ret[:, 0])
+
+
 def test_behavior_errors_are_one_line(monkeypatch):
     cfg = load_config("gym:CartPole-v1", size="1m")
     check_behavior("mppi", cfg)
@@ -166,14 +190,20 @@ def test_behavior_errors_are_one_line(monkeypatch):
     check_behavior("mine", cfg)
 
 
-def test_training_with_the_planner_and_evaluating_either_way(tmp_path, tiny_config, capsys):
+def test_training_with_the_planner_and_evaluating_either_way(tmp_path, tiny_config,
+                                                             monkeypatch):
     from agents.run.cli import eval_main
 
     planner = {"mppi.samples": 16, "mppi.elites": 4, "mppi.actor_samples": 4,
                "mppi.iterations": 1}
     cfg = tiny_config("gym:CartPole-v1", tmp_path / "run", 200,
                       {"run.behavior": "mppi", **planner})
+    calls = []
+    original = MPPI.__call__
+    monkeypatch.setattr(MPPI, "__call__",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
     train(cfg)
+    assert len(calls) > 50  # the planner chose the actions after the random prefill
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["finished"] and status["updates"] > 0
     for behavior in ("actor", "mppi"):
@@ -196,12 +226,13 @@ def test_compiled_planner_acts_without_recompiling():
     cfg = load_config("gym:CartPole-v1", size="1m", sets=["actor_critic.imag_length=4", *sets])
     space = gym.spaces.Dict({"vector": gym.spaces.Box(-np.inf, np.inf, (5,), np.float32)})
     agent = DreamerV3Agent(space, gym.spaces.Box(-1, 1, (2,)), cfg, compile=True)
+    agent.policy(obs(2, True), None, mode="train")  # the actor's fused step, traced first
     agent.set_behavior("mppi")
-    carry = None
+    carry, before = None, graphs_compiled()
     for step in range(4):
-        if step == 2:
+        if step == 1:
+            assert graphs_compiled() >= before + 2  # the acting step again, and the rollout
             warm = graphs_compiled()
         action, carry = agent.policy(obs(2, step == 0, seed=step), carry, mode="train")
         assert np.isfinite(action).all() and np.abs(action).max() <= 1
     assert graphs_compiled() == warm, "the planner recompiled after warm-up"
-    assert agent.clock.graphs > 0  # its rollout did compile
