@@ -50,15 +50,20 @@ def register(name: str, entry_point: str | type[Agent] | None = None):
     return entry_point
 
 
-def agent_class(name: str) -> type[Agent]:
-    """The class registered as `name`, importing its module on first use."""
-    if name not in AGENTS:
-        raise UnknownAgentError(f"unknown agent '{name}'; available: {', '.join(sorted(AGENTS))}")
-    entry = AGENTS[name]
+def load_entry_point(entry: str | type) -> type:
+    """A registry entry as a class: `"module:Class"` is imported (on first use), a class is
+    itself."""
     if isinstance(entry, str):
         module, _, attr = entry.partition(":")
         entry = getattr(importlib.import_module(module), attr)
     return entry
+
+
+def agent_class(name: str) -> type[Agent]:
+    """The class registered as `name`, importing its module on first use."""
+    if name not in AGENTS:
+        raise UnknownAgentError(f"unknown agent '{name}'; available: {', '.join(sorted(AGENTS))}")
+    return load_entry_point(AGENTS[name])
 
 
 def make_agent(name: str, obs_space: gym.spaces.Dict, act_space: gym.Space, config,

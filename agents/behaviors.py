@@ -13,10 +13,11 @@ A behaviour is one class plus a config block (its `SECTION`): `register_behavior
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import torch
+
+from agents.base import load_entry_point
 
 BEHAVIORS: dict[str, str | type] = {
     "actor": "agents.behaviors:ActorBehavior",
@@ -32,11 +33,7 @@ def register_behavior(name: str, entry_point: str | type) -> None:
 def behavior_class(name: str) -> type:
     if name not in BEHAVIORS:
         raise ValueError(f"unknown behavior '{name}'; available: {', '.join(sorted(BEHAVIORS))}")
-    entry = BEHAVIORS[name]
-    if isinstance(entry, str):
-        module, _, attr = entry.partition(":")
-        entry = getattr(importlib.import_module(module), attr)
-    return entry
+    return load_entry_point(BEHAVIORS[name])
 
 
 def _settings(cls: type, config) -> dict:
