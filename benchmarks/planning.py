@@ -15,7 +15,6 @@ size, and with it any compile warm-up, is left out and reported as `warm-up s`.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,26 +25,12 @@ from agents.run.cli_args import ArgParser, emit_table
 
 
 def parse_behavior(text: str) -> tuple[str, dict[str, Any]]:
-    """`mppi:samples=128,iterations=3` -> ("mppi", {"samples": 128, "iterations": 3})."""
+    """`mppi:samples=128,iterations=3` -> ("mppi", {"samples": 128, "iterations": 3}), the
+    values read as `--set` reads them."""
+    from agents.run.config import parse_override
+
     name, _, rest = text.partition(":")
-    settings: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(f"behavior setting {item!r} is not KEY=VALUE (in {text!r})")
-        settings[key.strip()] = _number(value.strip())
-    return name.strip(), settings
-
-
-def _number(text: str) -> Any:
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+    return name.strip(), dict(parse_override(item) for item in filter(None, rest.split(",")))
 
 
 def evaluate(agent, cfg, episodes: int, envs: int, mode: str) -> list[float]:
@@ -69,20 +54,11 @@ def acting_ms(agent, cfg, batch: int, steps: int, mode: str) -> tuple[float, flo
 
     env = make_eval_env(cfg, batch, cfg.seed + 30_000, False, agent.obs_space)
     clock = ActingClock(lambda obs, carry: agent.policy(obs, carry, mode=mode))
-    first = []
-
-    def timed(obs, carry):
-        start = time.perf_counter()
-        out = clock(obs, carry)
-        if not first:
-            first.append(time.perf_counter() - start)
-        return out
-
     try:
-        Collector(env).collect(timed, steps + 1)  # no replay: nothing is stored
+        Collector(env).collect(clock, steps + 1)  # no replay: nothing is stored
     finally:
         env.close()
-    return clock.ms_per_step(), first[0]
+    return clock.ms_per_step(), clock.warmup_s
 
 
 def table(rows: Sequence[dict[str, Any]], timing: Sequence[int]) -> str:
@@ -121,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         behaviors = [parse_behavior(b) for b in args.behavior or ["actor", "mppi"]]
         timing = [int(b) for b in args.timing.split(",") if b.strip()]
-    except ValueError as err:
+    except ValueError as err:  # ConfigError included
         print(f"error: {err}", file=sys.stderr)
         return 2
     mode = "eval" if args.policy == "mode" else "train"

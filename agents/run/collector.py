@@ -57,15 +57,18 @@ class ActingClock:
 
     def __init__(self, policy: Policy):
         self.policy, self.seconds, self.calls = policy, 0.0, 0
+        self.warmup_s = 0.0  # the longest first call of a batch size
         self._seen: set[int] = set()
 
     def __call__(self, obs: dict[str, np.ndarray], carry: Any) -> tuple[np.ndarray, Any]:
         start = time.perf_counter()
         out = self.policy(obs, carry)
-        n = len(obs["is_first"])
+        n, elapsed = len(obs["is_first"]), time.perf_counter() - start
         if n in self._seen:
-            self.seconds += time.perf_counter() - start
+            self.seconds += elapsed
             self.calls += 1
+        else:
+            self.warmup_s = max(self.warmup_s, elapsed)
         self._seen.add(n)
         return out
 
