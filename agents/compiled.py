@@ -15,6 +15,7 @@ posterior loop) the casts cost more than the bf16 matmuls save.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -104,15 +105,27 @@ def configure_dynamo(per_function: int = 64) -> None:
 
     A function that fails to compile runs eager, with dynamo's warning, instead of stopping
     the run: a process killed while inductor writes a kernel can leave a truncated file in
-    its cache (`/tmp/torchinductor_$USER`; our crash trials found one), and every later
+    its cache (our crash trials found one), and every later
     load of that kernel fails. Empty kernel libraries are removed here first, so inductor
-    rebuilds them (the failure then costs a compile, not an eager run)."""
+    rebuilds them (the failure then costs a compile, not an eager run).
+
+    Inductor's caches (compiled kernels, FX graphs, AOT autograd graphs) go to
+    `$XDG_CACHE_HOME/dreamjepa/inductor` (default `~/.cache/...`) unless
+    TORCHINDUCTOR_CACHE_DIR names a folder: torch's default lives under /tmp, which a
+    reboot empties, and with a cold cache every process compiles its kernels afresh."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
     drop_truncated_kernels()
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, per_function)
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit,
                                              16 * per_function)
     config.suppress_errors = True
+
+
+def inductor_cache_dir() -> Path:
+    """The folder our processes keep inductor's caches in (see `configure_dynamo`)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "dreamjepa" / "inductor"
 
 
 def drop_truncated_kernels(min_age_s: float = 600.0) -> int:

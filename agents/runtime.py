@@ -11,30 +11,35 @@ import torch
 
 
 @functools.cache
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): bf16 matmuls then run
-    2-6x faster than fp32 ones; elsewhere bf16 is emulated and slower."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def describe_machine() -> dict[str, object]:
-    """What a timing or a learning curve ran on: CPU model and flags that decide the fast
-    path, cores this process may use, GPU, torch version."""
-    model, flags = "unknown", []
+def cpu_info() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and its flags, from /proc/cpuinfo ("unknown", none elsewhere)."""
+    model, flags = "unknown", frozenset()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name") and model == "unknown":
                     model = line.split(":", 1)[1].strip()
                 elif line.startswith("flags") and not flags:
-                    flags = line.split(":", 1)[1].split()
+                    flags = frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return model, flags
+
+
+def cpu_flags() -> frozenset[str]:
+    return cpu_info()[1]
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): bf16 matmuls then run
+    2-6x faster than fp32 ones; elsewhere bf16 is emulated and slower."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def describe_machine() -> dict[str, object]:
+    """What a timing or a learning curve ran on: CPU model and flags that decide the fast
+    path, cores this process may use, GPU, torch version."""
+    model, flags = cpu_info()
     return {
         "cpu": model,
         "cores": len(os.sched_getaffinity(0)),

@@ -4,7 +4,7 @@ collecting with the policy.
 
     python -m benchmarks.throughput [--rows all|1m-state,12m-pixels,peer-state,...,collect]
         [--modes eager,fast] [--updates 3] [--device auto|cpu|cuda] [--threads 0]
-        [--set KEY=VALUE ...]
+        [--parts] [--set KEY=VALUE ...]
 
 Updates use synthetic [16, 64] batches (uint8 images, float vectors), so no replay is
 involved. Each model row prints one line per mode: `eager` (fp32, no compile) and `fast`
@@ -24,6 +24,12 @@ dreamerv3 comparison. `all` is every row but `peer-state`. `collect` times `dmc:
 (state) with 4 envs and the 1m agent's policy. `--set` applies config overrides to every
 model row, e.g. `--set model.encoder.strided=true --set model.decoder.strided=true` to time
 the strided CNN that the CPU pixel runs use.
+
+`--parts` adds, for every pixel row, the image encoder (forward and backward over the
+batch's B x T uint8 frames) and the image decoder (forward, the image loss, backward) alone,
+eager and as the fast path runs them: where a pixel update's time goes. The header names
+the CPU and the flags that decide the kernels, and a memory-copy rate beside the matmul
+peaks (small-channel convs are bound by memory, not arithmetic).
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ from agents.compiled import resolve_compile
 from agents.dreamerv3 import DreamerV3Agent
 from agents.run.cli_args import ArgParser, add_set_arg
 from agents.run.config import ConfigError, load_config
-from agents.runtime import cpu_has_bf16, select_device
+from agents.runtime import cpu_flags, cpu_has_bf16, describe_machine, select_device
 
 STATE_DIM, ACT_DIM, IMAGE = 24, 6, (64, 64, 3)
 
@@ -87,6 +93,8 @@ ROWS: dict[str, Row] = {
     "jepa-12m-pixels": Row("12m", True, agent="jepa"),
 }
 COLLECT = "collect"
+# The CPU flags oneDNN and inductor pick their kernels by (fp32 FMA width, bf16, AMX).
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 MODES = ("eager", "fast")
 DEFAULT_ROWS = ("1m-state", "1m-pixels", "12m-state", "12m-pixels", "peer-pixels",
                 "peer-pixels-strided", "jepa-1m-pixels", "jepa-12m-pixels", COLLECT)
@@ -195,6 +203,14 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048) -> floa
     return 2 * n**3 / best / 1e9
 
 
+def copy_bandwidth(device: torch.device, mbytes: int = 256) -> float:
+    """GB/s moved by a `mbytes` MB tensor copy (read + write, best of 5)."""
+    src = torch.empty(mbytes * 2**18, device=device).uniform_()
+    dst = torch.empty_like(src)
+    best = min(timed(lambda: dst.copy_(src), 1, 1 if i == 0 else 0, device) for i in range(5))
+    return 2 * src.numel() * 4 / best / 1e9
+
+
 def update_gflop(agent: DreamerV3Agent, batch: dict[str, torch.Tensor]) -> float:
     """Matmul and conv GFLOP of one update (forward and backward), by torch's flop counter."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -224,6 +240,61 @@ def bench_row(name: str, args: argparse.Namespace, device: torch.device, mode: s
             "obs": "pixels" if row.pixels else "state",
             "wm": count(agent.wm), "ac": count(agent.ac), "first_s": first_s,
             "update_s": update_s, "policy_ms": policy_s * 1000}
+
+
+def image_parts(agent: DreamerV3Agent, batch: dict[str, torch.Tensor]
+                ) -> dict[str, tuple[Callable[[], torch.Tensor], list[torch.nn.Parameter]]]:
+    """The image encoder and decoder of `agent` as loss functions over the batch's frames,
+    each with the parameters whose gradients its backward computes."""
+    from world_models.encoders import IMAGE_KEY, MultiDecoder
+
+    data = agent._to_torch(batch)
+    image = data[IMAGE_KEY]
+    encoder = agent.wm.encoder
+    parts = {"encoder": (lambda: encoder({IMAGE_KEY: image}).square().mean(),
+                         [p for p in encoder.parameters() if p.requires_grad])}
+    decoder = agent.wm.decoder
+    if decoder is not None and IMAGE_KEY in decoder.keys:
+        feat = torch.randn(*image.shape[:2], agent.wm.feat_dim, device=image.device,
+                           generator=torch.Generator(image.device).manual_seed(0))
+
+        def decode() -> torch.Tensor:
+            pred = decoder(feat)
+            return MultiDecoder.loss({IMAGE_KEY: pred[IMAGE_KEY]}, data)["rec_image"].mean()
+
+        parts["decoder"] = (decode, [p for p in decoder.parameters() if p.requires_grad])
+    return parts
+
+
+def bench_parts(name: str, args: argparse.Namespace, device: torch.device, mode: str,
+                precision: str, compile: bool) -> list[dict[str, object]]:
+    """GFLOP and seconds of each image part's forward + backward (see `image_parts`)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    row = ROWS[name]
+    if mode == "eager":
+        precision, compile = "fp32", False
+    agent = build_agent(row, device, precision, args.set, compile)
+    batch = synthetic_batch(True, args.batch, args.length)
+    results = []
+    for part, (fn, params) in image_parts(agent, batch).items():
+        run = torch.compile(fn, dynamic=False) if compile else fn
+
+        def step(run=run, params=params) -> None:
+            for p in params:
+                p.grad = None
+            with agent._amp(batched=False):  # as the world-model loss runs
+                loss = run()
+            loss.backward()
+
+        with FlopCounterMode(display=False) as counter:
+            fn().backward()
+        first_s = timed(step, 1, 0, device)
+        seconds = timed(step, args.updates, args.warmup, device)
+        results.append({"row": name, "part": part, "mode": mode, "precision": precision,
+                        "compiled": compile, "gflop": counter.get_total_flops() / 1e9,
+                        "first_s": first_s, "update_s": seconds})
+    return results
 
 
 def bench_collect(args: argparse.Namespace, device: torch.device, precision: str
@@ -268,7 +339,35 @@ def table_row(r: dict[str, object], peaks: dict[str, float]) -> str:
     return (f"| {r['row']} | {r['agent']} | {r['obs']} | {r['wm'] / 1e6:.2f}M | "
             f"{r['ac'] / 1e6:.2f}M | {mode} | {r['gflop']:.1f} | {r['first_s']:.2f} | "
             f"{r['update_s']:.3f} | {rate:.0f} | {100 * rate / peaks['fp32']:.0f}% | "
-            f"{100 * rate / peaks['bf16']:.0f}% | {r['policy_ms']:.2f} |")
+            f"{bf16_share(rate, peaks)} | {r['policy_ms']:.2f} |")
+
+
+def bf16_share(rate: float, peaks: dict[str, float]) -> str:
+    """`rate` as a share of the bf16 peak; '-' where bf16 is emulated (no such peak)."""
+    return f"{100 * rate / peaks['bf16']:.0f}%" if peaks["native_bf16"] else "-"
+
+
+def parts_header(args: argparse.Namespace) -> str:
+    return (f"| model | part | mode | GFLOP | first call s | s (fwd + bwd, {args.batch}x"
+            f"{args.length} frames, median of {args.updates}) | GFLOP/s | % fp32 peak | "
+            "% bf16 peak |\n|---|---|---|---:|---:|---:|---:|---:|---:|")
+
+
+def parts_row(r: dict[str, object], peaks: dict[str, float]) -> str:
+    rate = r["gflop"] / r["update_s"]
+    mode = r["mode"] if r["mode"] == "eager" else (
+        f"fast ({r['precision']}{', compiled' if r['compiled'] else ''})")
+    return (f"| {r['row']} | {r['part']} | {mode} | {r['gflop']:.2f} | {r['first_s']:.2f} | "
+            f"{r['update_s']:.3f} | {rate:.0f} | {100 * rate / peaks['fp32']:.0f}% | "
+            f"{bf16_share(rate, peaks)} |")
+
+
+def machine_line(device: torch.device) -> str:
+    """The CPU (or GPU) and the flags that pick the kernels: what a timing ran on."""
+    info = describe_machine()
+    flags = [f for f in KERNEL_FLAGS if f in cpu_flags()]
+    line = f"CPU {info['cpu']} ({info['cores']} cores here), flags: {' '.join(flags) or 'none'}"
+    return line + (f"; GPU {info['gpu']}" if device.type == "cuda" else "")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -289,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="timed vector steps for the collect row")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all")
+    parser.add_argument("--parts", action="store_true",
+                        help="also time each pixel row's image encoder and decoder alone")
     add_set_arg(parser, "config override for every model row (repeatable)", dest="set")
     args = parser.parse_args(argv)
     try:
@@ -309,6 +410,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{', compiled' if compile else ', not compiled'}; {torch.get_num_threads()} "
           f"threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other "
           "processes share the CPU)")
+    print(machine_line(device))
     # Collection first: it is short, and rows print as they finish, so an interrupted
     # run still reports what it measured.
     if COLLECT in rows:
@@ -326,10 +428,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     # product would take minutes, so the emulated peak is measured on 512^3.
     native = device.type == "cuda" or cpu_has_bf16()
     peaks = {"fp32": matmul_peak(torch.float32, device),
-             "bf16": matmul_peak(torch.bfloat16, device, 2048 if native else 512)}
+             "bf16": matmul_peak(torch.bfloat16, device, 2048 if native else 512),
+             "native_bf16": native}
     print(f"\nmatmul peak (this run): fp32 {peaks['fp32']:.0f} GFLOP/s (2048^3), bf16 "
           f"{peaks['bf16']:.0f} GFLOP/s" + (" (2048^3)" if native else
-                                          " (512^3, emulated: this CPU has no native bf16)"))
+                                          " (512^3, emulated: this CPU has no native bf16)")
+          + f"; memory copy {copy_bandwidth(device):.1f} GB/s (256 MB, read + write)")
     if args.set:
         print(f"Every row with {' '.join(args.set)}")
     print("\n" + table_header(args), flush=True)
@@ -340,6 +444,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         for mode in modes:
             r = bench_row(name, args, device, mode, precision, compile)
             print(table_row({**r, "gflop": gflop}, peaks), flush=True)
+    pixel_rows = [name for name in models if ROWS[name].pixels]
+    if args.parts and pixel_rows:
+        print("\nImage parts alone (the encoder's input is uint8 frames; the decoder's "
+              "loss is the update's image loss)\n\n" + parts_header(args), flush=True)
+        for name in pixel_rows:
+            for mode in modes:
+                for r in bench_parts(name, args, device, mode, precision, compile):
+                    print(parts_row(r, peaks), flush=True)
 
 
 if __name__ == "__main__":

@@ -160,7 +160,10 @@ class MultiDecoder(nn.Module):
         if IMAGE_KEY in self.keys:
             lead = feat.shape[:-1]
             x = self.space(feat).reshape(-1, self.first_chans, self.minres, self.minres)
-            x = self.space_norm(x)
+            # Channels-last, as the encoder's input already is: oneDNN's convs run NHWC and
+            # the compiled graphs force it, so an NCHW start costs a layout copy per layer
+            # (forward and backward); the last layer's output then permutes to HWC for free.
+            x = self.space_norm(x.contiguous(memory_format=torch.channels_last))
             x = torch.sigmoid(self.deconv(x).float())
             out[IMAGE_KEY] = x.permute(0, 2, 3, 1).reshape(*lead, *x.shape[2:], x.shape[1])
         if VECTOR_KEY in self.keys:

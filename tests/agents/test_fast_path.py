@@ -4,6 +4,7 @@ and compiles once: no recompiles after warm-up for the shapes a run uses."""
 from __future__ import annotations
 
 import copy
+import os
 
 import gymnasium as gym
 import numpy as np
@@ -33,11 +34,18 @@ def spaces(discrete: bool = False):
     return obs, act
 
 
+def pixel_spaces(size: int = 16):
+    obs = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (size, size, 3), np.uint8)})
+    return obs, gym.spaces.Box(-1, 1, (2,), np.float32)
+
+
 def make(precision: str = "fp32", compile: bool = False, discrete: bool = False,
-         like: DreamerV3Agent | None = None) -> DreamerV3Agent:
+         like: DreamerV3Agent | None = None, sets: tuple[str, ...] = (),
+         pixels: bool = False) -> DreamerV3Agent:
     torch.manual_seed(0)
-    cfg = load_config("dmc:walker-walk", size="1m", sets=SMALL)
-    agent = DreamerV3Agent(*spaces(discrete), cfg, precision=precision, compile=compile)
+    cfg = load_config("dmc:walker-walk", size="1m", sets=[*SMALL, *sets])
+    space = pixel_spaces() if pixels else spaces(discrete)
+    agent = DreamerV3Agent(*space, cfg, precision=precision, compile=compile)
     if like is not None:
         agent.load_state_dict(copy.deepcopy(like.state_dict()))
     return agent
@@ -98,6 +106,37 @@ def test_compiled_fp32_matches_eager(same_random, discrete):
     for group, g in grad_groups(grads_e).items():
         gf = grad_groups(grads_f)[group]
         assert torch.allclose(gf, g, rtol=1e-3, atol=1e-5), (group, (gf - g).abs().max())
+
+
+def pixel_batch(seed: int = 0, size: int = 16) -> dict[str, torch.Tensor]:
+    data = batch(seed=seed)
+    del data["vector"]
+    g = torch.Generator().manual_seed(seed)
+    data["image"] = torch.randint(0, 256, (B, T, size, size, 3), dtype=torch.uint8, generator=g)
+    return data
+
+
+@needs_compiler
+@pytest.mark.parametrize("strided", [pytest.param(False, marks=pytest.mark.slow), True])
+def test_compiled_fp32_pixel_update_matches_eager(same_random, strided):
+    # The conv encoder and decoder (both forms) in the compiled graphs: channels-last
+    # layouts, the sub-pixel upsampling conv and the zero-insert one.
+    sets = ("model.encoder.depth=2", "model.decoder.depth=2", "model.encoder.mults=[2,2]",
+            "model.decoder.mults=[2,2]", f"model.encoder.strided={str(strided).lower()}",
+            f"model.decoder.strided={str(strided).lower()}")
+    eager = make(sets=sets, pixels=True)
+    fast = make(compile=True, like=eager, sets=sets, pixels=True)
+    data = pixel_batch()
+    loss_e, terms_e, grads_e = loss_and_grads(eager, data)
+    loss_f, terms_f, grads_f = loss_and_grads(fast, data)
+    assert "rec_image" in terms_e
+    assert loss_f == pytest.approx(loss_e, rel=1e-4, abs=1e-5)
+    for name in terms_e:
+        assert terms_f[name] == pytest.approx(terms_e[name], rel=1e-3, abs=1e-5), name
+    groups_f = grad_groups(grads_f)
+    for group, g in grad_groups(grads_e).items():
+        assert torch.allclose(groups_f[group], g, rtol=1e-3, atol=1e-5), (
+            group, (groups_f[group] - g).abs().max())
 
 
 @needs_compiler
@@ -191,7 +230,6 @@ def test_cuda_fast_path_with_cuda_graphs_matches_eager():
 def test_empty_kernel_files_in_the_inductor_cache_are_dropped(tmp_path, monkeypatch):
     # A process killed while inductor wrote a kernel leaves an empty .so that every later
     # load fails on; old empty ones are deleted, fresh ones (being written) and full ones kept.
-    import os
     import time
 
     from agents.compiled import drop_truncated_kernels
@@ -208,3 +246,15 @@ def test_empty_kernel_files_in_the_inductor_cache_are_dropped(tmp_path, monkeypa
     os.utime(full, (an_hour_ago, an_hour_ago))
     assert drop_truncated_kernels() == 1
     assert not old.exists() and fresh.exists() and full.exists()
+
+
+def test_inductor_caches_default_to_a_folder_that_survives_reboots(tmp_path, monkeypatch):
+    from agents.compiled import configure_dynamo
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    configure_dynamo()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "dreamjepa" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    configure_dynamo()  # a folder the user names wins
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")

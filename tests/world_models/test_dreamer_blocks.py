@@ -23,6 +23,7 @@ from world_models.nets import (
     BlockLinear,
     ChannelRMSNorm,
     Linear,
+    UpsampleConv2d,
     ZeroInsertConvTranspose2d,
     conv_stack,
     mlp,
@@ -295,6 +296,27 @@ def test_strided_decoder_layer_is_a_conv_on_the_zero_inserted_grid(kernel):
     weight = layer.weight.flip(-1, -2).transpose(0, 1)  # transposed-conv kernel -> conv
     expect = torch.nn.functional.conv2d(grid, weight, layer.bias, padding=kernel // 2)
     torch.testing.assert_close(layer(x), expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+def test_sub_pixel_decoder_layer_is_nearest_upsample_then_conv(kernel):
+    # Official non-strided decoder layer: nearest 2x upsample, then a 'same' conv. The
+    # sub-pixel form must give the same values and the same gradients for the same weight.
+    torch.manual_seed(0)
+    layer = UpsampleConv2d(3, 4, kernel).double()
+    ref = torch.nn.Conv2d(3, 4, kernel, padding=kernel // 2).double()
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    expect = ref(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+    torch.testing.assert_close(out, expect, rtol=1e-12, atol=1e-12)
+    cot = torch.randn_like(out)
+    grads = torch.autograd.grad((out * cot).sum(), [x, layer.weight, layer.bias])
+    grads_ref = torch.autograd.grad((expect * cot).sum(), [x, ref.weight, ref.bias])
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="odd kernel"):
+        UpsampleConv2d(3, 4, 4)
 
 
 # ------------------------------------------------------------------ encoders / world model
