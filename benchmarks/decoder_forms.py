@@ -4,11 +4,14 @@
         [--modes eager,fast] [--threads 0]
 
 `now`: the decoder of `world_models.encoders.MultiDecoder` (channels-last feature maps from
-the first layer on, and the upsampling layers in `UpsampleConv2d`'s sub-pixel form).
-`before`: the same weights run as the decoder ran until issue 32: NCHW maps and
-`nn.Upsample` then `nn.Conv2d`. Both compute the same function (the script checks the
-outputs agree); each timing is forward, the image loss and backward over the batch's
-B x T frames, the two forms alternating (A B A B ...) so that drift hits both alike.
+the first layer on, and the upsampling layers in the sub-pixel form of
+`world_models.nets.sub_pixel_conv`). `before`: the same weights run as the decoder ran
+until issue 32: NCHW maps, and nearest upsampling then a conv (`UpsampleConv2d`) or a
+stride-2 transposed conv (`ZeroInsertConvTranspose2d`, the strided decoder); and each
+change alone. All
+compute the same function (the script checks the outputs agree); each timing is forward,
+the image loss and backward over the batch's B x T frames, the forms alternating
+(A B C A B C ...) so that drift hits all alike.
 Rows are `benchmarks.throughput`'s pixel rows; `fast` is compiled fp32, as the world-model
 loss runs on CPU.
 """
@@ -22,40 +25,45 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import nn
 
 from agents.compiled import configure_dynamo, resolve_compile
 from agents.run.cli_args import ArgParser
 from benchmarks.throughput import IMAGE, ROWS, build_agent
 from world_models.encoders import IMAGE_KEY, MultiDecoder
-from world_models.nets import UpsampleConv2d
+from world_models.nets import UpsampleConv2d, ZeroInsertConvTranspose2d
 
+UPSAMPLING = (UpsampleConv2d, ZeroInsertConvTranspose2d)
 PIXEL_ROWS = [name for name, row in ROWS.items() if row.pixels and row.agent == "dreamerv3"]
 
 
-def before_form(decoder: MultiDecoder) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`decoder`'s image path with its weights, as it ran before: NCHW, upsample then conv."""
+def other_form(decoder: MultiDecoder, sub_pixel: bool, channels_last: bool
+               ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`decoder`'s image path on a copy of its weights, its upsampling layers in the
+    sub-pixel form or not (upsample then conv / transposed conv), on NCHW or channels-last
+    maps."""
     dec = copy.deepcopy(decoder)
-    layers = list(dec.deconv)
-    for i, layer in enumerate(layers):
-        if isinstance(layer, UpsampleConv2d):
-            conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
-                             padding=layer.padding)
-            conv.load_state_dict(layer.state_dict())
-            layers[i - 1:i + 1] = [nn.Upsample(scale_factor=2, mode="nearest"), conv]
-    deconv = nn.Sequential(*layers)
+    for layer in dec.deconv:
+        if isinstance(layer, UPSAMPLING):
+            layer.sub_pixel = sub_pixel
+    layout = torch.channels_last if channels_last else torch.contiguous_format
 
     def forward(feat: torch.Tensor) -> torch.Tensor:
         lead = feat.shape[:-1]
         x = dec.space(feat).reshape(-1, dec.first_chans, dec.minres, dec.minres)
-        x = torch.sigmoid(deconv(dec.space_norm(x)).float())
+        x = dec.deconv(dec.space_norm(x.contiguous(memory_format=layout)))
+        x = torch.sigmoid(x.float())
         return x.permute(0, 2, 3, 1).reshape(*lead, *x.shape[2:], x.shape[1])
 
     return forward
 
 
-def now_form(decoder: MultiDecoder) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda feat: decoder(feat)[IMAGE_KEY]
+def forms(decoder: MultiDecoder) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """`before`, each change alone, and `now` (the decoder as it is)."""
+    return {"before": other_form(decoder, sub_pixel=False, channels_last=False),
+            "sub-pixel, NCHW": other_form(decoder, sub_pixel=True, channels_last=False),
+            "not sub-pixel, channels-last": other_form(decoder, sub_pixel=False,
+                                                        channels_last=True),
+            "now": lambda feat: decoder(feat)[IMAGE_KEY]}
 
 
 def loss_step(form: Callable, feat: torch.Tensor, obs: dict, params: list, compile: bool
@@ -93,17 +101,15 @@ def bench(name: str, mode: str, batch: int, length: int, repeats: int) -> dict[s
     feat = torch.randn(batch, length, agent.wm.feat_dim, generator=g)
     image = torch.randint(0, 256, (batch, length, *IMAGE), dtype=torch.uint8,
                           generator=g)
-    forms = {"before": before_form(decoder), "now": now_form(decoder)}
-    with torch.no_grad():
-        gap = (forms["before"](feat[:1]) - forms["now"](feat[:1])).abs().max().item()
-    if gap > 1e-4:
-        raise AssertionError(f"{name}: the two forms disagree by {gap:.2e}")
     compile = mode == "fast"
-    params = list(decoder.parameters())
     steps = {}
-    for form_name, form in forms.items():
-        # `before` holds a copy of the weights; its gradients land there, not in `params`.
-        owned = params if form_name == "now" else []
+    for form_name, form in forms(decoder).items():
+        with torch.no_grad():
+            gap = (form(feat[:1]) - decoder(feat[:1])[IMAGE_KEY]).abs().max().item()
+        if gap > 1e-4:
+            raise AssertionError(f"{name}: {form_name} and now disagree by {gap:.2e}")
+        # The other forms hold copies of the weights; their gradients land there.
+        owned = list(decoder.parameters()) if form_name == "now" else []
         steps[form_name] = loss_step(form, feat, {IMAGE_KEY: image}, owned, compile)
     return time_alternating(steps, repeats)
 
@@ -131,12 +137,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
           f"{os.getloadavg()[0]:.1f}; decoder forward + image loss + backward, "
           f"{args.batch}x{args.length} frames, median of {args.repeats} (alternating)\n")
-    print("| row | mode | before s | now s | now / before |\n|---|---|---:|---:|---:|")
+    print("| row | mode | form | s | / before |\n|---|---|---|---:|---:|")
     for name in rows:
         for mode in modes:
             t = bench(name, mode, args.batch, args.length, args.repeats)
-            print(f"| {name} | {mode} | {t['before']:.3f} | {t['now']:.3f} | "
-                  f"{t['now'] / t['before']:.2f} |", flush=True)
+            for form_name, seconds in t.items():
+                print(f"| {name} | {mode} | {form_name} | {seconds:.3f} | "
+                      f"{seconds / t['before']:.2f} |", flush=True)
 
 
 MODES = ("eager", "fast")

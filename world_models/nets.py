@@ -98,50 +98,84 @@ class ChannelRMSNorm(nn.Module):
         return x * scale * self.weight[:, None, None]
 
 
+def phase_fold(kernel: int, zero_insert: bool) -> torch.Tensor:
+    """How a kernel-`kernel` 'same' conv over a 2x-upsampled grid reads the input: fold[a,
+    u, d] = 1 when tap d of an output at phase a (row 2i + a) reads input row i + u - r.
+    The grid holds input row j at rows 2j and 2j + 1 (nearest upsampling) or at row 2j + 1
+    with zeros between (`zero_insert`; taps on a zero read nothing). r is the largest
+    offset: 1 for kernels 3 and 5."""
+    pad, taps = kernel // 2, []
+    for a in range(2):
+        for d in range(kernel):
+            q = a + d - pad  # the tap's grid row, relative to 2i
+            if not zero_insert:
+                taps.append((a, q // 2, d))
+            elif q % 2:
+                taps.append((a, (q - 1) // 2, d))
+    r = max(abs(u) for _, u, _ in taps)
+    fold = torch.zeros(2, 2 * r + 1, kernel)
+    for a, u, d in taps:
+        fold[a, u + r, d] = 1.0
+    return fold
+
+
+def sub_pixel_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   fold: torch.Tensor) -> torch.Tensor:
+    """A 'same' conv with `weight` [cout, cin, k, k] over the 2x-upsampled grid of `x` (see
+    `phase_fold`), without building the grid: each of the four output phases (a, b) is a
+    (2r + 1)^2 conv of `x` whose kernel sums the taps that read the same input pixel; the
+    phases run as one conv with 4 x cout channels and `pixel_shuffle` interleaves them. Same
+    values and gradients as the conv on the grid, up to fp32 summation order."""
+    fold = fold.to(weight.dtype)
+    w = torch.einsum("aud,bve,ocde->oabcuv", fold, fold, weight)
+    cout, cin = weight.shape[:2]
+    w = w.reshape(4 * cout, cin, *w.shape[-2:])
+    bias = bias.repeat_interleave(4) if bias is not None else None
+    y = nn.functional.conv2d(x, w, bias, padding=(fold.shape[1] - 1) // 2)
+    return nn.functional.pixel_shuffle(y, 2)
+
+
 class ZeroInsertConvTranspose2d(nn.ConvTranspose2d):
     """2x upsampling as the official strided decoder does it: a kernel-5 'same' conv on
     the grid with input pixel i at 2i + 1 and zeros between. A stride-2 transposed conv
     is that conv with the kernel flipped; with padding 1 it yields 2H + 1 rows, and the
-    conv on the zero-inserted grid keeps the first 2H."""
+    conv on the zero-inserted grid keeps the first 2H. It runs in the sub-pixel form
+    (`sub_pixel_conv`: 36 multiplies per input pixel and channel pair where the transposed
+    conv needs 25, but as a plain conv, which oneDNN runs faster); `sub_pixel = False` runs
+    the transposed conv, for comparison. The parameter stays the transposed conv's, so
+    checkpoints are unchanged."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 5):
         super().__init__(cin, cout, kernel, stride=2, padding=(kernel - 3) // 2)
+        self.sub_pixel = True
+        self.register_buffer("fold", phase_fold(kernel, zero_insert=True), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sub_pixel:
+            conv_weight = self.weight.flip(-1, -2).transpose(0, 1)
+            return sub_pixel_conv(x, conv_weight, self.bias, self.fold)
         h, w = x.shape[-2:]
         return super().forward(x)[..., : 2 * h, : 2 * w]
 
 
 class UpsampleConv2d(nn.Conv2d):
     """Nearest 2x upsampling then a kernel-`k` 'same' conv (the official decoder's layer),
-    computed without the upsampled map. Output pixel (2i + a, 2j + b) reads input rows and
-    columns i - r .. i + r only (r = 1 for k = 3, 5), so each of the four phases (a, b) is a
-    (2r + 1)^2 conv of the input whose kernel sums the k x k taps that land on the same
-    input pixel; the four phases run as one conv with 4 x cout channels, and `pixel_shuffle`
-    interleaves them. Same function and gradients (up to fp32 summation order), k^2 / (2r +
-    1)^2 x 4 fewer FLOPs (25/9 at k = 5) and no 4x larger intermediate map. The parameter
-    stays the k x k weight, so init, optimiser and checkpoints are those of the conv."""
+    run in the sub-pixel form (`sub_pixel_conv`): (2r + 1)^2 / k^2 of the FLOPs of the
+    conv on the upsampled map (9/25 at k = 5) and no such map in memory. `sub_pixel =
+    False` upsamples then convolves, for comparison. The parameter stays the k x k weight,
+    so init, optimiser and checkpoints are the conv's."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 5):
         if kernel % 2 == 0:
             raise ValueError(f"UpsampleConv2d needs an odd kernel, got {kernel}")
         super().__init__(cin, cout, kernel, padding=kernel // 2)
-        pad = kernel // 2
-        self.radius = (pad + 1) // 2
-        # fold[a, u, d] = 1 when tap d of a phase-a output lands on input offset u - radius.
-        fold = torch.zeros(2, 2 * self.radius + 1, kernel)
-        for a in range(2):
-            for d in range(-pad, pad + 1):
-                fold[a, (a + d) // 2 + self.radius, d + pad] = 1.0
-        self.register_buffer("fold", fold, persistent=False)
+        self.sub_pixel = True
+        self.register_buffer("fold", phase_fold(kernel, zero_insert=False), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fold = self.fold.to(self.weight.dtype)
-        w = torch.einsum("aud,bve,ocde->oabcuv", fold, fold, self.weight)
-        w = w.reshape(4 * self.out_channels, self.in_channels, *w.shape[-2:])
-        bias = self.bias.repeat_interleave(4) if self.bias is not None else None
-        y = nn.functional.conv2d(x, w, bias, padding=self.radius)
-        return nn.functional.pixel_shuffle(y, 2)
+        if self.sub_pixel:
+            return sub_pixel_conv(x, self.weight, self.bias, self.fold)
+        return super().forward(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 def norm_act(units: int) -> list[nn.Module]:

@@ -284,12 +284,15 @@ def test_conv_stack_halves_and_doubles_resolution(strided):
     assert isinstance(up[-1], torch.nn.Conv2d | torch.nn.ConvTranspose2d)
 
 
+@pytest.mark.parametrize("sub_pixel", [True, False])
 @pytest.mark.parametrize("kernel", [3, 5])
-def test_strided_decoder_layer_is_a_conv_on_the_zero_inserted_grid(kernel):
+def test_strided_decoder_layer_is_a_conv_on_the_zero_inserted_grid(kernel, sub_pixel):
     # Official strided decoder: input pixel i placed at 2i + 1 of a zero grid, then a
-    # 'same' conv of the given kernel.
+    # 'same' conv of the given kernel; the sub-pixel form (the default) and the transposed
+    # conv (kept for comparison) both.
     torch.manual_seed(0)
     layer = ZeroInsertConvTranspose2d(3, 4, kernel)
+    layer.sub_pixel = sub_pixel
     x = torch.randn(2, 3, 4, 4)
     grid = torch.zeros(2, 3, 8, 8)
     grid[:, :, 1::2, 1::2] = x
@@ -298,12 +301,14 @@ def test_strided_decoder_layer_is_a_conv_on_the_zero_inserted_grid(kernel):
     torch.testing.assert_close(layer(x), expect, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("sub_pixel", [True, False])
 @pytest.mark.parametrize("kernel", [3, 5, 7])
-def test_sub_pixel_decoder_layer_is_nearest_upsample_then_conv(kernel):
+def test_sub_pixel_decoder_layer_is_nearest_upsample_then_conv(kernel, sub_pixel):
     # Official non-strided decoder layer: nearest 2x upsample, then a 'same' conv. The
     # sub-pixel form must give the same values and the same gradients for the same weight.
     torch.manual_seed(0)
     layer = UpsampleConv2d(3, 4, kernel).double()
+    layer.sub_pixel = sub_pixel
     ref = torch.nn.Conv2d(3, 4, kernel, padding=kernel // 2).double()
     ref.load_state_dict(layer.state_dict())
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64, requires_grad=True)
