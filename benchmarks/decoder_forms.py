@@ -4,11 +4,12 @@
         [--modes eager,fast] [--threads 0]
 
 `now`: the decoder of `world_models.encoders.MultiDecoder` (channels-last feature maps from
-the first layer on, and the upsampling layers in the sub-pixel form of
-`world_models.nets.sub_pixel_conv`). `before`: the same weights run as the decoder ran
+the first layer on; nearest upsampling + conv in the sub-pixel form of
+`world_models.nets.sub_pixel_conv`; the strided decoder's transposed convs as they were,
+since their sub-pixel form did not pay). `before`: the same weights run as the decoder ran
 until issue 32: NCHW maps, and nearest upsampling then a conv (`UpsampleConv2d`) or a
 stride-2 transposed conv (`ZeroInsertConvTranspose2d`, the strided decoder); and each
-change alone. All
+combination of the two changes. All
 compute the same function (the script checks the outputs agree); each timing is forward,
 the image loss and backward over the batch's B x T frames, the forms alternating
 (A B C A B C ...) so that drift hits all alike.
@@ -58,11 +59,14 @@ def other_form(decoder: MultiDecoder, sub_pixel: bool, channels_last: bool
 
 
 def forms(decoder: MultiDecoder) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """`before`, each change alone, and `now` (the decoder as it is)."""
+    """`before`, the four combinations of the two changes, and `now` (the decoder as it is:
+    channels-last, sub-pixel where the layer's default says so)."""
     return {"before": other_form(decoder, sub_pixel=False, channels_last=False),
             "sub-pixel, NCHW": other_form(decoder, sub_pixel=True, channels_last=False),
             "not sub-pixel, channels-last": other_form(decoder, sub_pixel=False,
                                                         channels_last=True),
+            "sub-pixel, channels-last": other_form(decoder, sub_pixel=True,
+                                                   channels_last=True),
             "now": lambda feat: decoder(feat)[IMAGE_KEY]}
 
 

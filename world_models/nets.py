@@ -139,15 +139,15 @@ class ZeroInsertConvTranspose2d(nn.ConvTranspose2d):
     """2x upsampling as the official strided decoder does it: a kernel-5 'same' conv on
     the grid with input pixel i at 2i + 1 and zeros between. A stride-2 transposed conv
     is that conv with the kernel flipped; with padding 1 it yields 2H + 1 rows, and the
-    conv on the zero-inserted grid keeps the first 2H. It runs in the sub-pixel form
-    (`sub_pixel_conv`: 36 multiplies per input pixel and channel pair where the transposed
-    conv needs 25, but as a plain conv, which oneDNN runs faster); `sub_pixel = False` runs
-    the transposed conv, for comparison. The parameter stays the transposed conv's, so
-    checkpoints are unchanged."""
+    conv on the zero-inserted grid keeps the first 2H. `sub_pixel = True` runs it in the
+    sub-pixel form instead (`sub_pixel_conv`: 36 multiplies per input pixel and channel
+    pair where the transposed conv needs 25, as a plain conv). Off by default: on a 2-core
+    AVX2 CPU it made whole compiled updates 6% slower at size 1m and 23% at the peer's
+    widths (`benchmarks.decoder_forms` times both forms)."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 5):
         super().__init__(cin, cout, kernel, stride=2, padding=(kernel - 3) // 2)
-        self.sub_pixel = True
+        self.sub_pixel = False
         self.register_buffer("fold", phase_fold(kernel, zero_insert=True), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -288,8 +288,8 @@ def test_conv_stack_halves_and_doubles_resolution(strided):
 @pytest.mark.parametrize("kernel", [3, 5])
 def test_strided_decoder_layer_is_a_conv_on_the_zero_inserted_grid(kernel, sub_pixel):
     # Official strided decoder: input pixel i placed at 2i + 1 of a zero grid, then a
-    # 'same' conv of the given kernel; the sub-pixel form (the default) and the transposed
-    # conv (kept for comparison) both.
+    # 'same' conv of the given kernel; the transposed conv (the default) and the sub-pixel
+    # form (kept for comparison) both.
     torch.manual_seed(0)
     layer = ZeroInsertConvTranspose2d(3, 4, kernel)
     layer.sub_pixel = sub_pixel
