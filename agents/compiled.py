@@ -105,9 +105,9 @@ def configure_dynamo(per_function: int = 64) -> None:
 
     A function that fails to compile runs eager, with dynamo's warning, instead of stopping
     the run: a process killed while inductor writes a kernel can leave a truncated file in
-    its cache (our crash trials found one), and every later
-    load of that kernel fails. Empty kernel libraries are removed here first, so inductor
-    rebuilds them (the failure then costs a compile, not an eager run).
+    its cache (our crash trials found one), and every later load of that kernel fails.
+    Empty kernel libraries are removed here first, so inductor rebuilds them (the failure
+    then costs a compile, not an eager run).
 
     Inductor's caches (compiled kernels, FX graphs, AOT autograd graphs) go to
     `$XDG_CACHE_HOME/dreamjepa/inductor` (default `~/.cache/...`) unless
