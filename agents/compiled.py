@@ -111,9 +111,15 @@ def configure_dynamo(per_function: int = 64) -> None:
 
     Inductor's caches (compiled kernels, FX graphs, AOT autograd graphs) go to
     `$XDG_CACHE_HOME/dreamjepa/inductor` (default `~/.cache/...`) unless
-    TORCHINDUCTOR_CACHE_DIR names a folder: torch's default lives under /tmp, which a
-    reboot empties, and with a cold cache every process compiles its kernels afresh."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
+    TORCHINDUCTOR_CACHE_DIR names another folder: torch's default lives under /tmp, which a
+    reboot empties, and with a cold cache every process compiles its kernels afresh.
+    Importing inductor writes its default into TORCHINDUCTOR_CACHE_DIR, so that value
+    counts as unset; inductor reads the variable again at every cache access."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache_dir())
     drop_truncated_kernels()
     config = torch._dynamo.config
     config.recompile_limit = max(config.recompile_limit, per_function)

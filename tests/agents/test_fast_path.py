@@ -255,6 +255,12 @@ def test_inductor_caches_default_to_a_folder_that_survives_reboots(tmp_path, mon
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     configure_dynamo()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "dreamjepa" / "inductor")
+    # Importing inductor sets the variable to torch's /tmp default: that counts as unset.
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    configure_dynamo()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "dreamjepa" / "inductor")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     configure_dynamo()  # a folder the user names wins
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
