@@ -33,6 +33,7 @@ from benchmarks.throughput import IMAGE, ROWS, build_agent
 from world_models.encoders import IMAGE_KEY, MultiDecoder
 from world_models.nets import UpsampleConv2d, ZeroInsertConvTranspose2d
 
+MODES = ("eager", "fast")
 UPSAMPLING = (UpsampleConv2d, ZeroInsertConvTranspose2d)
 PIXEL_ROWS = [name for name, row in ROWS.items() if row.pixels and row.agent == "dreamerv3"]
 
@@ -149,8 +150,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"| {name} | {mode} | {form_name} | {seconds:.3f} | "
                       f"{seconds / t['before']:.2f} |", flush=True)
 
-
-MODES = ("eager", "fast")
 
 if __name__ == "__main__":
     main()

@@ -333,18 +333,24 @@ def table_header(args: argparse.Namespace) -> str:
 
 
 def table_row(r: dict[str, object], peaks: dict[str, float]) -> str:
-    rate = r["gflop"] / r["update_s"]
-    mode = r["mode"] if r["mode"] == "eager" else (
-        f"fast ({r['precision']}{', compiled' if r['compiled'] else ''})")
     return (f"| {r['row']} | {r['agent']} | {r['obs']} | {r['wm'] / 1e6:.2f}M | "
-            f"{r['ac'] / 1e6:.2f}M | {mode} | {r['gflop']:.1f} | {r['first_s']:.2f} | "
-            f"{r['update_s']:.3f} | {rate:.0f} | {100 * rate / peaks['fp32']:.0f}% | "
-            f"{bf16_share(rate, peaks)} | {r['policy_ms']:.2f} |")
+            f"{r['ac'] / 1e6:.2f}M | {mode_label(r)} | {r['gflop']:.1f} | {timing_cells(r, peaks)}"
+            f" {r['policy_ms']:.2f} |")
 
 
-def bf16_share(rate: float, peaks: dict[str, float]) -> str:
-    """`rate` as a share of the bf16 peak; '-' where bf16 is emulated (no such peak)."""
-    return f"{100 * rate / peaks['bf16']:.0f}%" if peaks["native_bf16"] else "-"
+def mode_label(r: dict[str, object]) -> str:
+    if r["mode"] == "eager":
+        return "eager"
+    return f"fast ({r['precision']}{', compiled' if r['compiled'] else ''})"
+
+
+def timing_cells(r: dict[str, object], peaks: dict[str, float]) -> str:
+    """First-call seconds, steady seconds, GFLOP/s and its share of the fp32 and bf16 peaks
+    ('-' where bf16 is emulated: no such peak)."""
+    rate = r["gflop"] / r["update_s"]
+    bf16 = f"{100 * rate / peaks['bf16']:.0f}%" if peaks["native_bf16"] else "-"
+    return (f"{r['first_s']:.2f} | {r['update_s']:.3f} | {rate:.0f} | "
+            f"{100 * rate / peaks['fp32']:.0f}% | {bf16} |")
 
 
 def parts_header(args: argparse.Namespace) -> str:
@@ -354,12 +360,8 @@ def parts_header(args: argparse.Namespace) -> str:
 
 
 def parts_row(r: dict[str, object], peaks: dict[str, float]) -> str:
-    rate = r["gflop"] / r["update_s"]
-    mode = r["mode"] if r["mode"] == "eager" else (
-        f"fast ({r['precision']}{', compiled' if r['compiled'] else ''})")
-    return (f"| {r['row']} | {r['part']} | {mode} | {r['gflop']:.2f} | {r['first_s']:.2f} | "
-            f"{r['update_s']:.3f} | {rate:.0f} | {100 * rate / peaks['fp32']:.0f}% | "
-            f"{bf16_share(rate, peaks)} |")
+    return (f"| {r['row']} | {r['part']} | {mode_label(r)} | {r['gflop']:.2f} | "
+            f"{timing_cells(r, peaks)}")
 
 
 def machine_line(device: torch.device) -> str:

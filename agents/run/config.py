@@ -59,8 +59,6 @@ SIZE_KEYS: dict[str, tuple[str, ...]] = {
 _MISSING = object()
 
 
-
-
 def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
     """Dotted keys -> nested dicts, recursively: {"opt.lr": 1} -> {"opt": {"lr": 1}}.
     A key below a plain value (`opt` = 1 and `opt.lr`) is a ConfigError."""
