@@ -10,7 +10,12 @@ with the same loop (agents/pretrain/pretrainer.py) and batch:
 - `autoencoder`: whole-frame reconstruction through the pooled embedding;
 - `mae`: masked autoencoder (75% of patches hidden, pixels of the hidden ones predicted);
 - `jepa`: the `jepa-pretrain` default recipe;
-- `jepa-tubelet`: the same on 2-frame clips (tubelet depth 2), embedding frames t-1 and t.
+- `jepa-tubelet`: the same on 2-frame clips (tubelet depth 2), embedding frames t-1 and t;
+- `jepa:OPTION:...`: JEPA with objective options (`jepa-pretrain`'s flags): `horizon=K`
+  (predict the frame K later), `context=full`, `actions` (the predictor sees the actions
+  in between), `target_norm=none`, `token_weight=change`; e.g. `jepa:horizon=2:actions`.
+
+`--patch 4` trains and probes every encoder (random included) with 4x4-pixel patches.
 
 `--budget equal-cpu` gives every trained encoder the CPU-seconds JEPA spends in `--steps`
 steps (steps per objective from a short timing of each), so the comparison is at equal
@@ -42,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.pretrain.frame_sources import clip_starts, collect_random_frames, sample_clips
+from agents.pretrain.frame_sources import clip_starts, collect_random_frames, sample_windows
 from agents.pretrain.pretrainer import Pretrainer, build_objective
 from agents.run.cli_args import ArgParser
 from world_models.diagnostics import collapse_metrics
@@ -53,12 +58,56 @@ ENCODERS = ("random", "autoencoder", "mae", "jepa", "jepa-tubelet")
 # Which objective trains each encoder, on clips of how many frames.
 RECIPES = {"autoencoder": ("autoencoder", 1), "mae": ("mae", 1), "jepa": ("jepa", 1),
            "jepa-tubelet": ("jepa", 2)}
+# `jepa:` options and the JEPAConfig field each sets (`actions` takes no value).
+JEPA_OPTIONS = {"horizon": int, "context": str, "target_norm": str, "token_weight": str}
+
+
+def parse_encoder(name: str, action_dim: int = 1) -> tuple[str, int, dict]:
+    """(objective, frames per clip, JEPA options) of an `--encoders` name; a bad name or
+    option raises ValueError saying what is allowed."""
+    if name in RECIPES:
+        return (*RECIPES[name], {})
+    kind, *opts = name.split(":")
+    if kind != "jepa" or not opts:
+        raise ValueError(f"encoder {name!r}; allowed: {', '.join(ENCODERS)} or "
+                         "jepa:OPTION[:OPTION...]")
+    options: dict = {}
+    for opt in opts:
+        key, eq, value = opt.partition("=")
+        if key == "actions" and not eq:
+            options["action_dim"] = action_dim
+        elif key in JEPA_OPTIONS and eq:
+            try:
+                options[key] = JEPA_OPTIONS[key](value)
+            except ValueError:
+                raise ValueError(f"encoder {name!r}: {key}={value!r} is not a number") from None
+        else:
+            raise ValueError(f"encoder {name!r}: option {opt!r}; allowed: actions, "
+                             + ", ".join(f"{k}=..." for k in JEPA_OPTIONS))
+    return "jepa", 1, options
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
     """Closed-form ridge weights for already-centred x [N, D], y [N, K]."""
     d = x.shape[1]
     return np.linalg.solve(x.T @ x + lam * len(x) * np.eye(d), x.T @ y)
+
+
+def ridge_path(x: np.ndarray, y: np.ndarray, x_new: np.ndarray,
+               lams: np.ndarray) -> np.ndarray:
+    """`x_new @ ridge_fit(x, y, lam)` for every lam in `lams` [L, M, K], from one
+    eigendecomposition: of x^T x when rows outnumber features, else of x x^T (the dual form:
+    w = x^T (x x^T + lam N I)^-1 y). Grid-pooled and stacked features reach thousands of
+    dimensions, where a solve per lambda cost minutes a probe."""
+    n, d = x.shape
+    scale = np.asarray(lams)[:, None] * n
+    if n >= d:
+        e, q = np.linalg.eigh(x.T @ x)
+        b = q.T @ (x.T @ y)  # [D, K]
+        return np.einsum("md,ld,dk->lmk", x_new @ q, 1.0 / (e[None] + scale), b)
+    e, q = np.linalg.eigh(x @ x.T)
+    c = q.T @ y  # [N, K]
+    return np.einsum("mn,ln,nk->lmk", x_new @ x.T @ q, 1.0 / (e[None] + scale), c)
 
 
 def r2_per_dim(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -94,8 +143,8 @@ def _fit_predict(x: np.ndarray, y: np.ndarray, groups: np.ndarray, x_new: np.nda
         tr, va = fold != f, fold == f
         xa, xv = _standardise(x[tr], x[tr]), _standardise(x[va], x[tr])
         ym = y[tr].mean(0)
-        for i, lam in enumerate(LAMBDAS):
-            scores[i] += r2(y[va], xv @ ridge_fit(xa, y[tr] - ym, lam) + ym)
+        for i, pred in enumerate(ridge_path(xa, y[tr] - ym, xv, LAMBDAS)):
+            scores[i] += r2(y[va], pred + ym)
     lam = float(LAMBDAS[int(np.argmax(scores))])
     ym = y.mean(0)
     return _standardise(x_new, x) @ ridge_fit(_standardise(x, x), y - ym, lam) + ym
@@ -173,57 +222,105 @@ def embed_all(vit: ViT, frames: np.ndarray, episodes: np.ndarray, device: torch.
     frames t-f+1..t (the first frames of an episode repeat its first frame), as an agent
     would feed it."""
     vit.eval()
-    fpc = vit.cfg.frames_per_clip
     n = len(frames)
-    first = np.zeros(n, dtype=np.int64)
-    for i in range(1, n):  # index of each frame's episode start
-        first[i] = first[i - 1] if episodes[i] == episodes[i - 1] else i
-    offsets = np.arange(-fpc + 1, 1)
     out = []
     for i in range(0, n, chunk):
-        t = np.arange(i, min(n, i + chunk))
-        idx = np.maximum(t[:, None] + offsets[None], first[t][:, None])
+        idx = clip_index(episodes, vit.cfg.frames_per_clip, np.arange(i, min(n, i + chunk)))
         x = torch.from_numpy(np.asarray(frames[idx])).to(device)
         out.append(pool_tokens(vit(x), vit.cfg.grid, cells).cpu())
     return torch.cat(out).numpy().astype(np.float64)
 
 
-def cpu_per_step(name: str, frames: np.ndarray, episodes: np.ndarray, batch: int,
-                 device: torch.device, steps: int = 5) -> float:
+def clip_index(episodes: np.ndarray, fpc: int, t: np.ndarray) -> np.ndarray:
+    """Frame indices [len(t), fpc] of the clip ending at each frame t: t-fpc+1..t, the
+    episode's first frame repeated where the clip would reach before it."""
+    starts = np.flatnonzero(np.r_[True, episodes[1:] != episodes[:-1]])
+    first = starts[np.searchsorted(starts, t, side="right") - 1]
+    return np.maximum(t[:, None] + np.arange(-fpc + 1, 1)[None], first[:, None])
+
+
+def build_encoder_model(name: str, data: dict[str, np.ndarray], patch: int = 8) -> torch.nn.Module:
+    """The pretraining model of one `--encoders` name for these frames (and their actions)."""
+    objective, fpc, options = parse_encoder(name, data["actions"].shape[1])
+    cfg = make_config("tiny", tuple(data["frames"].shape[1:]), fpc, patch=patch)
+    return build_objective(objective, cfg, **options)
+
+
+def training_starts(name: str, data: dict[str, np.ndarray], model: torch.nn.Module
+                    ) -> np.ndarray:
+    """Where the model's training clips may start; a clear error where none fits."""
+    starts = clip_starts(data["episodes"], model.clip_frames)
+    if len(starts) == 0:
+        raise SystemExit(f"probe: error: encoder {name!r} trains on {model.clip_frames} "
+                         "consecutive frames; no episode here is that long")
+    return starts
+
+
+def _batch(model: torch.nn.Module, data: dict[str, np.ndarray], starts: np.ndarray, batch: int,
+           gen: torch.Generator, device: torch.device) -> tuple:
+    clip, acts = sample_windows(data["frames"], data["actions"] if model.needs_actions else None,
+                                starts, batch, model.clip_frames, gen)
+    return clip.to(device), gen, None if acts is None else acts.to(device)
+
+
+def cpu_per_step(name: str, data: dict[str, np.ndarray], batch: int, device: torch.device,
+                 steps: int = 5, patch: int = 8) -> float:
     """CPU-seconds per training step of a throw-away model of this encoder kind."""
-    objective, fpc = RECIPES[name]
-    model = build_objective(objective, make_config("tiny", tuple(frames.shape[1:]), fpc))
-    trainer = Pretrainer(model.to(device), 100)
+    model = build_encoder_model(name, data, patch).to(device)
+    trainer = Pretrainer(model, 100)
     gen = torch.Generator().manual_seed(12345)
-    clip = sample_clips(frames, clip_starts(episodes, fpc), batch, fpc, gen).to(device)
-    trainer.step(0, clip, gen)  # the first call pays one-off costs
+    batch_args = _batch(model, data, training_starts(name, data, model), batch, gen, device)
+    trainer.step(0, *batch_args)  # the first call pays one-off costs
     t0 = time.process_time()
     for s in range(steps):
-        trainer.step(s + 1, clip, gen)
+        trainer.step(s + 1, *batch_args)
     return (time.process_time() - t0) / steps
 
 
-def train_encoder(name: str, frames: np.ndarray, episodes: np.ndarray, steps: int | None,
-                  batch: int, lr: float, seed: int, device: torch.device,
-                  cpu_budget: float | None = None) -> tuple[ViT, dict[str, float]]:
-    """Train one encoder kind; returns (encoder, {"steps", "cpu_s"}). With `cpu_budget`, the
-    step count is the budget over this objective's measured CPU-seconds per step."""
-    objective, fpc = RECIPES[name]
+def train_encoder(name: str, data: dict[str, np.ndarray], steps: int | None, batch: int,
+                  lr: float, seed: int, device: torch.device, cpu_budget: float | None = None,
+                  patch: int = 8) -> tuple[ViT, dict[str, float]]:
+    """Train one encoder kind on `data` (frames, episodes, actions); returns (encoder,
+    {"steps", "cpu_s"}). With `cpu_budget`, the step count is the budget over this
+    objective's measured CPU-seconds per step."""
     if cpu_budget is not None:
-        steps = max(1, int(cpu_budget / cpu_per_step(name, frames, episodes, batch, device)))
+        steps = max(1, int(cpu_budget / cpu_per_step(name, data, batch, device, patch=patch)))
     torch.manual_seed(seed)
-    model = build_objective(objective, make_config("tiny", tuple(frames.shape[1:]), fpc))
-    model = model.to(device)
-    starts = clip_starts(episodes, fpc)
+    model = build_encoder_model(name, data, patch).to(device)
+    starts = training_starts(name, data, model)
     trainer = Pretrainer(model, steps, lr=lr)
     t0, w0 = time.process_time(), time.time()
     for step in range(steps):
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        m = trainer.step(step, sample_clips(frames, starts, batch, fpc, gen).to(device), gen)
+        m = trainer.step(step, *_batch(model, data, starts, batch, gen, device))
         if (step + 1) % max(1, steps // 5) == 0:
             print(f"  {name} seed {seed}: step {step + 1}/{steps} loss {m['loss/total']:.4f} "
                   f"({time.time() - w0:.0f}s)", flush=True)
     return model.export_encoder(), {"steps": steps, "cpu_s": time.process_time() - t0}
+
+
+@torch.no_grad()
+def token_variance_shares(vit: ViT, frames: np.ndarray, episodes: np.ndarray,
+                          device: torch.device, n: int = 256) -> dict[str, float]:
+    """Where the variance of the encoder's layer-normed tokens (a JEPA's targets) lies, over
+    the clips ending at `n` evenly spaced frames (built as `embed_all` does): a two-way
+    split of the sum of squares into `positional` (the per-position mean over frames: what a
+    mask token's position alone predicts), `frame` (the per-frame mean over positions: what
+    any context token carries) and `local` (the rest: content at one place in one frame,
+    what only local evidence predicts). Shares of the total, summing to 1."""
+    vit.eval()
+    pick = np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int)
+    x = torch.from_numpy(np.asarray(frames[clip_index(episodes, vit.cfg.frames_per_clip,
+                                                      pick)])).to(device)
+    z = vit(x).double()
+    z = torch.nn.functional.layer_norm(z, z.shape[-1:])  # [n, P, D]
+    grand = z.mean((0, 1), keepdim=True)
+    by_pos, by_frame = z.mean(0, keepdim=True) - grand, z.mean(1, keepdim=True) - grand
+    total = float(((z - grand) ** 2).sum())
+    pos = float((by_pos ** 2).sum()) * z.shape[0]
+    frame = float((by_frame ** 2).sum()) * z.shape[1]
+    return {"positional": pos / total, "frame": frame / total,
+            "local": 1.0 - (pos + frame) / total}
 
 
 def probe_encoder(vit: ViT, data: dict[str, np.ndarray], device: torch.device,
@@ -236,8 +333,10 @@ def probe_encoder(vit: ViT, data: dict[str, np.ndarray], device: torch.device,
     zs, t = stacked(z, data["episodes"], stack)
     vel_r2, vel_dims = ridge_probe(zs, data["qvel"][t], groups[t])
     cm = collapse_metrics(torch.from_numpy(z).float())
+    shares = token_variance_shares(vit, data["frames"], data["episodes"], device)
     return {"pos_r2": pos_r2, "vel_r2": vel_r2, "rankme": cm["collapse/rankme"],
-            "pos_r2_dims": pos_dims, "vel_r2_dims": vel_dims}
+            "pos_r2_dims": pos_dims, "vel_r2_dims": vel_dims,
+            **{f"var_{k}": v for k, v in shares.items()}}
 
 
 def summarise(per_seed: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
@@ -245,7 +344,8 @@ def summarise(per_seed: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
     out = {}
     for name, rows in per_seed.items():
         s = {}
-        for key in ("pos_r2", "vel_r2", "rankme", "cpu_s", "steps"):
+        for key in ("pos_r2", "vel_r2", "rankme", "cpu_s", "steps", "var_positional",
+                    "var_frame", "var_local"):
             vals = np.array([r[key] for r in rows], dtype=float)
             s[key] = float(vals.mean())
             s[key + "_sd"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
@@ -256,15 +356,18 @@ def summarise(per_seed: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
 
 def markdown_table(summary: dict[str, dict[str, float]], title: str) -> str:
     lines = [f"### {title}", "",
-             "| encoder | steps | CPU-s | position R^2 | velocity R^2 | RankMe | seeds |",
-             "|---|---:|---:|---|---|---:|---:|"]
+             "| encoder | steps | CPU-s | position R^2 | velocity R^2 | RankMe "
+             "| token variance: positional / frame / local | seeds |",
+             "|---|---:|---:|---|---|---:|---|---:|"]
     for name, s in summary.items():
         lines.append(
             f"| {name} | {s['steps']:.0f} | {s['cpu_s']:.0f} | {s['pos_r2']:.3f} ± "
             f"{s['pos_r2_sd']:.3f} | {s['vel_r2']:.3f} ± {s['vel_r2_sd']:.3f} | "
-            f"{s['rankme']:.1f} | {s['seeds']} |")
+            f"{s['rankme']:.1f} | {s['var_positional']:.2f} / {s['var_frame']:.2f} / "
+            f"{s['var_local']:.2f} | {s['seeds']} |")
     return "\n".join(lines) + "\n\n(mean ± standard deviation over seeds; R^2 on held-out " \
-        "episodes)\n"
+        "episodes; token variance: shares of the layer-normed tokens' variance that their " \
+        "position alone, the frame alone, and neither explain)\n"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--encoders", default=",".join(ENCODERS),
-                   help=f"comma-separated, from {', '.join(ENCODERS)}")
+                   help=f"comma-separated, from {', '.join(ENCODERS)} and jepa:OPTION:...")
+    p.add_argument("--patch", type=int, default=8, help="ViT patch size of every encoder")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--stack", type=int, default=3, help="frames stacked for the qvel probe")
     p.add_argument("--pool", default="mean",
@@ -308,10 +412,20 @@ def _parse(args: argparse.Namespace) -> tuple[list[str], list[int], dict[str, in
     if args.stack not in (2, 3):
         raise SystemExit(f"probe: error: --stack {args.stack}; allowed: 2, 3")
     names = [n.strip() for n in args.encoders.split(",") if n.strip()]
-    bad = [n for n in names if n not in ENCODERS]
-    if bad or not names:
+    if not names:
         raise SystemExit(f"probe: error: --encoders {args.encoders!r}; allowed: "
-                         f"{', '.join(ENCODERS)}")
+                         f"{', '.join(ENCODERS)} or jepa:OPTION[:OPTION...]")
+    try:
+        make_config("tiny", patch=args.patch)
+    except ValueError as err:
+        raise SystemExit(f"probe: error: --patch: {err}") from None
+    for name in (n for n in names if n != "random"):
+        try:
+            objective, fpc, options = parse_encoder(name)
+            build_objective(objective, make_config("tiny", frames_per_clip=fpc,
+                                                   patch=args.patch), **options)
+        except ValueError as err:
+            raise SystemExit(f"probe: error: --encoders: {err}") from None
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -345,18 +459,18 @@ def run(args: argparse.Namespace) -> dict:
     for seed in seeds:
         budget = None
         if args.budget == "equal-cpu":  # JEPA's CPU-seconds at --steps set everyone's budget
-            budget = args.steps * cpu_per_step("jepa", data["frames"], data["episodes"],
-                                               args.batch, device)
+            budget = args.steps * cpu_per_step("jepa", data, args.batch, device,
+                                               patch=args.patch)
         for name in names:
             if name == "random":
                 torch.manual_seed(seed)
-                vit = ViT(make_config("tiny", tuple(data["frames"].shape[1:]))).to(device)
+                vit = ViT(make_config("tiny", tuple(data["frames"].shape[1:]),
+                                      patch=args.patch)).to(device)
                 cost = {"steps": 0, "cpu_s": 0.0}
             else:
                 own = budget if name != "jepa" else None  # JEPA sets the budget
-                vit, cost = train_encoder(name, data["frames"], data["episodes"],
-                                          None if own else args.steps, args.batch, args.lr,
-                                          seed, device, own)
+                vit, cost = train_encoder(name, data, None if own else args.steps, args.batch,
+                                          args.lr, seed, device, own, patch=args.patch)
             for pool, cells in pools.items():
                 row = rows[name, pool]
                 per_seed[row].append({**cost, **probe_encoder(vit, data, device, args.stack,
@@ -366,8 +480,8 @@ def run(args: argparse.Namespace) -> dict:
                       f"({r['cpu_s']:.0f} CPU-s)", flush=True)
     summary = summarise(per_seed)
     title = (f"{args.env}: {args.frames} random-policy frames, batch {args.batch}, "
-             f"{args.budget} (JEPA {args.steps} steps), tiny ViT, seeds {args.seeds}, "
-             f"pool {args.pool}")
+             f"{args.budget} (JEPA {args.steps} steps), tiny ViT, patch {args.patch}, "
+             f"seeds {args.seeds}, pool {args.pool}")
     table = markdown_table(summary, title)
     print(table)
     if args.out:

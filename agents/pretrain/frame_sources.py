@@ -23,8 +23,9 @@ class PretrainError(ValueError):
 def collect_random_frames(
     env_spec: str, frames: int, seed: int = 0, physics_info: bool = False, **options
 ) -> dict[str, np.ndarray]:
-    """Run a uniform-random policy; returns `frames` [N, H, W, C] uint8, `episodes` [N] and,
-    with `physics_info`, `qpos`/`qvel` [N, *] (DMC only)."""
+    """Run a uniform-random policy; returns `frames` [N, H, W, C] uint8, `episodes` [N],
+    `actions` [N, A] float32 (the action taken at each frame, one-hot for a discrete space)
+    and, with `physics_info`, `qpos`/`qvel` [N, *] (DMC only)."""
     import envs
 
     if env_spec.startswith("dmc:"):
@@ -36,7 +37,7 @@ def collect_random_frames(
         env.close()
         raise PretrainError(f"env {env_spec!r} has no image observation; JEPA needs frames")
     env.action_space.seed(seed)
-    out: dict[str, list] = {"frames": [], "episodes": [], "qpos": [], "qvel": []}
+    out: dict[str, list] = {"frames": [], "episodes": [], "actions": [], "qpos": [], "qvel": []}
     episode = 0
     obs, info = env.reset()
     try:
@@ -48,17 +49,29 @@ def collect_random_frames(
             if physics_info:
                 out["qpos"].append(info["qpos"])
                 out["qvel"].append(info["qvel"])
-            obs, _, terminated, truncated, info = env.step(env.action_space.sample())
+            action = env.action_space.sample()
+            out["actions"].append(action_vector(env.action_space, action))
+            obs, _, terminated, truncated, info = env.step(action)
             if terminated or truncated:
                 episode += 1
                 obs, info = env.reset()
     finally:
         env.close()
-    result = {"frames": np.stack(out["frames"]), "episodes": np.asarray(out["episodes"])}
+    result = {"frames": np.stack(out["frames"]), "episodes": np.asarray(out["episodes"]),
+              "actions": np.stack(out["actions"])}
     if physics_info:
         result["qpos"] = np.stack(out["qpos"]).astype(np.float32)
         result["qvel"] = np.stack(out["qvel"]).astype(np.float32)
     return result
+
+
+def action_vector(space, action) -> np.ndarray:
+    """An env action as a flat float32 vector: one-hot for Discrete, flattened otherwise."""
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Discrete):
+        return np.eye(int(space.n), dtype=np.float32)[int(action) - int(space.start)]
+    return np.asarray(action, dtype=np.float32).reshape(-1)
 
 
 def _fit_frame(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -116,7 +129,9 @@ def load_folder_frames(
 
 
 def load_run_frames(logdir: str | os.PathLike, limit: int | None = None) -> dict[str, np.ndarray]:
-    """Frames from a run's saved SequenceReplay (the folder holding `sequence_replay.json`)."""
+    """Frames from a run's saved SequenceReplay (the folder holding `sequence_replay.json`)
+    and, where it stores actions, the action taken at each frame (the replay keeps the one
+    that led to it)."""
     from replay.sequence import META_FILE, SequenceReplay
 
     metas = sorted(Path(logdir).rglob(META_FILE))
@@ -133,9 +148,15 @@ def load_run_frames(logdir: str | os.PathLike, limit: int | None = None) -> dict
     first = data["is_first"].transpose(0, 1).reshape(-1).numpy().astype(bool)
     episodes = np.cumsum(first) + np.repeat(np.arange(img.shape[0]) * rows, rows)
     frames = img.reshape(-1, *img.shape[2:])
+    out = {"frames": frames, "episodes": episodes}
+    if "action" in data.keys():
+        # The action taken at frame t is the one stored with frame t + 1 (zero past the last).
+        led_to = data["action"].transpose(0, 1).float().numpy()
+        taken = np.concatenate([led_to[:, 1:], np.zeros_like(led_to[:, :1])], axis=1)
+        out["actions"] = taken.reshape(-1, taken.shape[-1])
     if limit is not None:
-        frames, episodes = frames[-limit:], episodes[-limit:]
-    return {"frames": frames, "episodes": episodes}
+        out = {k: v[-limit:] for k, v in out.items()}
+    return out
 
 
 def clip_starts(episodes: np.ndarray, length: int) -> np.ndarray:
@@ -150,9 +171,20 @@ def clip_starts(episodes: np.ndarray, length: int) -> np.ndarray:
 def sample_clips(frames: np.ndarray, starts: np.ndarray, batch: int, length: int,
                  gen: torch.Generator) -> torch.Tensor:
     """A [B, length, H, W, C] uint8 batch of clips starting at random valid indices."""
+    return sample_windows(frames, None, starts, batch, length, gen)[0]
+
+
+def sample_windows(frames: np.ndarray, actions: np.ndarray | None, starts: np.ndarray,
+                   batch: int, length: int, gen: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Clips [B, length, H, W, C] uint8 from random valid starts and, given `actions` [N, A],
+    the actions between their frames [B, length - 1, A] (the same draw as `sample_clips`)."""
     pick = starts[torch.randint(len(starts), (batch,), generator=gen).numpy()]
     idx = pick[:, None] + np.arange(length)[None]
-    return torch.from_numpy(np.array(frames[idx]))
+    clip = torch.from_numpy(np.array(frames[idx]))
+    if actions is None:
+        return clip, None
+    return clip, torch.from_numpy(np.asarray(actions[idx[:, :-1]], dtype=np.float32))
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from agents.pretrain.frame_sources import (
     embed_frames,
     load_folder_frames,
     load_run_frames,
-    sample_clips,
+    sample_windows,
 )
 from agents.pretrain.pretrainer import (
     ACTIONS,
@@ -47,11 +47,13 @@ from agents.run.rundir import atomic_open
 from agents.runtime import select_device
 from world_models.diagnostics import collapse_metrics, eigen_spectrum
 from world_models.vit_jepa import make_config, save_encoder
-from world_models.vit_jepa.model import REGULARIZERS
+from world_models.vit_jepa.model import CONTEXTS, REGULARIZERS, TARGET_NORMS, TOKEN_WEIGHTS
 
 # Default budget: 2,000 steps x batch 64; the tiny ViT runs ~1.6 steps/s on one core of this
 # machine (two runs side by side), so ~21 minutes.
 STEPS, LR = 2000, 1e-3
+# Architecture and objective flags added after the first release (issue 34).
+LATER_OPTIONS = ("patch", "horizon", "context", "action_cond", "target_norm", "token_weight")
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -109,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reg-weight", type=float, default=None,
                    help="its weight (default: sigreg 0.05; vicreg 1: variance x 1, "
                         "covariance x 1/25)")
+    p.add_argument("--patch", type=int, default=8, help="ViT patch size in pixels (8: an 8x8 "
+                   "token grid on 64x64 frames; 4: 16x16)")
+    p.add_argument("--horizon", type=int, default=0,
+                   help="JEPA: predict the clip this many frames later (0: the same clip)")
+    p.add_argument("--context", default="masked",
+                   help=f"JEPA with a horizon: {' | '.join(CONTEXTS)} earlier clip")
+    p.add_argument("--action-cond", action="store_true",
+                   help="JEPA with a horizon: the predictor sees the actions in between")
+    p.add_argument("--target-norm", default="layer", help=f"JEPA: {' | '.join(TARGET_NORMS)}")
+    p.add_argument("--token-weight", default="uniform",
+                   help=f"JEPA: {' | '.join(TOKEN_WEIGHTS)} (change: by pixel change over "
+                        "the horizon)")
     p.add_argument("--on-collapse", default="adapt", help=f"{' | '.join(ACTIONS)} (see module doc)")
     p.add_argument("--source", default="random", help="random | run:LOGDIR | folder:DIR")
     p.add_argument("--fast-render", action="store_true", help="DMC: shadows/reflections off")
@@ -122,10 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _get_frames(args: argparse.Namespace, out: Path) -> tuple[np.ndarray, np.ndarray]:
-    fpath, epath = out / "frames.npy", out / "episodes.npy"
+def jepa_options(args: argparse.Namespace, action_dim: int = 1) -> dict:
+    """JEPAConfig fields from the flags (`action_dim`: the data's action size)."""
+    return {"horizon": args.horizon, "context": args.context,
+            "action_dim": action_dim if args.action_cond else 0,
+            "target_norm": args.target_norm, "token_weight": args.token_weight}
+
+
+def _get_frames(args: argparse.Namespace, out: Path
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Frames, episode ids and actions (None where the source has none), stored in `out`."""
+    fpath, epath, apath = out / "frames.npy", out / "episodes.npy", out / "actions.npy"
     if fpath.is_file() and epath.is_file():
-        return np.load(fpath, mmap_mode="r"), np.load(epath)
+        actions = np.load(apath) if apath.is_file() else None
+        return np.load(fpath, mmap_mode="r"), np.load(epath), actions
     kind, _, target = args.source.partition(":")
     if kind == "random":
         opts = {"fast_render": True} if args.fast_render and args.env.startswith("dmc:") else {}
@@ -136,10 +160,13 @@ def _get_frames(args: argparse.Namespace, out: Path) -> tuple[np.ndarray, np.nda
         data = load_run_frames(target, limit=args.frames)
     else:
         raise PretrainError(f"--source {args.source!r}; allowed: random, run:LOGDIR, folder:DIR")
-    for path, array in ((epath, data["episodes"]), (fpath, data["frames"])):
+    saved = [(epath, data["episodes"]), (fpath, data["frames"])]
+    if "actions" in data:  # before the frames: frames.npy present means all are written
+        saved.insert(0, (apath, data["actions"]))
+    for path, array in saved:
         with atomic_open(path) as f:
             np.save(f, array)
-    return np.load(fpath, mmap_mode="r"), data["episodes"]
+    return np.load(fpath, mmap_mode="r"), data["episodes"], data.get("actions")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -149,8 +176,19 @@ def check_args(args: argparse.Namespace) -> None:
     if args.batch < 2:
         raise PretrainError(f"--batch {args.batch}; needs >= 2 (the regulariser works on "
                             "the batch's distribution)")
-    make_config(args.preset)  # an unknown preset names the allowed ones
-    build_objective(args.objective, make_config(args.preset), args.reg, args.reg_weight)
+    try:  # an unknown preset or a patch that does not tile 64x64 frames names what is allowed
+        make_config(args.preset, patch=args.patch)
+    except ValueError as err:
+        raise PretrainError(str(err)) from None
+    set_flags = [f"--{k.replace('_', '-')}" for k in changed_later_options(args) if k != "patch"]
+    if args.objective != "jepa" and set_flags:
+        raise PretrainError(f"{', '.join(set_flags)} apply to --objective jepa only, not "
+                            f"{args.objective}")
+    build_objective(args.objective, make_config(args.preset, patch=args.patch), args.reg,
+                    args.reg_weight, **jepa_options(args))
+    if args.action_cond and args.source.startswith("folder:"):
+        raise PretrainError("--action-cond needs actions: --source random or run:LOGDIR, "
+                            "not a folder of frames")
     CollapseGuard(args.on_collapse)
     kind, _, target = args.source.partition(":")
     if kind not in ("random", "run", "folder") or (kind != "random" and not target):
@@ -164,10 +202,18 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def _arch_args(args: argparse.Namespace) -> dict:
-    return {"objective": args.objective, "preset": args.preset,
+    base = {"objective": args.objective, "preset": args.preset,
             "frames_per_clip": args.frames_per_clip, "reg": args.reg,
             "reg_weight": args.reg_weight, "on_collapse": args.on_collapse, "steps": args.steps,
             "lr": args.lr, "batch": args.batch}
+    # Options added later are recorded only when set, so older checkpoints still resume.
+    return {**base, **{k: getattr(args, k) for k in changed_later_options(args)}}
+
+
+def changed_later_options(args: argparse.Namespace) -> list[str]:
+    """The LATER_OPTIONS whose flags differ from their defaults."""
+    defaults = build_parser().parse_args(["--out", "-"])
+    return [k for k in LATER_OPTIONS if getattr(args, k) != getattr(defaults, k)]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -179,18 +225,30 @@ def run(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     device, _ = select_device(args.device)
     torch.manual_seed(args.seed)
-    frames, episodes = _get_frames(args, out)
+    frames, episodes, actions = _get_frames(args, out)
+    if args.action_cond and actions is None:
+        if args.source == "random":  # frames cached by a version that kept no actions
+            raise PretrainError(f"--action-cond: {out / 'frames.npy'} was collected without "
+                                "actions; use a new --out or delete frames.npy")
+        raise PretrainError(f"--action-cond needs actions; {args.source} stores none")
     n_hold = min(args.holdout, len(frames) // 5)
     train_eps = episodes[: len(frames) - n_hold]
-    starts = clip_starts(train_eps, args.frames_per_clip)
+    try:
+        vit_cfg = make_config(args.preset, tuple(frames.shape[1:]), args.frames_per_clip,
+                              patch=args.patch)
+    except ValueError as err:
+        raise PretrainError(str(err)) from None
+    model = build_objective(args.objective, vit_cfg, args.reg, args.reg_weight,
+                            **jepa_options(args, 0 if actions is None else actions.shape[1]))
+    model = model.to(device)
+    starts = clip_starts(train_eps, model.clip_frames)
     if len(starts) == 0:
         raise PretrainError(
-            f"no run of {args.frames_per_clip} consecutive frames in one episode among "
+            f"no run of {model.clip_frames} consecutive frames in one episode among "
             f"{len(train_eps)} training frames"
         )
     held = np.ascontiguousarray(frames[len(frames) - n_hold :]) if n_hold > 1 else frames[:64]
-    vit_cfg = make_config(args.preset, tuple(frames.shape[1:]), args.frames_per_clip)
-    model = build_objective(args.objective, vit_cfg, args.reg, args.reg_weight).to(device)
+    step_actions = actions if model.needs_actions else None
     trainer = Pretrainer(model, args.steps, lr=args.lr)
     guard = CollapseGuard(args.on_collapse)
     ckpt_path = out / "checkpoint.pt"
@@ -231,6 +289,7 @@ def run(args: argparse.Namespace) -> dict:
         info = {"env": args.env, "source": args.source, "frames": int(len(frames)),
                 "steps": step, "objective": args.objective, "preset": args.preset,
                 "frames_per_clip": args.frames_per_clip, "seed": args.seed,
+                **{k: getattr(args, k) for k in LATER_OPTIONS},
                 "rollbacks": guard.adapts, "stopped": stopped,
                 **(history[-1] if history else {})}
         save_encoder(out / "encoder.pt", model.export_encoder(), info)
@@ -247,8 +306,10 @@ def run(args: argparse.Namespace) -> dict:
     for step in ([] if stopped else bar):
         # Per-step generator: a resumed run draws the same batches and masks it would have.
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        clip = sample_clips(frames, starts, args.batch, args.frames_per_clip, gen).to(device)
-        metrics = trainer.step(step, clip, gen)
+        clip, acts = sample_windows(frames, step_actions, starts, args.batch, model.clip_frames,
+                                    gen)
+        metrics = trainer.step(step, clip.to(device),
+                               gen, None if acts is None else acts.to(device))
         done = step + 1
         if done % 10 == 0 or done == args.steps:
             metrics["perf/steps_per_s"] = (done - start) / max(time.time() - t0, 1e-9)

@@ -34,18 +34,27 @@ class PretrainConfigError(ValueError):
 
 
 def build_objective(name: str, vit_cfg: ViTConfig, reg: str = "sigreg",
-                    reg_weight: float | None = None) -> nn.Module:
-    """The model for one objective; `reg` applies to JEPA only (the baselines need none)."""
+                    reg_weight: float | None = None, **jepa: object) -> nn.Module:
+    """The model for one objective; `reg` and `jepa` (JEPAConfig fields: horizon, context,
+    action_dim, target_norm, token_weight) apply to JEPA only."""
     if name not in PRETRAIN_OBJECTIVES:
         raise PretrainConfigError(f"objective {name!r}; allowed: {', '.join(PRETRAIN_OBJECTIVES)}")
     if reg not in REGULARIZERS:
         raise PretrainConfigError(f"regulariser {reg!r}; allowed: {', '.join(REGULARIZERS)}")
+    changed = {k: v for k, v in jepa.items() if getattr(JEPAConfig, k, None) != v}
+    if name != "jepa" and changed:
+        raise PretrainConfigError(f"{', '.join(sorted(changed))} apply to the jepa objective "
+                                  f"only, not {name}")
     if name == "mae":
         return MaskedAutoencoder(vit_cfg)
     if name == "autoencoder":
         return FrameAutoencoder(vit_cfg)
     weight = DEFAULT_REG_WEIGHT[reg] if reg_weight is None else reg_weight
-    return JEPA(vit_cfg, JEPAConfig(reg=reg, reg_weight=weight))
+    try:
+        cfg = JEPAConfig(reg=reg, reg_weight=weight, **jepa)
+    except (TypeError, ValueError) as err:
+        raise PretrainConfigError(str(err)) from None
+    return JEPA(vit_cfg, cfg)
 
 
 class Pretrainer:
@@ -75,13 +84,17 @@ class Pretrainer:
         frac = min(step / max(1, self.steps), 1.0)
         return self.wd[1] + (self.wd[0] - self.wd[1]) * 0.5 * (1 + math.cos(math.pi * frac))
 
-    def step(self, step: int, clip: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
+    def step(self, step: int, clip: torch.Tensor, gen: torch.Generator,
+             actions: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimiser step on a batch of clips (and, for an action-conditioned JEPA, the
+        actions between their frames)."""
         self.model.train()
         lr, wd = self.lr_at(step), self.wd_at(step)
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.opt.param_groups[0]["weight_decay"] = wd
-        losses = self.model.loss(clip, gen, reg_weight=self.reg_weight)
+        extra = {"actions": actions} if getattr(self.model, "needs_actions", False) else {}
+        losses = self.model.loss(clip, gen, reg_weight=self.reg_weight, **extra)
         self.opt.zero_grad(set_to_none=True)
         losses["loss/total"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(

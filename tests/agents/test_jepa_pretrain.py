@@ -55,10 +55,10 @@ def test_resume_after_crash_matches_uninterrupted(frame_folder, tmp_path, monkey
 
     real_step = Pretrainer.step
 
-    def crashing_step(self, step, clip, gen):
+    def crashing_step(self, step, *args):
         if step == 3:
             raise KeyboardInterrupt
-        return real_step(self, step, clip, gen)
+        return real_step(self, step, *args)
 
     monkeypatch.setattr(Pretrainer, "step", crashing_step)
     with pytest.raises(KeyboardInterrupt):
@@ -93,6 +93,61 @@ def test_run_source_reads_saved_replay(tmp_path):
     assert data["frames"].shape == (16, 64, 64, 3)
     assert data["frames"][:8, 0, 0, 0].tolist() == list(range(3, 11))  # oldest first
     assert len(np.unique(data["episodes"])) >= 4
+
+
+def test_run_source_gives_the_action_taken_at_each_frame(tmp_path):
+    from agents.pretrain.frame_sources import load_run_frames
+    from replay.sequence import SequenceReplay
+
+    rb = SequenceReplay(capacity=10, num_envs=2)
+    for t in range(5):  # the replay keeps the action that led to each frame; env 1 has a
+        # new episode at t = 3, stored with a zero action
+        first = torch.tensor([t == 0, t in (0, 3)])
+        act = torch.stack([torch.full((2,), float(t)), torch.full((2,), 10.0 + t)])
+        rb.add({"image": torch.full((2, 64, 64, 3), t, dtype=torch.uint8),
+                "action": act * ~first[:, None], "is_first": first})
+    rb.save(tmp_path / "replay")
+    data = load_run_frames(tmp_path)
+    assert data["actions"][:, 0].tolist() == [1, 2, 3, 4, 0, 11, 12, 0, 14, 0]
+    assert data["episodes"].tolist()[5:] == [data["episodes"][5]] * 3 + [data["episodes"][8]] * 2
+    assert data["episodes"][7] != data["episodes"][8]  # the zero after 12 ends an episode
+
+
+def test_cli_temporal_action_conditioned_jepa(tmp_path):
+    pytest.importorskip("dm_control")
+    out = tmp_path / "run"
+    flags = ["--env", "dmc:walker-walk", "--fast-render", "--out", str(out), *ARGS,
+             "--horizon", "2", "--action-cond", "--token-weight", "change", "--patch", "16"]
+    main(flags)
+    assert np.load(out / "actions.npy").shape == (40, 6)
+    info = torch.load(out / "encoder.pt", weights_only=True)["train"]
+    assert (info["horizon"], info["action_cond"], info["patch"]) == (2, True, 16)
+    enc = load_encoder(f"jepa:{out / 'encoder.pt'}", (64, 64, 3))
+    assert enc.vit.cfg.patch == 16 and enc.vit.cfg.grid == (1, 4, 4)
+    main(flags)  # finished: a rerun resumes at the end and changes nothing
+    with pytest.raises(SystemExit, match="use the same options or a new --out"):
+        main([*flags, "--horizon", "1"])
+
+
+def test_old_checkpoints_record_no_later_options():
+    args = jepa_pretrain.build_parser().parse_args(["--out", "x"])
+    assert set(jepa_pretrain._arch_args(args)) == {
+        "objective", "preset", "frames_per_clip", "reg", "reg_weight", "on_collapse", "steps",
+        "lr", "batch"}
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--action-cond", "--horizon", "1"], "--action-cond needs actions"),
+    (["--patch", "5"], "not divisible by patch 5"),
+    (["--objective", "mae", "--horizon", "1", "--action-cond"],
+     "--horizon, --action-cond apply to --objective jepa only, not mae"),
+    (["--action-cond"], "need a horizon > 0"),
+    (["--horizon", "1", "--context", "half"], "context 'half'; allowed: masked, full"),
+])
+def test_bad_temporal_flags_are_one_line_errors(frame_folder, tmp_path, flags, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["--source", f"folder:{frame_folder}", "--out", str(tmp_path), *ARGS, *flags])
+    assert not (tmp_path / "frames.npy").exists()
 
 
 def test_collapse_stop_keeps_the_best_encoder_and_a_rerun_stays_stopped(frame_folder, tmp_path,

@@ -7,11 +7,15 @@ import torch
 from benchmarks.probe import (
     embed_all,
     main,
+    parse_encoder,
     parse_pool,
     pool_tokens,
     position_targets,
+    ridge_fit,
+    ridge_path,
     ridge_probe,
     split_groups,
+    token_variance_shares,
 )
 from world_models.vit_jepa import ViT, make_config
 
@@ -26,6 +30,16 @@ def test_ridge_probe_recovers_linear_map():
     assert score > 0.99
     noise_score, _ = ridge_probe(rng.normal(size=(400, 10)), y, groups)
     assert noise_score < 0.05
+
+
+@pytest.mark.parametrize("n,d", [(60, 8), (20, 50)])
+def test_ridge_path_equals_one_solve_per_lambda_in_both_forms(n, d):
+    rng = np.random.default_rng(1)
+    x, y, x_new = rng.normal(size=(n, d)), rng.normal(size=(n, 3)), rng.normal(size=(7, d))
+    x = x - x.mean(0)
+    lams = np.array([1e-3, 0.1, 10.0])
+    want = np.stack([x_new @ ridge_fit(x, y, lam) for lam in lams])
+    np.testing.assert_allclose(ridge_path(x, y, x_new, lams), want, rtol=1e-6, atol=1e-9)
 
 
 def test_few_episodes_are_cut_into_contiguous_groups():
@@ -102,3 +116,61 @@ def test_tiny_probe_run_every_encoder_two_seeds_equal_cpu(tmp_path):
     assert all(np.isfinite(r["vel_r2"]) for rows in saved["per_seed"].values() for r in rows)
     assert "| mae |" in (tmp_path / "probe.md").read_text()
 
+
+
+def test_jepa_options_in_an_encoder_name():
+    assert parse_encoder("mae") == ("mae", 1, {})
+    assert parse_encoder("jepa:horizon=2:actions:token_weight=change", 6) == (
+        "jepa", 1, {"horizon": 2, "action_dim": 6, "token_weight": "change"})
+    with pytest.raises(ValueError, match="option 'speed=3'; allowed: actions, horizon=..."):
+        parse_encoder("jepa:speed=3")
+    with pytest.raises(ValueError, match="horizon='two' is not a number"):
+        parse_encoder("jepa:horizon=two")
+    with pytest.raises(ValueError, match="or jepa:OPTION"):
+        parse_encoder("vjepa")
+
+
+def test_temporal_jepa_rows_at_patch_16(tmp_path):
+    pytest.importorskip("dm_control")
+    summary = main(["--frames", "120", "--time-limit", "60", "--steps", "2", "--batch", "4",
+                    "--encoders", "random,jepa,jepa:horizon=2:actions:context=full",
+                    "--patch", "16", "--budget", "equal-cpu", "--fast-render", "--threads", "1",
+                    "--out", str(tmp_path)])
+    assert set(summary) == {"random", "jepa", "jepa:horizon=2:actions:context=full"}
+    assert all(np.isfinite(s["pos_r2"]) for s in summary.values())
+    assert "patch 16" in (tmp_path / "probe.md").read_text()
+    for bad, message in ((["--encoders", "jepa:context=full"], "need a horizon > 0"),
+                         (["--patch", "6"], "--patch: image 64x64 is not divisible by patch 6")):
+        with pytest.raises(SystemExit, match=message):
+            main(bad)
+
+
+def test_token_variance_splits_into_position_frame_and_local():
+    from types import SimpleNamespace
+
+    class Tokens(torch.nn.Module):
+        """Tokens [B, 4, 8]: a fixed pattern per position, plus `mix` x the frame's first pixel
+        on every token (frame-wide), plus `local` x each pixel's own value at one position."""
+
+        def __init__(self, frame: float, local: float) -> None:
+            super().__init__()
+            self.cfg = SimpleNamespace(frames_per_clip=1)
+            self.pattern = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+            self.frame, self.local = frame, local
+
+        def forward(self, clip):
+            x = clip[:, 0, :4, 0, 0].float() / 255  # [B, 4]
+            out = self.pattern.expand(len(clip), -1, -1).clone()
+            out = out + self.frame * x[:, :1, None] * torch.linspace(-1, 1, 8)
+            return out + self.local * x[:, :, None] * torch.linspace(1, -1, 8)
+
+    frames = np.random.default_rng(0).integers(0, 255, (64, 8, 8, 3), dtype=np.uint8)
+    eps, cpu = np.zeros(64, dtype=np.int64), torch.device("cpu")
+    only_pos = token_variance_shares(Tokens(0.0, 0.0), frames, eps, cpu)
+    assert only_pos["positional"] == pytest.approx(1.0)
+    mixed = token_variance_shares(Tokens(3.0, 3.0), frames, eps, cpu)
+    assert sum(mixed.values()) == pytest.approx(1.0)
+    assert mixed["frame"] > 0.05 and mixed["local"] > 0.05
+    vit = ViT(make_config("tiny", frames_per_clip=2, width=32, depth=1, heads=2))
+    shares = token_variance_shares(vit, frames.repeat(8, 1).repeat(8, 2), eps, cpu)
+    assert sum(shares.values()) == pytest.approx(1.0) and min(shares.values()) >= 0

@@ -155,3 +155,135 @@ def test_bad_config_is_clear():
         make_config("huge")
     with pytest.raises(ConfigError, match="frames_per_clip"):
         make_config("tiny", frames_per_clip=3)
+
+
+def _temporal(**kw) -> JEPA:
+    cfg = make_config("tiny", image_shape=(16, 16, 3), patch=4, width=32, depth=1, heads=2)
+    return JEPA(cfg, JEPAConfig(pred_depth=1, pred_heads=2, **kw))
+
+
+def test_horizon_encodes_the_earlier_frame_and_targets_the_later_one():
+    m = _temporal(horizon=2)
+    assert m.clip_frames == 3 and not m.needs_actions
+    seen = {}
+    m.encoder.register_forward_hook(lambda mod, args, out: seen.__setitem__("ctx", args[0]))
+    m.target.register_forward_hook(lambda mod, args, out: seen.__setitem__("tgt", args[0]))
+    clip = torch.randint(0, 255, (4, 3, 16, 16, 3), dtype=torch.uint8)
+    m.loss(clip, torch.Generator().manual_seed(0))["loss/total"].backward()
+    assert torch.equal(seen["ctx"], clip[:, :1]) and torch.equal(seen["tgt"], clip[:, 2:])
+    with pytest.raises(ValueError, match="clip of 1 frames; this model takes 3"):
+        m.loss(clip[:, :1])
+
+
+def test_full_context_sees_every_token_of_the_earlier_frame():
+    m = _temporal(horizon=1, context="full")
+    seen = {}
+    m.predictor.register_forward_hook(lambda mod, args, out: seen.__setitem__("idx", args[1]))
+    m.loss(torch.randint(0, 255, (2, 2, 16, 16, 3), dtype=torch.uint8))
+    assert torch.equal(seen["idx"], torch.arange(16).expand(2, -1))
+
+
+def test_action_conditioned_predictor_uses_the_actions_between_the_clips():
+    m = _temporal(horizon=2, action_dim=3)
+    assert m.needs_actions
+    clip = torch.randint(0, 255, (4, 3, 16, 16, 3), dtype=torch.uint8)
+    acts = torch.randn(4, 2, 3)
+    out = m.loss(clip, torch.Generator().manual_seed(0), actions=acts)
+    out["loss/total"].backward()
+    assert m.action_embed.weight.grad.abs().sum() > 0 and m.action_pos.grad is not None
+    other = m.loss(clip, torch.Generator().manual_seed(0), actions=-acts)["loss/pred"].detach()
+    assert float(other) != pytest.approx(float(out["loss/pred"].detach()), abs=1e-7)
+    with pytest.raises(ValueError, match=r"needs actions of shape \(4, 2, 3\), got none"):
+        m.loss(clip)
+
+
+def test_change_weights_favour_what_moves():
+    from world_models.vit_jepa.model import change_weights
+
+    cfg = make_config("tiny", image_shape=(8, 8, 3), patch=4, width=32, depth=1, heads=2)
+    past = torch.zeros(1, 1, 8, 8, 3, dtype=torch.uint8)
+    future = past.clone()
+    future[0, 0, :4, :4] = 200  # only the top-left patch (token 0) changes
+    idx = torch.arange(4).reshape(1, 1, 4)
+    w = change_weights(past, future, cfg, idx)
+    assert w.shape == (1, 1, 4) and float(w.mean()) == pytest.approx(1.0)
+    assert w[0, 0, 1:].tolist() == pytest.approx([0.1] * 3) and float(w[0, 0, 0]) > 3
+    assert torch.equal(change_weights(past, past, cfg, idx), torch.ones(1, 1, 4))
+
+
+def test_change_weighted_loss_is_uniform_on_a_static_batch():
+    clip = torch.randint(0, 255, (2, 1, 16, 16, 3), dtype=torch.uint8).expand(-1, 2, -1, -1, -1)
+    losses = {}
+    for weight in ("uniform", "change"):
+        torch.manual_seed(0)
+        m = _temporal(horizon=1, token_weight=weight)
+        losses[weight] = float(m.loss(clip, torch.Generator().manual_seed(0))["loss/pred"])
+    assert losses["change"] == pytest.approx(losses["uniform"])  # nothing moved: uniform
+
+
+@pytest.mark.parametrize("norm,calls", [("layer", 1), ("none", 0)])
+def test_target_norm_none_takes_the_targets_before_any_norm(norm, calls):
+    m = _temporal(horizon=1, target_norm=norm)
+    seen = []
+    m.target.norm.register_forward_hook(lambda mod, args, out: seen.append(1))
+    m.loss(torch.randint(0, 255, (2, 2, 16, 16, 3), dtype=torch.uint8))
+    assert len(seen) == calls
+
+
+def test_horizon_with_two_frame_clips_overlaps_them_and_takes_the_last_action():
+    cfg = make_config("tiny", image_shape=(16, 16, 3), frames_per_clip=2, patch=4, width=32,
+                      depth=1, heads=2)
+    m = JEPA(cfg, JEPAConfig(pred_depth=1, pred_heads=2, horizon=1, action_dim=2))
+    seen = {}
+    m.encoder.register_forward_hook(lambda mod, args, out: seen.__setitem__("ctx", args[0]))
+    m.target.register_forward_hook(lambda mod, args, out: seen.__setitem__("tgt", args[0]))
+    m.action_embed.register_forward_hook(lambda mod, args, out: seen.__setitem__("a", args[0]))
+    clip = torch.randint(0, 255, (3, 3, 16, 16, 3), dtype=torch.uint8)
+    acts = torch.randn(3, 2, 2)
+    m.loss(clip, actions=acts)
+    assert torch.equal(seen["ctx"], clip[:, :2]) and torch.equal(seen["tgt"], clip[:, 1:])
+    assert torch.equal(seen["a"], acts[:, 1:])
+
+
+def test_temporal_options_without_a_horizon_are_clear_errors():
+    for kw in ({"action_dim": 2}, {"token_weight": "change"}, {"context": "full"}):
+        with pytest.raises(ValueError, match="need a horizon > 0"):
+            JEPAConfig(**kw)
+    with pytest.raises(ValueError, match="target norm 'batch'; allowed: layer, none"):
+        JEPAConfig(target_norm="batch")
+    with pytest.raises(ValueError, match="must be >= 0"):
+        JEPAConfig(horizon=-1)
+
+
+def test_action_conditioned_jepa_learns_to_read_the_actions():
+    """A square jumps one patch in the direction of the action taken; after a short training
+    the predictor's error on the later frame is lower with the true actions than with
+    shuffled ones (frozen target: ema 1)."""
+    from agents.pretrain.pretrainer import Pretrainer
+
+    g = torch.Generator().manual_seed(0)
+
+    def batch(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = torch.randint(4, 9, (n, 2), generator=g)
+        move = 4 * torch.randint(-1, 2, (n, 2), generator=g)
+        clip = torch.zeros(n, 2, 16, 16, 3, dtype=torch.uint8)
+        for i in range(n):
+            for t, (r, c) in enumerate((pos[i], pos[i] + move[i])):
+                clip[i, t, r : r + 4, c : c + 4] = 255
+        return clip, move.float().unsqueeze(1) / 4
+
+    torch.manual_seed(0)
+    cfg = make_config("tiny", image_shape=(16, 16, 3), patch=4, width=32, depth=1, heads=2)
+    m = JEPA(cfg, JEPAConfig(pred_width=32, pred_depth=2, pred_heads=2, horizon=1,
+                             action_dim=2, context="full", reg="none", ema_start=1.0,
+                             loss="mse"))
+    trainer = Pretrainer(m, 200, lr=3e-3)
+    for step in range(200):
+        clip, acts = batch(32)
+        trainer.step(step, clip, torch.Generator().manual_seed(step), acts)
+    clip, acts = batch(256)
+    with torch.no_grad():
+        true = float(m.loss(clip, torch.Generator().manual_seed(7), actions=acts)["loss/pred"])
+        wrong = float(m.loss(clip, torch.Generator().manual_seed(7),
+                             actions=acts[torch.randperm(256, generator=g)])["loss/pred"])
+    assert true < 0.8 * wrong, (true, wrong)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -11,9 +12,13 @@ from torch import Tensor, nn
 
 from world_models.regularizers import batch_standardise, sigreg, vicreg_terms
 from world_models.vit_jepa.masking import MaskConfig, sample_masks
+from world_models.vit_jepa.reconstruction import patchify
 from world_models.vit_jepa.vit import ViT, ViTConfig, gather_tokens, sincos_pos_embed, transformer
 
 REGULARIZERS = ("sigreg", "vicreg", "none")
+TARGET_NORMS = ("layer", "none")
+TOKEN_WEIGHTS = ("uniform", "change")
+CONTEXTS = ("masked", "full")
 
 
 @dataclass(frozen=True)
@@ -37,12 +42,41 @@ class JEPAConfig:
     # (walker-walk, 2k frames: RankMe 34 -> 18 by step 300 even at weight 3.2), while the
     # standardised one only asks for decorrelated, Gaussian-shaped variation (RankMe 34 -> 71).
     reg_standardise: bool = True
+    # Prediction across time (V-JEPA's idea, issue 34): with horizon k > 0 the targets are
+    # blocks of the clip k frames later than the context's clip, so what moves between frames
+    # (a limb; not the static background) is what the predictor must carry. 0 is I-JEPA:
+    # context and targets from the same clip.
+    horizon: int = 0
+    # With a horizon, the context is the earlier clip with the target blocks hidden (masked,
+    # as V-JEPA's tubes) or the whole earlier clip (full: only the future is unknown).
+    context: str = "masked"
+    # > 0: the predictor also sees the `horizon` actions taken between the two clips, one
+    # token each (V-JEPA 2-AC conditions its predictor on actions); the action size.
+    action_dim: int = 0
+    # Targets are the EMA encoder's tokens layer-normed per token (I-JEPA: its own final
+    # norm, then a plain layer norm) or its last block's output before any norm (none).
+    target_norm: str = "layer"
+    # Loss per target token: uniform, or weighted by how much its patch's pixels change
+    # between the two clips (floor 0.1, mean 1), so a static background earns little.
+    token_weight: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.reg not in REGULARIZERS:
             raise ValueError(f"JEPA regulariser {self.reg!r}; allowed: {', '.join(REGULARIZERS)}")
         if self.loss not in ("smooth_l1", "mse"):
             raise ValueError(f"JEPA loss {self.loss!r}; allowed: smooth_l1, mse")
+        for name, value, allowed in (("target norm", self.target_norm, TARGET_NORMS),
+                                     ("token weight", self.token_weight, TOKEN_WEIGHTS),
+                                     ("context", self.context, CONTEXTS)):
+            if value not in allowed:
+                raise ValueError(f"JEPA {name} {value!r}; allowed: {', '.join(allowed)}")
+        if self.horizon < 0 or self.action_dim < 0:
+            raise ValueError(f"JEPA horizon {self.horizon} and action size {self.action_dim} "
+                             "must be >= 0")
+        if self.horizon == 0 and (self.action_dim or self.token_weight == "change"
+                                  or self.context == "full"):
+            raise ValueError("JEPA actions, token weight 'change' and context 'full' need a "
+                             "horizon > 0 (a later clip to predict)")
 
 
 class Predictor(nn.Module):
@@ -59,11 +93,15 @@ class Predictor(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.proj = nn.Linear(width, enc_width)
 
-    def forward(self, ctx: Tensor, ctx_idx: Tensor, tgt_idx: Tensor) -> Tensor:
-        """ctx [B, Nc, D], ctx_idx [B, Nc], tgt_idx [B, M, Nt] -> predictions [B, M, Nt, D]."""
+    def forward(self, ctx: Tensor, ctx_idx: Tensor, tgt_idx: Tensor,
+                extra: Tensor | None = None) -> Tensor:
+        """ctx [B, Nc, D], ctx_idx [B, Nc], tgt_idx [B, M, Nt] -> predictions [B, M, Nt, D].
+        `extra` [B, E, width]: more tokens beside the context (the action tokens)."""
         b, m, nt = tgt_idx.shape
         pos = self.pos.expand(b, -1, -1)
         x = self.embed(ctx) + gather_tokens(pos, ctx_idx)
+        if extra is not None:
+            x = torch.cat([x, extra], dim=1)
         # One predictor pass per target block, as I-JEPA does, so blocks cannot see each other.
         x = x.repeat_interleave(m, dim=0)
         flat_tgt = tgt_idx.reshape(b * m, nt)
@@ -86,6 +124,20 @@ class JEPA(nn.Module):
         pw = cfg.pred_width or vit_cfg.width // 2
         heads = cfg.pred_heads if pw % cfg.pred_heads == 0 else 1
         self.predictor = Predictor(vit_cfg.width, vit_cfg.grid, pw, cfg.pred_depth, heads)
+        if cfg.action_dim:
+            # One predictor token per action: its embedding plus a learned step position.
+            self.action_embed = nn.Linear(cfg.action_dim, pw)
+            self.action_pos = nn.Parameter(torch.zeros(1, cfg.horizon, pw))
+            nn.init.trunc_normal_(self.action_pos, std=0.02)
+
+    @property
+    def clip_frames(self) -> int:
+        """Frames per training sample: the encoder's clip, plus the horizon to predict across."""
+        return self.vit_cfg.frames_per_clip + self.cfg.horizon
+
+    @property
+    def needs_actions(self) -> bool:
+        return self.cfg.action_dim > 0
 
     def export_encoder(self) -> ViT:
         """The encoder agents use: the EMA target (smoother than the online one, as I-JEPA)."""
@@ -109,23 +161,40 @@ class JEPA(nn.Module):
             pt.lerp_(pc.detach(), 1.0 - momentum)
 
     def loss(self, clip: Tensor, gen: torch.Generator | None = None,
-             reg_weight: float | None = None) -> dict[str, Tensor]:
-        """Named loss terms for a clip batch [B, T, H, W, C]; `loss/total` is what to minimise.
-        `reg_weight` overrides the config's (the pretrainer raises it after a collapse)."""
-        b = clip.shape[0]
+             reg_weight: float | None = None, actions: Tensor | None = None
+             ) -> dict[str, Tensor]:
+        """Named loss terms for a batch of clips [B, clip_frames, H, W, C]; `loss/total` is
+        what to minimise. With a horizon, the first `frames_per_clip` frames are the context
+        and the last ones the targets; `actions` [B, clip_frames - 1, A] are the actions
+        between consecutive frames (the last `horizon` reach the target clip). `reg_weight`
+        overrides the config's (the pretrainer raises it after a collapse)."""
+        b, t = clip.shape[:2]
+        if t != self.clip_frames:
+            raise ValueError(f"JEPA clip of {t} frames; this model takes {self.clip_frames} "
+                             f"({self.vit_cfg.frames_per_clip} + horizon {self.cfg.horizon})")
+        fpc, k = self.vit_cfg.frames_per_clip, self.cfg.horizon
+        past, future = clip[:, :fpc], clip[:, k:]
         ctx_idx, tgt_idx = sample_masks(b, self.vit_cfg.grid, self.mask_cfg, gen)
         ctx_idx, tgt_idx = ctx_idx.to(clip.device), tgt_idx.to(clip.device)
+        if k and self.cfg.context == "full":
+            ctx_idx = torch.arange(math.prod(self.vit_cfg.grid), device=clip.device).expand(b, -1)
+        m, nt = tgt_idx.shape[1:]
         with torch.no_grad():
-            h = self.target(clip)
-            h = F.layer_norm(h, h.shape[-1:])
-            m, nt = tgt_idx.shape[1:]
+            if self.cfg.target_norm == "layer":
+                h = self.target(future)
+                h = F.layer_norm(h, h.shape[-1:])
+            else:
+                h = self.target(future, final_norm=False)
             tgt = gather_tokens(h, tgt_idx.reshape(b, m * nt)).reshape(b, m, nt, -1)
-        ctx = self.encoder(clip, keep=ctx_idx)
-        pred = self.predictor(ctx, ctx_idx, tgt_idx)
-        if self.cfg.loss == "mse":
-            pred_loss = F.mse_loss(pred, tgt)
+        ctx = self.encoder(past, keep=ctx_idx)
+        pred = self.predictor(ctx, ctx_idx, tgt_idx, self._action_tokens(actions, b))
+        per_elem = (F.mse_loss if self.cfg.loss == "mse" else F.smooth_l1_loss)(
+            pred, tgt, reduction="none")
+        if self.cfg.token_weight == "change":
+            w = change_weights(past, future, self.vit_cfg, tgt_idx)
+            pred_loss = (per_elem.mean(-1) * w).mean()
         else:
-            pred_loss = F.smooth_l1_loss(pred, tgt)
+            pred_loss = per_elem.mean()
         out = {"loss/pred": pred_loss}
         total = pred_loss
         weight = self.cfg.reg_weight if reg_weight is None else reg_weight
@@ -140,3 +209,26 @@ class JEPA(nn.Module):
             total = total + weight * out["loss/sigreg"]
         out["loss/total"] = total
         return out
+
+    def _action_tokens(self, actions: Tensor | None, b: int) -> Tensor | None:
+        if not self.cfg.action_dim:
+            return None
+        want = (b, self.clip_frames - 1, self.cfg.action_dim)
+        if actions is None or tuple(actions.shape) != want:
+            got = "none" if actions is None else tuple(actions.shape)
+            raise ValueError(f"this JEPA conditions on actions: needs actions of shape {want}, "
+                             f"got {got}")
+        return self.action_embed(actions[:, -self.cfg.horizon :].float()) + self.action_pos
+
+
+def change_weights(past: Tensor, future: Tensor, cfg: ViTConfig, tgt_idx: Tensor,
+                   floor: float = 0.1) -> Tensor:
+    """Per target token [B, M, Nt]: floor + (1 - floor) x the mean absolute pixel change of
+    its patch between the two clips over the mean change of all the batch's patches (so the
+    weights average 1 over all patches, about 1 over the targets); 1 where nothing changed."""
+    change = (patchify(future, cfg) - patchify(past, cfg)).abs().mean(-1)  # [B, N]
+    b, m, nt = tgt_idx.shape
+    c = gather_tokens(change.unsqueeze(-1), tgt_idx.reshape(b, m * nt)).reshape(b, m, nt)
+    mean = change.mean()
+    w = floor + (1.0 - floor) * c / mean.clamp_min(1e-12)
+    return torch.where(mean > 0, w, torch.ones_like(w))  # no host sync on a GPU

@@ -36,6 +36,14 @@ class PixelBaseline(nn.Module):
     def after_step(self, step: int, total: int) -> dict[str, float]:
         return {}
 
+    @property
+    def clip_frames(self) -> int:
+        return self.encoder.cfg.frames_per_clip
+
+    @property
+    def needs_actions(self) -> bool:
+        return False
+
 
 class MaskedAutoencoder(PixelBaseline):
     """MAE: the encoder sees a random `1 - mask_ratio` of the tokens; a narrow transformer

@@ -148,12 +148,15 @@ class ViT(nn.Module):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         return x + self.pos
 
-    def forward(self, clip: Tensor, keep: Tensor | None = None) -> Tensor:
-        """Encode a clip; `keep` [B, K] selects token indices (context-only encoding)."""
+    def forward(self, clip: Tensor, keep: Tensor | None = None, final_norm: bool = True
+                ) -> Tensor:
+        """Encode a clip; `keep` [B, K] selects token indices (context-only encoding);
+        `final_norm=False` returns the tokens before the last layer norm."""
         x = self.tokens(clip)
         if keep is not None:
             x = gather_tokens(x, keep)
-        return self.norm(self.blocks(x))
+        x = self.blocks(x)
+        return self.norm(x) if final_norm else x
 
 
 def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
