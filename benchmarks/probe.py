@@ -13,7 +13,7 @@ with the same loop (agents/pretrain/pretrainer.py) and batch:
 - `jepa-tubelet`: the same on 2-frame clips (tubelet depth 2), embedding frames t-1 and t;
 - `jepa:OPTION:...`: JEPA with objective options (`jepa-pretrain`'s flags): `horizon=K`
   (predict the frame K later), `context=full`, `actions` (the predictor sees the actions
-  in between), `target_norm=none`, `token_weight=change`; e.g. `jepa:horizon=2:actions`.
+  in between), `target_norm=none|center`, `token_weight=change`; e.g. `jepa:horizon=2:actions`.
 
 `--patch 4` trains and probes every encoder (random included) with 4x4-pixel patches.
 

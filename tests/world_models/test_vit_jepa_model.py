@@ -230,6 +230,18 @@ def test_target_norm_none_takes_the_targets_before_any_norm(norm, calls):
     assert len(seen) == calls
 
 
+def test_centred_targets_keep_what_differs_between_frames_at_each_position():
+    from world_models.vit_jepa.model import normalise_targets
+
+    m = _temporal(horizon=1)
+    clip = torch.randint(0, 255, (6, 1, 16, 16, 3), dtype=torch.uint8)
+    layer = normalise_targets(m.target, clip, "layer")
+    centred = normalise_targets(m.target, clip, "center")
+    torch.testing.assert_close(centred.mean(0), torch.zeros_like(centred[0]), atol=1e-5,
+                               rtol=0)
+    torch.testing.assert_close(centred[1] - centred[0], layer[1] - layer[0])
+
+
 def test_horizon_with_two_frame_clips_overlaps_them_and_takes_the_last_action():
     cfg = make_config("tiny", image_shape=(16, 16, 3), frames_per_clip=2, patch=4, width=32,
                       depth=1, heads=2)
