@@ -333,10 +333,8 @@ def probe_encoder(vit: ViT, data: dict[str, np.ndarray], device: torch.device,
     zs, t = stacked(z, data["episodes"], stack)
     vel_r2, vel_dims = ridge_probe(zs, data["qvel"][t], groups[t])
     cm = collapse_metrics(torch.from_numpy(z).float())
-    shares = token_variance_shares(vit, data["frames"], data["episodes"], device)
     return {"pos_r2": pos_r2, "vel_r2": vel_r2, "rankme": cm["collapse/rankme"],
-            "pos_r2_dims": pos_dims, "vel_r2_dims": vel_dims,
-            **{f"var_{k}": v for k, v in shares.items()}}
+            "pos_r2_dims": pos_dims, "vel_r2_dims": vel_dims}
 
 
 def summarise(per_seed: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
@@ -471,6 +469,9 @@ def run(args: argparse.Namespace) -> dict:
                 own = budget if name != "jepa" else None  # JEPA sets the budget
                 vit, cost = train_encoder(name, data, None if own else args.steps, args.batch,
                                           args.lr, seed, device, own, patch=args.patch)
+            # The token-variance split does not depend on the pooling: once per encoder.
+            shares = token_variance_shares(vit, data["frames"], data["episodes"], device)
+            cost = {**cost, **{f"var_{k}": v for k, v in shares.items()}}
             for pool, cells in pools.items():
                 row = rows[name, pool]
                 per_seed[row].append({**cost, **probe_encoder(vit, data, device, args.stack,

@@ -168,17 +168,11 @@ def clip_starts(episodes: np.ndarray, length: int) -> np.ndarray:
     return np.nonzero(same)[0]
 
 
-def sample_clips(frames: np.ndarray, starts: np.ndarray, batch: int, length: int,
-                 gen: torch.Generator) -> torch.Tensor:
-    """A [B, length, H, W, C] uint8 batch of clips starting at random valid indices."""
-    return sample_windows(frames, None, starts, batch, length, gen)[0]
-
-
 def sample_windows(frames: np.ndarray, actions: np.ndarray | None, starts: np.ndarray,
                    batch: int, length: int, gen: torch.Generator
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Clips [B, length, H, W, C] uint8 from random valid starts and, given `actions` [N, A],
-    the actions between their frames [B, length - 1, A] (the same draw as `sample_clips`)."""
+    the actions between their frames [B, length - 1, A]."""
     pick = starts[torch.randint(len(starts), (batch,), generator=gen).numpy()]
     idx = pick[:, None] + np.arange(length)[None]
     clip = torch.from_numpy(np.array(frames[idx]))

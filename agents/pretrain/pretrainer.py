@@ -93,7 +93,7 @@ class Pretrainer:
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.opt.param_groups[0]["weight_decay"] = wd
-        extra = {"actions": actions} if getattr(self.model, "needs_actions", False) else {}
+        extra = {"actions": actions} if self.model.needs_actions else {}
         losses = self.model.loss(clip, gen, reg_weight=self.reg_weight, **extra)
         self.opt.zero_grad(set_to_none=True)
         losses["loss/total"].backward()
