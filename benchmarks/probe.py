@@ -27,7 +27,10 @@ the positions a frame can show (`position_targets`: qpos with unlimited hinges a
 cosine, camera-tracked x dropped) and `--stack` consecutive embeddings, concatenated, to
 qvel; R^2 (uniform over state dimensions) is cross-validated over episodes (every episode
 held out once; contiguous chunks of episodes when there are fewer than 8). Writes `probe.md`
-and `probe.json`: per encoder the mean and standard deviation over seeds.
+and `probe.json`: per encoder the mean and standard deviation over seeds. They are rewritten
+after every encoder, and rerunning with the same `--out` and settings keeps the rows there
+(a killed run resumes; more seeds or encoders add rows). `--merge A,B --out C` joins runs
+made on separate cores.
 
 `--pool` says how token features become the probe's input: `mean` (the pooled vector an
 agent gets) and/or `grid:G` (tokens averaged over G x G cells of the patch grid and
@@ -389,12 +392,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch default; 1 is far faster on a busy CPU)")
-    p.add_argument("--out", default=None, help="directory for probe.md / probe.json")
+    p.add_argument("--out", default=None, help="directory for probe.md / probe.json; rows "
+                   "already there (same settings) are kept, so rerunning resumes")
+    p.add_argument("--merge", default=None, metavar="DIR,DIR,...",
+                   help="write one table to --out from these runs' probe.json (same settings); "
+                   "trains nothing")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    if args.merge:
+        if not args.out:
+            raise SystemExit("probe: error: --merge needs --out (where the merged table goes)")
+        return merge([d.strip() for d in args.merge.split(",") if d.strip()], args.out)
     threads = torch.get_num_threads()
     try:
         if args.threads > 0:
@@ -453,13 +464,21 @@ def run(args: argparse.Namespace) -> dict:
           f"in {time.time() - t0:.0f}s", flush=True)
     data["pos"], pos_names = position_targets(args.env, data["qpos"])
     rows = {(n, p): n if p == "mean" else f"{n} {p}" for n in names for p in pools}
-    per_seed: dict[str, list[dict]] = {row: [] for row in rows.values()}
+    per_seed = load_results(Path(args.out), args) if args.out else {}
+    for row in rows.values():
+        per_seed.setdefault(row, [])
     for seed in seeds:
+        todo = [n for n in names
+                if any(seed not in {r["seed"] for r in per_seed[rows[n, p]]} for p in pools)]
+        if len(todo) < len(names):
+            print(f"seed {seed}: {', '.join(n for n in names if n not in todo)} kept from "
+                  f"{args.out}", flush=True)
         budget = None
-        if args.budget == "equal-cpu":  # JEPA's CPU-seconds at --steps set everyone's budget
+        if args.budget == "equal-cpu" and any(n != "random" for n in todo):
+            # JEPA's CPU-seconds at --steps set everyone's budget
             budget = args.steps * cpu_per_step("jepa", data, args.batch, device,
                                                patch=args.patch)
-        for name in names:
+        for name in todo:
             if name == "random":
                 torch.manual_seed(seed)
                 vit = ViT(make_config("tiny", tuple(data["frames"].shape[1:]),
@@ -474,25 +493,96 @@ def run(args: argparse.Namespace) -> dict:
             cost = {**cost, **{f"var_{k}": v for k, v in shares.items()}}
             for pool, cells in pools.items():
                 row = rows[name, pool]
-                per_seed[row].append({**cost, **probe_encoder(vit, data, device, args.stack,
-                                                              cells)})
+                per_seed[row] = [r for r in per_seed[row] if r["seed"] != seed]
+                per_seed[row].append({"seed": seed, **cost,
+                                      **probe_encoder(vit, data, device, args.stack, cells)})
                 r = per_seed[row][-1]
                 print(f"{row} seed {seed}: pos {r['pos_r2']:.3f} vel {r['vel_r2']:.3f} "
                       f"({r['cpu_s']:.0f} CPU-s)", flush=True)
-    summary = summarise(per_seed)
-    title = (f"{args.env}: {args.frames} random-policy frames, batch {args.batch}, "
-             f"{args.budget} (JEPA {args.steps} steps), tiny ViT, patch {args.patch}, "
-             f"seeds {args.seeds}, pool {args.pool}")
-    table = markdown_table(summary, title)
-    print(table)
+            if args.out:  # after every encoder: a killed run keeps what it finished
+                summary = write_results(Path(args.out), vars(args), pos_names, per_seed)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "probe.md").write_text(table)
-        (out / "probe.json").write_text(json.dumps(
-            {"config": vars(args), "positions": pos_names, "summary": summary,
-             "per_seed": per_seed}, indent=2))
+        summary = write_results(Path(args.out), vars(args), pos_names, per_seed)
+    else:
+        summary = summarise(per_seed)
+        print(markdown_table(summary, _title(vars(args), per_seed)))
     return summary
+
+
+# What makes two probe runs' rows comparable: the same frames, budget and probe.
+SETTINGS = ("env", "frames", "steps", "budget", "batch", "lr", "patch", "stack", "time_limit",
+            "fast_render", "data_seed")
+
+
+def _title(config: dict, per_seed: dict[str, list[dict]]) -> str:
+    seeds = sorted({r["seed"] for rows in per_seed.values() for r in rows})
+    pools = sorted({row.split(" ", 1)[1] if " " in row else "mean" for row in per_seed},
+                   key=lambda p: (p != "mean", p))
+    return (f"{config['env']}: {config['frames']} random-policy frames, batch "
+            f"{config['batch']}, {config['budget']} (JEPA {config['steps']} steps), tiny ViT, "
+            f"patch {config['patch']}, seeds {','.join(map(str, seeds))}, "
+            f"pool {','.join(pools)}")
+
+
+def _read(path: Path) -> dict:
+    saved = json.loads(path.read_text())
+    listed = [int(s) for s in str(saved["config"]["seeds"]).split(",")]
+    for rows in saved["per_seed"].values():  # files written before rows carried their seed
+        for i, r in enumerate(rows):
+            r.setdefault("seed", listed[i])
+    return saved
+
+
+def _mismatch(a: dict, b: dict) -> str | None:
+    for key in SETTINGS:
+        if a.get(key) != b.get(key):
+            return f"--{key.replace('_', '-')} {a.get(key)!r} vs {b.get(key)!r}"
+    return None
+
+
+def load_results(out: Path, args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Rows an earlier run with the same settings wrote to `out` (rerunning resumes)."""
+    if not (out / "probe.json").exists():
+        return {}
+    saved = _read(out / "probe.json")
+    differs = _mismatch(saved["config"], vars(args))
+    if differs:
+        raise SystemExit(f"probe: error: {out}/probe.json was made with other settings "
+                         f"({differs}); rerun with the same ones or another --out")
+    return saved["per_seed"]
+
+
+def write_results(out: Path, config: dict, pos_names: list[str],
+                  per_seed: dict[str, list[dict]]) -> dict:
+    per_seed = {row: sorted(rs, key=lambda r: r["seed"]) for row, rs in per_seed.items() if rs}
+    summary = summarise(per_seed)
+    table = markdown_table(summary, _title(config, per_seed))
+    print(table, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "probe.md").write_text(table)
+    (out / "probe.json").write_text(json.dumps(
+        {"config": config, "positions": pos_names, "summary": summary,
+         "per_seed": per_seed}, indent=2))
+    return summary
+
+
+def merge(dirs: Sequence[str], out: str) -> dict:
+    """One table from probe runs with the same settings (e.g. seeds run on separate cores)."""
+    saved = [_read(Path(d) / "probe.json") for d in dirs]
+    per_seed: dict[str, list[dict]] = {}
+    for d, s in zip(dirs, saved):
+        differs = _mismatch(saved[0]["config"], s["config"])
+        if differs:
+            raise SystemExit(f"probe: error: cannot merge {dirs[0]} and {d}: {differs}")
+        for row, rs in s["per_seed"].items():
+            have = {r["seed"] for r in per_seed.get(row, [])}
+            dup = sorted(have & {r["seed"] for r in rs})
+            if dup:
+                raise SystemExit(f"probe: error: {row!r} seed {dup[0]} is in more than one of "
+                                 f"{', '.join(dirs)}; keep it in one")
+            per_seed.setdefault(row, []).extend(rs)
+    config = {**saved[0]["config"], "merged": list(dirs)}
+    return write_results(Path(out), config, saved[0]["positions"], per_seed)
 
 
 if __name__ == "__main__":

@@ -117,6 +117,30 @@ def test_tiny_probe_run_every_encoder_two_seeds_equal_cpu(tmp_path):
     assert "| mae |" in (tmp_path / "probe.md").read_text()
 
 
+def test_rerun_keeps_finished_rows_and_merge_joins_seeds(tmp_path, capsys):
+    pytest.importorskip("dm_control")
+    common = ["--frames", "120", "--time-limit", "60", "--steps", "2", "--batch", "4",
+              "--fast-render", "--threads", "1", "--encoders", "random,jepa"]
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    main(common + ["--seeds", "0", "--out", str(a)])
+    first = json.loads((a / "probe.json").read_text())["per_seed"]["jepa"]
+    # More seeds into the same directory: seed 0 is kept, not retrained.
+    summary = main(common + ["--seeds", "0,1", "--out", str(a)])
+    assert "jepa kept from" in capsys.readouterr().out
+    again = json.loads((a / "probe.json").read_text())["per_seed"]["jepa"]
+    assert [r["seed"] for r in again] == [0, 1] and again[0] == first[0]
+    assert summary["jepa"]["seeds"] == 2
+    main(common + ["--seeds", "2", "--out", str(b)])
+    merged = main(["--merge", f"{a},{b}", "--out", str(c)])
+    assert merged["jepa"]["seeds"] == 3 and "seeds 0,1,2" in (c / "probe.md").read_text()
+    with pytest.raises(SystemExit, match="'random' seed 0 is in more than one"):
+        main(["--merge", f"{a},{a}", "--out", str(c)])
+    with pytest.raises(SystemExit, match=r"other settings \(--frames 120 vs 200\)"):
+        main([*common[:1], "200", *common[2:], "--out", str(a)])
+    with pytest.raises(SystemExit, match="--merge needs --out"):
+        main(["--merge", str(a)])
+
+
 
 def test_jepa_options_in_an_encoder_name():
     assert parse_encoder("mae") == ("mae", 1, {})
