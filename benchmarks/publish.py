@@ -44,7 +44,8 @@ def _short(x: float) -> str:
 
 
 def method_label(config: dict[str, Any], base: str) -> str:
-    """`dreamjepa:dreamerv3 1m r128 lr3e-4`: who, at which size, train ratio and lr."""
+    """`dreamjepa:dreamerv3 1m r128 lr3e-4`: who, at which size, train ratio and lr; a run
+    that collected its data another way than with the actor says how (`... mppi`)."""
     size = get_dotted(config, "size")
     ratio = get_dotted(config, "run.train_ratio")
     lr = get_dotted(config, "opt.lr")
@@ -55,6 +56,9 @@ def method_label(config: dict[str, Any], base: str) -> str:
         parts.append(f"r{_short(ratio)}")
     if isinstance(lr, (int, float)):
         parts.append(f"lr{_short(lr)}")
+    behavior = get_dotted(config, "run.behavior")
+    if behavior and behavior != "actor":
+        parts.append(str(behavior))
     return " ".join(parts)
 
 
