@@ -13,7 +13,8 @@ with the same loop (agents/pretrain/pretrainer.py) and batch:
 - `jepa-tubelet`: the same on 2-frame clips (tubelet depth 2), embedding frames t-1 and t;
 - `jepa:OPTION:...`: JEPA with objective options (`jepa-pretrain`'s flags): `horizon=K`
   (predict the frame K later), `context=full`, `actions` (the predictor sees the actions
-  in between), `target_norm=none|center`, `token_weight=change`; e.g. `jepa:horizon=2:actions`.
+  in between), `target_norm=none|center`, `token_weight=change`, `target_layers=L` (targets
+  averaged over the last L blocks); e.g. `jepa:horizon=2:actions`.
 
 `--patch 4` trains and probes every encoder (random included) with 4x4-pixel patches.
 
@@ -62,7 +63,8 @@ ENCODERS = ("random", "autoencoder", "mae", "jepa", "jepa-tubelet")
 RECIPES = {"autoencoder": ("autoencoder", 1), "mae": ("mae", 1), "jepa": ("jepa", 1),
            "jepa-tubelet": ("jepa", 2)}
 # `jepa:` options and the JEPAConfig field each sets (`actions` takes no value).
-JEPA_OPTIONS = {"horizon": int, "context": str, "target_norm": str, "token_weight": str}
+JEPA_OPTIONS = {"horizon": int, "context": str, "target_norm": str, "token_weight": str,
+                "target_layers": int}
 
 
 def parse_encoder(name: str, action_dim: int = 1) -> tuple[str, int, dict]:

@@ -53,7 +53,8 @@ from world_models.vit_jepa.model import CONTEXTS, REGULARIZERS, TARGET_NORMS, TO
 # machine (two runs side by side), so ~21 minutes.
 STEPS, LR = 2000, 1e-3
 # Architecture and objective flags added after the first release (issue 34).
-LATER_OPTIONS = ("patch", "horizon", "context", "action_cond", "target_norm", "token_weight")
+LATER_OPTIONS = ("patch", "horizon", "context", "action_cond", "target_norm", "token_weight",
+                 "target_layers")
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -120,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--action-cond", action="store_true",
                    help="JEPA with a horizon: the predictor sees the actions in between")
     p.add_argument("--target-norm", default="layer", help=f"JEPA: {' | '.join(TARGET_NORMS)}")
+    p.add_argument("--target-layers", type=int, default=1,
+                   help="JEPA: targets averaged over the EMA encoder's last N blocks (data2vec)")
     p.add_argument("--token-weight", default="uniform",
                    help=f"JEPA: {' | '.join(TOKEN_WEIGHTS)} (change: by pixel change over "
                         "the horizon)")
@@ -140,7 +143,8 @@ def jepa_options(args: argparse.Namespace, action_dim: int = 1) -> dict:
     """JEPAConfig fields from the flags (`action_dim`: the data's action size)."""
     return {"horizon": args.horizon, "context": args.context,
             "action_dim": action_dim if args.action_cond else 0,
-            "target_norm": args.target_norm, "token_weight": args.token_weight}
+            "target_norm": args.target_norm, "token_weight": args.token_weight,
+            "target_layers": args.target_layers}
 
 
 def _get_frames(args: argparse.Namespace, out: Path

@@ -36,7 +36,7 @@ class PretrainConfigError(ValueError):
 def build_objective(name: str, vit_cfg: ViTConfig, reg: str = "sigreg",
                     reg_weight: float | None = None, **jepa: object) -> nn.Module:
     """The model for one objective; `reg` and `jepa` (JEPAConfig fields: horizon, context,
-    action_dim, target_norm, token_weight) apply to JEPA only."""
+    action_dim, target_norm, token_weight, target_layers) apply to JEPA only."""
     if name not in PRETRAIN_OBJECTIVES:
         raise PretrainConfigError(f"objective {name!r}; allowed: {', '.join(PRETRAIN_OBJECTIVES)}")
     if reg not in REGULARIZERS:
@@ -51,10 +51,9 @@ def build_objective(name: str, vit_cfg: ViTConfig, reg: str = "sigreg",
         return FrameAutoencoder(vit_cfg)
     weight = DEFAULT_REG_WEIGHT[reg] if reg_weight is None else reg_weight
     try:
-        cfg = JEPAConfig(reg=reg, reg_weight=weight, **jepa)
+        return JEPA(vit_cfg, JEPAConfig(reg=reg, reg_weight=weight, **jepa))
     except (TypeError, ValueError) as err:
         raise PretrainConfigError(str(err)) from None
-    return JEPA(vit_cfg, cfg)
 
 
 class Pretrainer:

@@ -143,6 +143,7 @@ def test_old_checkpoints_record_no_later_options():
      "--horizon, --action-cond apply to --objective jepa only, not mae"),
     (["--action-cond"], "need a horizon > 0"),
     (["--horizon", "1", "--context", "half"], "context 'half'; allowed: masked, full"),
+    (["--target-layers", "9"], "target layers 9; the encoder has 4 blocks"),
 ])
 def test_bad_temporal_flags_are_one_line_errors(frame_folder, tmp_path, flags, message):
     with pytest.raises(SystemExit, match=message):

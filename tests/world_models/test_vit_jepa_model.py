@@ -242,6 +242,26 @@ def test_centred_targets_keep_what_differs_between_frames_at_each_position():
     torch.testing.assert_close(centred[1] - centred[0], layer[1] - layer[0])
 
 
+def test_targets_over_the_last_blocks_average_their_layer_normed_outputs():
+    import torch.nn.functional as F
+
+    from world_models.vit_jepa.model import normalise_targets
+
+    cfg = make_config("tiny", image_shape=(16, 16, 3), patch=4, width=32, depth=3, heads=2)
+    m = JEPA(cfg, JEPAConfig(pred_depth=1, pred_heads=2, target_layers=2))
+    clip = torch.randint(0, 255, (2, 1, 16, 16, 3), dtype=torch.uint8)
+    outs = m.target.block_outputs(clip)
+    assert len(outs) == 3
+    torch.testing.assert_close(m.target.norm(outs[-1]), m.target(clip))  # same blocks
+    ln = [F.layer_norm(o, o.shape[-1:]) for o in outs[1:]]
+    want = F.layer_norm((ln[0] + ln[1]) / 2, (32,))
+    torch.testing.assert_close(normalise_targets(m.target, clip, "layer", 2), want)
+    assert torch.isfinite(m.loss(clip)["loss/total"])
+    with pytest.raises(ValueError, match="target layers 4; the encoder has 3 blocks"):
+        JEPA(cfg, JEPAConfig(target_layers=4))
+    with pytest.raises(ValueError, match="target layers 0; must be >= 1"):
+        JEPAConfig(target_layers=0)
+
 def test_horizon_with_two_frame_clips_overlaps_them_and_takes_the_last_action():
     cfg = make_config("tiny", image_shape=(16, 16, 3), frames_per_clip=2, patch=4, width=32,
                       depth=1, heads=2)

@@ -62,6 +62,10 @@ class JEPAConfig:
     # Loss per target token: uniform, or weighted by how much its patch's pixels change
     # between the two clips (floor 0.1, mean 1), so a static background earns little.
     token_weight: str = "uniform"
+    # Targets averaged over the outputs of the EMA encoder's last L blocks, each layer-normed
+    # (data2vec's targets: earlier blocks keep more of the frame's local content, the last
+    # alone is what the tiny ViT's init makes mostly position). 1: the last block only.
+    target_layers: int = 1
 
     def __post_init__(self) -> None:
         if self.reg not in REGULARIZERS:
@@ -73,6 +77,8 @@ class JEPAConfig:
                                      ("context", self.context, CONTEXTS)):
             if value not in allowed:
                 raise ValueError(f"JEPA {name} {value!r}; allowed: {', '.join(allowed)}")
+        if self.target_layers < 1:
+            raise ValueError(f"JEPA target layers {self.target_layers}; must be >= 1")
         if self.horizon < 0 or self.action_dim < 0:
             raise ValueError(f"JEPA horizon {self.horizon} and action size {self.action_dim} "
                              "must be >= 0")
@@ -121,6 +127,9 @@ class JEPA(nn.Module):
                  mask_cfg: MaskConfig = MaskConfig()) -> None:
         super().__init__()
         self.vit_cfg, self.cfg, self.mask_cfg = vit_cfg, cfg, mask_cfg
+        if cfg.target_layers > vit_cfg.depth:
+            raise ValueError(f"JEPA target layers {cfg.target_layers}; the encoder has "
+                             f"{vit_cfg.depth} blocks")
         self.encoder = ViT(vit_cfg)
         self.target = copy.deepcopy(self.encoder)
         self.target.requires_grad_(False)
@@ -183,7 +192,8 @@ class JEPA(nn.Module):
             ctx_idx = torch.arange(math.prod(self.vit_cfg.grid), device=clip.device).expand(b, -1)
         m, nt = tgt_idx.shape[1:]
         with torch.no_grad():
-            h = normalise_targets(self.target, future, self.cfg.target_norm)
+            h = normalise_targets(self.target, future, self.cfg.target_norm,
+                                  self.cfg.target_layers)
             tgt = gather_tokens(h, tgt_idx.reshape(b, m * nt)).reshape(b, m, nt, -1)
         ctx = self.encoder(past, keep=ctx_idx)
         pred = self.predictor(ctx, ctx_idx, tgt_idx, self._action_tokens(actions, b))
@@ -220,11 +230,18 @@ class JEPA(nn.Module):
         return self.action_embed(actions[:, -self.cfg.horizon :].float()) + self.action_pos
 
 
-def normalise_targets(target: ViT, clip: Tensor, mode: str) -> Tensor:
-    """Target tokens [B, N, D] of the EMA encoder for `JEPAConfig.target_norm` = mode."""
-    if mode == "none":
+def normalise_targets(target: ViT, clip: Tensor, mode: str, layers: int = 1) -> Tensor:
+    """Target tokens [B, N, D] of the EMA encoder for `JEPAConfig.target_norm` = mode,
+    averaged over its last `layers` blocks (each layer-normed unless mode is none)."""
+    if layers > 1:
+        outs = target.block_outputs(clip)[-layers:]
+        if mode == "none":
+            return torch.stack(outs).mean(0)
+        h = torch.stack([F.layer_norm(o, o.shape[-1:]) for o in outs]).mean(0)
+    elif mode == "none":
         return target(clip, final_norm=False)
-    h = target(clip)
+    else:
+        h = target(clip)
     h = F.layer_norm(h, h.shape[-1:])
     return h - h.mean(0, keepdim=True) if mode == "center" else h
 

@@ -159,6 +159,15 @@ class ViT(nn.Module):
         return self.norm(x) if final_norm else x
 
 
+    def block_outputs(self, clip: Tensor) -> list[Tensor]:
+        """The tokens after each transformer block (before the final norm), first to last."""
+        x, outs = self.tokens(clip), []
+        for block in self.blocks.layers:
+            x = block(x)
+            outs.append(x)
+        return outs
+
+
 def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
     """x [B, N, D], idx [B, K] -> [B, K, D]."""
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
