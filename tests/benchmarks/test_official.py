@@ -165,11 +165,11 @@ def test_publish_keeps_small_files_and_score_files(tmp_path):
         entries = json.load(f)
     assert sorted(e["method"] for e in entries) == [
         "dreamjepa:dreamerv3 1m r128 lr3e-4", "dreamjepa:dreamerv3 1m r512 lr4e-5"]
-    # The folder and the score file read back as the same runs.
     # Collected by the planner: its own method, not the actor run's.
     planned = publish.publish(_our_run(tmp_path / "c", [(1000, 9.0)], sets=(
         "run.train_ratio=128", "opt.lr=3e-4", "run.behavior=mppi")), scores)
     assert planned.name == "dreamjepa-dreamerv3-1m-r128-lr3e-4-mppi-seed0"
+    # The folder and the score file read back as the same runs.
     from_dirs = {(r.method, tuple(r.xs)) for r in read_scores(scores / "dmc_proprio")}
     from_file = {(r.method, tuple(r.xs)) for r in read_scores(
         scores / "dreamjepa-dmc_proprio.json.gz")}

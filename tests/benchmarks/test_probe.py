@@ -141,7 +141,6 @@ def test_rerun_keeps_finished_rows_and_merge_joins_seeds(tmp_path, capsys):
         main(["--merge", str(a)])
 
 
-
 def test_jepa_options_in_an_encoder_name():
     assert parse_encoder("mae") == ("mae", 1, {})
     assert parse_encoder("jepa:horizon=2:actions:token_weight=change", 6) == (

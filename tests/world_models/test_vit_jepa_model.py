@@ -262,6 +262,7 @@ def test_targets_over_the_last_blocks_average_their_layer_normed_outputs():
     with pytest.raises(ValueError, match="target layers 0; must be >= 1"):
         JEPAConfig(target_layers=0)
 
+
 def test_horizon_with_two_frame_clips_overlaps_them_and_takes_the_last_action():
     cfg = make_config("tiny", image_shape=(16, 16, 3), frames_per_clip=2, patch=4, width=32,
                       depth=1, heads=2)

@@ -63,8 +63,8 @@ class JEPAConfig:
     # between the two clips (floor 0.1, mean 1), so a static background earns little.
     token_weight: str = "uniform"
     # Targets averaged over the outputs of the EMA encoder's last L blocks, each layer-normed
-    # (data2vec's targets: earlier blocks keep more of the frame's local content, the last
-    # alone is what the tiny ViT's init makes mostly position). 1: the last block only.
+    # (data2vec's targets: earlier blocks keep more of each patch's own content, while the
+    # last block's tokens are mostly position in our tiny ViT). 1: the last block only.
     target_layers: int = 1
 
     def __post_init__(self) -> None:
