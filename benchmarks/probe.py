@@ -531,7 +531,8 @@ def _read(path: Path) -> dict:
     listed = [int(s) for s in str(saved["config"]["seeds"]).split(",")]
     for rows in saved["per_seed"].values():  # files written before rows carried their seed
         for i, r in enumerate(rows):
-            r.setdefault("seed", listed[i])
+            if "seed" not in r:
+                r["seed"] = listed[i]
     return saved
 
 

@@ -131,6 +131,7 @@ def test_rerun_keeps_finished_rows_and_merge_joins_seeds(tmp_path, capsys):
     assert [r["seed"] for r in again] == [0, 1] and again[0] == first[0]
     assert summary["jepa"]["seeds"] == 2
     main(common + ["--seeds", "2", "--out", str(b)])
+    main(common + ["--seeds", "0", "--encoders", "mae", "--out", str(a)])  # config: seeds 0
     merged = main(["--merge", f"{a},{b}", "--out", str(c)])
     assert merged["jepa"]["seeds"] == 3 and "seeds 0,1,2" in (c / "probe.md").read_text()
     with pytest.raises(SystemExit, match="'random' seed 0 is in more than one"):
