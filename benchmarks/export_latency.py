@@ -13,7 +13,6 @@ in onnxruntime (one intra-op thread per `--threads`), all with the carry fed bac
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from agents.run.cli_args import ArgParser
 from agents.run.export import ExportedPolicy, export_policy
 from benchmarks.throughput import ROWS, build_agent, one_obs
 
@@ -79,13 +79,19 @@ def bench(agent_fn: Callable, calls: int, threads: int) -> dict[str, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.export_latency",
-                                description=__doc__.splitlines()[0])
+    p = ArgParser(prog="python -m benchmarks.export_latency",
+                  description=__doc__.splitlines()[0])
     p.add_argument("--rows", default="1m-state,1m-pixels")
     p.add_argument("--run", action="append", default=[], help="a trained run instead")
     p.add_argument("--calls", type=int, default=300)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown or (not rows and not args.run):
+        p.error(f"--rows: {unknown or 'none'} unknown; allowed: {', '.join(ROWS)}")
+    if args.calls < 1 or args.threads < 1:
+        p.error(f"--calls and --threads must be >= 1, got {args.calls} and {args.threads}")
     torch.set_num_threads(args.threads)
     jobs: list[tuple[str, Callable]] = []
     if args.run:
@@ -103,8 +109,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         jobs = [(run, loader(run)) for run in args.run]
     else:
-        for name in args.rows.split(","):
-            row = ROWS[name.strip()]
+        for name in rows:
+            row = ROWS[name]
             jobs.append((name, lambda c, row=row: build_agent(row, torch.device("cpu"), "fp32",
                                                               compile=c)))
     print(f"acting step at batch 1, ms (median of {args.calls}), {args.threads} thread(s)")

@@ -103,7 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = "eval" if args.policy == "mode" else "train"
     rows = []
     for run in args.runs:
-        agent, cfg = load_agent(run, device="cpu", compile=args.compile)
+        try:
+            agent, cfg = load_agent(run, device="cpu", compile=args.compile)
+        except (ValueError, FileNotFoundError) as err:  # CheckpointError included
+            print(f"error: {run}: {str(err).splitlines()[0]}", file=sys.stderr)
+            return 2
         for name, settings in behaviors:
             label = name + "".join(f" {k}={v}" for k, v in settings.items())
             agent.set_behavior(name, **settings)

@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--recency", type=float, default=0.0)
     args = parser.parse_args(argv)
+    sizes = ("capacity", "envs", "image", "vector", "actions", "batch", "length", "samples")
+    bad = [f"--{k}" for k in sizes if getattr(args, k) < 1]
+    if bad or not 0.0 <= args.recency <= 1.0:
+        parser.error(f"{', '.join(bad) or '--recency'} out of range: sizes must be >= 1 and "
+                     f"--recency in [0, 1]")
     print(
         f"N={args.envs} envs, image {args.image}x{args.image}x3 uint8 + vector {args.vector}, "
         f"capacity {args.capacity} steps (filled past wrap), sample B={args.batch} "

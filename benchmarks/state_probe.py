@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for run in args.runs:
         try:
             run_rows = measure(run, backgrounds, args.steps, args.seed, args.device)
-        except ValueError as err:
+        except (ValueError, FileNotFoundError) as err:
             parser.error(f"{run}: {err}")
         # A clean run's `run` background is `clean` again: keep one row.
         seen: set = set()

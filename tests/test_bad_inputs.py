@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,13 @@ ENTRY_POINTS = {
     "dreamer-export": "agents.run.export",
     "dreamer-cost": "benchmarks.cost",
     "benchmarks.probe": "benchmarks.probe",
+    "benchmarks.compare": "benchmarks.compare",
+    "benchmarks.decoder_forms": "benchmarks.decoder_forms",
+    "benchmarks.export_latency": "benchmarks.export_latency",
+    "benchmarks.planning": "benchmarks.planning",
+    "benchmarks.ppo": "benchmarks.ppo",
+    "benchmarks.replay_throughput": "benchmarks.replay_throughput",
+    "benchmarks.state_probe": "benchmarks.state_probe",
 }
 
 RUN = ["--env", "gym:CartPole-v1", "--size", "1m"]
@@ -102,6 +110,14 @@ CASES = [
      "no scores.jsonl"),
     ("benchmarks.official", ["metrics", "{tmp}/empty", "{tmp}/empty"], "no training metrics"),
     ("benchmarks.publish", ["{tmp}/empty"], "config.yaml"),
+    ("benchmarks.compare", ["--env", "dmc:cartpole-balance", "--arm", "nosuch"], "is invalid"),
+    ("benchmarks.decoder_forms", ["--rows", "nosuch"], "bad --rows"),
+    ("benchmarks.export_latency", ["--rows", "nosuch"], "unknown; allowed"),
+    ("benchmarks.export_latency", ["--calls", "0"], "--calls and --threads must be >= 1"),
+    ("benchmarks.planning", ["{tmp}/empty"], "no checkpoint"),
+    ("benchmarks.ppo", ["--env", "gym:CartPole-v1", "--frames", "0"], "--frames must be >= 1"),
+    ("benchmarks.replay_throughput", ["--envs", "0"], "--envs out of range"),
+    ("benchmarks.state_probe", ["{tmp}/empty"], "no checkpoint"),
 ]
 
 
@@ -139,8 +155,17 @@ def _invoke(tool: str, argv: list[str]) -> int:
     return 0 if code is None else code
 
 
-def test_the_table_has_at_least_thirty_cases():
-    assert len(CASES) >= 30 and len({(t, tuple(a)) for t, a, _ in CASES}) == len(CASES)
+def test_every_command_line_tool_has_a_bad_input_case():
+    """Each console script of pyproject.toml and each `python -m benchmarks.X` with a `main`
+    is in ENTRY_POINTS, and each entry point has at least one case; no case repeats."""
+    root = Path(__file__).resolve().parents[1]
+    scripts = dict(re.findall(r'^([a-z-]+) = "([a-z_.]+):[a-z_]+"$',
+                              (root / "pyproject.toml").read_text(), re.M))
+    modules = {f"benchmarks.{p.stem}" for p in (root / "benchmarks").glob("*.py")
+               if re.search(r"^def main\(", p.read_text(), re.M)}
+    assert set(scripts) | (modules - set(scripts.values())) == set(ENTRY_POINTS)
+    assert {t for t, _, _ in CASES} == set(ENTRY_POINTS)
+    assert len({(t, tuple(a)) for t, a, _ in CASES}) == len(CASES)
 
 
 @pytest.mark.parametrize(("tool", "argv", "expected"), CASES,

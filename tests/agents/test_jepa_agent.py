@@ -114,8 +114,13 @@ def test_pretrained_jepa_vit_finetuned_with_ema_target(tmp_path):
     target = {k[len("objective.target_encoder."):]: v for k, v in wm.items()
               if k.startswith("objective.target_encoder.image.")}
     assert online and online.keys() == target.keys()
-    # The target is an EMA that lags the fine-tuned online ViT, so the two differ.
+    # The target is an EMA that lags the fine-tuned online ViT, so the two differ ...
     assert any(not torch.equal(online[k], target[k]) for k in online)
+    # ... and it moved away from the pretrained weights (an EMA, not a frozen copy).
+    saved = torch.load(path, weights_only=False)["state_dict"]
+    match = {name: [k for k in target if k == name or k.endswith("." + name)] for name in saved}
+    assert all(len(keys) == 1 for keys in match.values()), match
+    assert any(not torch.equal(target[keys[0]], saved[name]) for name, keys in match.items())
 
 
 ENV_ID = "MatchCueJEPA-v0"

@@ -37,7 +37,6 @@ def test_folder_source_resizes_and_splits_episodes(frame_folder):
 
 
 def test_cli_dmc_pixels_writes_outputs(tmp_path):
-    pytest.importorskip("dm_control")
     out = tmp_path / "run"
     main(["--env", "dmc:walker-walk", "--fast-render", "--out", str(out), *ARGS])
     for name in ("encoder.pt", "checkpoint.pt", "frames.npy", "metrics.jsonl", "collapse.png"):
@@ -114,7 +113,6 @@ def test_run_source_gives_the_action_taken_at_each_frame(tmp_path):
 
 
 def test_cli_temporal_action_conditioned_jepa(tmp_path):
-    pytest.importorskip("dm_control")
     out = tmp_path / "run"
     flags = ["--env", "dmc:walker-walk", "--fast-render", "--out", str(out), *ARGS,
              "--horizon", "2", "--action-cond", "--token-weight", "change", "--patch", "16"]

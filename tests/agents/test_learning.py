@@ -59,5 +59,6 @@ def test_dreamer_learns_continuous_reach_cue(tmp_path, tiny_config):
     logdir = train(tiny_config(f"gym:{REACH_ID}", tmp_path, 4000, base=TINY))
     evals = [json.loads(line) for line in (logdir / "eval_scores.jsonl").read_text().splitlines()]
     final = [e["return"] for e in evals if e["step"] == max(x["step"] for x in evals)]
+    assert len(final) == 20
     # Uniform random actions score 3.75 on average; the optimum is 10.
     assert np.mean(final) >= 8.0, f"mean eval return {np.mean(final):.2f} below 8 (optimum 10)"

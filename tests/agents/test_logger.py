@@ -79,13 +79,24 @@ def test_video_rejects_bad_shape(tmp_path):
         RunLogger(tmp_path, tensorboard=False).video("x", np.zeros((4, 8, 8)), step=0)
 
 
-def test_status_is_merged_and_atomic(tmp_path):
+def test_status_is_merged_and_atomic(tmp_path, monkeypatch):
     log = RunLogger(tmp_path, tensorboard=False)
     log.status(phase="prefill", step=0)
     log.status(step=np.int64(100), fps=torch.tensor(12.5))
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["phase"] == "prefill" and status["step"] == 100 and status["fps"] == 12.5
     assert "updated" in status
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+    # A write that fails after the new text is in the temp file leaves the old status whole.
+    before = (tmp_path / "status.json").read_text()
+
+    def fail(fd):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr("agents.run.rundir.os.fsync", fail)
+    with pytest.raises(OSError, match="disk gone"):
+        log.status(step=200)
+    assert (tmp_path / "status.json").read_text() == before
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
 
 

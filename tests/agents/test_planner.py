@@ -180,11 +180,13 @@ def test_planner_scores_the_return_the_actor_trains_on():
 def test_behavior_errors_are_one_line(monkeypatch):
     cfg = load_config("gym:CartPole-v1", size="1m")
     check_behavior("mppi", cfg)
-    with pytest.raises(ValueError, match="unknown behavior 'plan'; available: actor, mppi"):
+    with pytest.raises(ValueError, match="unknown behavior 'plan'; available: actor, mppi") as e:
         check_behavior("plan", cfg)
+    assert "\n" not in str(e.value)
     bad = load_config("gym:CartPole-v1", size="1m", sets=["mppi.elites=600"])
-    with pytest.raises(ValueError, match=r"mppi settings \['elites'\] out of range"):
+    with pytest.raises(ValueError, match=r"mppi settings \['elites'\] out of range") as e:
         check_behavior("mppi", bad)
+    assert "\n" not in str(e.value)
     monkeypatch.setattr("agents.behaviors.BEHAVIORS", dict(BEHAVIORS))
     register_behavior("mine", ActorBehavior)  # a user's behaviour: no other edit
     check_behavior("mine", cfg)
@@ -213,6 +215,17 @@ def test_training_with_the_planner_and_evaluating_either_way(tmp_path, tiny_conf
                           "--out", str(out)]) == 0
         summary = json.loads((out / "eval.json").read_text())
         assert summary["behavior"] == behavior and summary["act_ms"] > 0
+    # benchmarks.planning: both behaviours from the same checkpoint, one row each.
+    from benchmarks.planning import main as planning_main
+
+    table = tmp_path / "planning.md"
+    assert planning_main([str(tmp_path / "run"), "--behavior", "actor", "--behavior",
+                          "mppi:iterations=2", "--episodes", "2", "--envs", "2", "--timing",
+                          "1", "--timing-steps", "2", "--out", str(table)]) == 0
+    rows = [[c.strip() for c in line.split("|")[1:-1]]
+            for line in table.read_text().splitlines()[2:]]
+    assert [(r[2], r[3]) for r in rows] == [("actor", "2"), ("mppi iterations=2", "2")]
+    assert all(float(r[8]) > 0 for r in rows)  # ms/step at batch 1
     with pytest.raises(ConfigError, match="run.behavior 'plan'"):
         train(tiny_config("gym:CartPole-v1", tmp_path / "bad", 10, {"run.behavior": "plan"}))
 

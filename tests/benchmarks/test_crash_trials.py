@@ -16,7 +16,8 @@ def test_two_kills_then_resume(tmp_path):
                       sets=["compile=off", "precision=fp32"])
     assert trial.ok, trial.problems
     assert trial.final_step == 1200
-    assert len(trial.kills) >= 1 and not trial.kills[0]["finished"]
+    assert len(trial.kills) == 2 and not any(k["finished"] for k in trial.kills)
+    assert trial.kills[1]["in_save"]  # the second kill landed while checkpoint.tmp existed
 
 
 @pytest.mark.slow

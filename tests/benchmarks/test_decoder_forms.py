@@ -13,4 +13,4 @@ def test_every_decoder_form_computes_the_same_and_is_timed(capsys):
     assert [(r[0], r[2]) for r in rows] == [(row, f) for row in ("1m-pixels",
                                                                  "1m-pixels-strided")
                                             for f in forms]
-    assert all(float(r[3]) > 0 for r in rows) and rows[0][4] == "1.00"
+    assert all(float(r[3]) > 0 for r in rows)

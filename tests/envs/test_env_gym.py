@@ -59,10 +59,28 @@ def test_box_actions_rescaled_and_repeat():
     env = envs.make("gym:Pendulum-v1", seed=0, repeat=2, render_mode="rgb_array")
     check_env(env, skip_render_check=True)
     assert env.action_space == gym.spaces.Box(-1, 1, (1,), np.float32)
-    env.reset()
+    env.reset(seed=3)
     assert env.metadata["action_repeat"] == 2
-    assert env.step(np.ones(1, np.float32))[1] <= 0.0
+    # One wrapped step is two raw steps of the same action, rescaled ([-1, 1] -> [-2, 2] N m).
+    raw = gym.make("Pendulum-v1")
+    raw.reset(seed=3)
+    rewards = [raw.step(np.full(1, 2.0, np.float32))[1] for _ in range(2)]
+    reward = env.step(np.ones(1, np.float32))[1]
+    np.testing.assert_allclose(reward, sum(rewards), rtol=1e-5)
     assert env.render().ndim == 3
+
+
+def test_action_repeat_stops_at_episode_end():
+    env = envs.make(f"gym:{__name__}:TinyEnv", seed=0, repeat=2, kwargs={"length": 5})
+    obs, _ = env.reset(seed=1)
+    inner = 5 - int(obs["vector"][0])  # raw steps until the corridor ends
+    rewards, done = [], False
+    while not done:
+        _, reward, terminated, truncated, _ = env.step(np.zeros(2, np.float32))
+        rewards.append(reward)
+        done = terminated or truncated
+    assert rewards == [2.0] * (inner // 2) + [1.0] * (inner % 2)
+    assert env.unwrapped.pos == 5  # never stepped past the end
 
 
 def test_user_class():

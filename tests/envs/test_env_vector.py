@@ -20,6 +20,9 @@ def _check_next_step(vec, steps, expect_done_at):
             # The autoreset step: reward 0, not done, a fresh episode's observation.
             assert np.all(reward[was_done] == 0)
             assert not done[was_done].any()
+            # CartPole's reset draws every component from [-0.05, 0.05]; the episode that
+            # ended had left that box (a pole past 12 degrees or a cart past 2.4).
+            assert np.all(np.abs(obs[key][was_done]) <= 0.05)
             return
         if done.any() and done_at is None:
             done_at, was_done = step, done.copy()
@@ -66,6 +69,8 @@ def test_vector_seeding_is_reproducible():
 def test_async_dmc_pixels_spawned_workers():
     vec = envs.make_vector("dmc:cartpole-swingup-pixels", 2, seed=0, time_limit=4)
     assert isinstance(vec.unwrapped, gym.vector.AsyncVectorEnv)
+    # Spawned, not forked: a forked MuJoCo GL context is not safe to render in.
+    assert [type(p).__name__ for p in vec.unwrapped.processes] == ["SpawnProcess"] * 2
     obs, _ = vec.reset()
     assert obs["image"].shape == (2, 64, 64, 3) and obs["image"].dtype == np.uint8
     _, reward, _, truncated, _ = vec.step(vec.action_space.sample())

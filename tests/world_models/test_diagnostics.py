@@ -27,7 +27,11 @@ def test_std_score_and_spectrum():
     eig = eigen_spectrum(z)
     assert eig.shape == (64,) and torch.all(eig[:-1] >= eig[1:])
     m = collapse_metrics(z)
-    assert all(k.startswith("collapse/") for k in m)
+    assert set(m) == {f"collapse/{k}" for k in ("rankme", "rankme_frac", "std", "std_score",
+                                                "eig_top1_frac", "eig_n90", "dim")}
+    # A full-rank isotropic batch: high rank, no dominant direction, most dims for 90%.
+    assert m["collapse/rankme_frac"] > 0.9 and m["collapse/eig_top1_frac"] < 0.05
+    assert m["collapse/eig_n90"] > 48 and m["collapse/dim"] == 64
 
 
 def test_collapse_warning_fires_on_constant_encoder():

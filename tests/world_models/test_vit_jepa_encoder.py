@@ -68,7 +68,7 @@ def test_unfrozen_encoder_gets_gradients(encoder_file):
     path, _ = encoder_file
     enc = load_encoder(f"jepa:{path}", (64, 64, 3), frozen=False)
     enc({"image": torch.zeros(2, 64, 64, 3, dtype=torch.uint8)}).sum().backward()
-    assert enc.vit.patch_embed.weight.grad is not None
+    assert enc.vit.patch_embed.weight.grad.abs().sum() > 0
 
 
 def test_wrong_shape_and_format_are_clean_errors(encoder_file, tmp_path):

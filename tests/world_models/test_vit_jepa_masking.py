@@ -35,7 +35,10 @@ def test_context_block_scale_before_removal():
     gen = torch.Generator().manual_seed(1)
     for _ in range(10):
         ctx, tgt = sample_masks(4, (1, 8, 8), cfg, gen)
-        assert 48 - 1 <= ctx.shape[1] + 1 <= 64
+        assert tgt.shape == (4, 1, 1)  # 1% of 64 tokens rounds to a 1x1 block
+        # 8x8 always loses the target token (63); 7x7 loses it or not (48 or 49), and the
+        # batch keeps its smallest context.
+        assert ctx.shape[1] in {48, 49, 63}
 
 
 def test_masks_are_tubes_across_time():

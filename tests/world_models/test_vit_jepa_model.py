@@ -49,7 +49,7 @@ def test_loss_backward_only_reaches_online_branch(fpc, reg, terms):
                                + out["loss/vicreg_cov"] / 25)
     out["loss/total"].backward()
     assert all(p.grad is None for p in m.target.parameters())
-    assert m.encoder.patch_embed.weight.grad is not None
+    assert m.encoder.patch_embed.weight.grad.abs().sum() > 0
 
 
 def test_sigreg_is_small_for_a_standard_gaussian_and_large_for_collapse():
@@ -132,7 +132,7 @@ def test_reconstruction_baselines_train_their_encoder(fpc):
         out = model.loss(x, torch.Generator().manual_seed(0))
         assert set(out) == {"loss/rec", "loss/total"} and out["loss/total"] > 0
         out["loss/total"].backward()
-        assert model.export_encoder().patch_embed.weight.grad is not None
+        assert model.export_encoder().patch_embed.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="mask_ratio"):
         MaskedAutoencoder(cfg, mask_ratio=1.0)
 
@@ -190,7 +190,7 @@ def test_action_conditioned_predictor_uses_the_actions_between_the_clips():
     acts = torch.randn(4, 2, 3)
     out = m.loss(clip, torch.Generator().manual_seed(0), actions=acts)
     out["loss/total"].backward()
-    assert m.action_embed.weight.grad.abs().sum() > 0 and m.action_pos.grad is not None
+    assert m.action_embed.weight.grad.abs().sum() > 0 and m.action_pos.grad.abs().sum() > 0
     other = m.loss(clip, torch.Generator().manual_seed(0), actions=-acts)["loss/pred"].detach()
     assert float(other) != pytest.approx(float(out["loss/pred"].detach()), abs=1e-7)
     with pytest.raises(ValueError, match=r"needs actions of shape \(4, 2, 3\), got none"):
