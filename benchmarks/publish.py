@@ -120,6 +120,8 @@ def publish(run: str | Path, scores: str | Path = "scores", method: str | None =
         "updates": status.get("updates", info.get("updates",
                                                   _last_metric(run, "perf/updates"))),
         "wall_s": info.get("wall_s", next((t for t in reversed(times) if t), None)),
+        # The training process's CPU-seconds (None: the run began before they were counted).
+        "cpu_s": info.get("cpu_s", status.get("cpu_s")),
     })
     if note:
         info["note"] = note

@@ -186,8 +186,11 @@ class Trainer:
         self.replay, self.logger = parts.replay, parts.logger
         self.repeat = int(self.env.metadata.get("action_repeat", 1))
         self.num_envs = int(self.env.num_envs)
+        # cpu_s: CPU-seconds of this process (all its threads; env worker processes, which
+        # pixel envs use, are not counted), summed over every start; None when the run began
+        # before it was counted.
         self.counters = {"step": 0, "updates": 0, "train_start": -1, "time": 0.0,
-                         "last_eval": 0, "last_report": 0}
+                         "cpu_s": 0.0, "last_eval": 0, "last_report": 0}
         # Duck-typed agents without the replay-context hooks (test fakes) store no latents.
         spec = getattr(self.agent, "latent_spec", dict)()
         self.collector = Collector(self.env, self.replay, spec,
@@ -208,7 +211,7 @@ class Trainer:
             try:
                 state = load_checkpoint(folder / AGENT_FILE)
                 self.agent.load_state_dict(state["agent"])
-                self.counters = {**initial, **state["counters"]}
+                self.counters = {**initial, "cpu_s": None, **state["counters"]}
                 self.replay.load(folder / REPLAY)
                 if saved_rng_state(state) is not None:
                     set_rng_state(saved_rng_state(state))
@@ -251,7 +254,8 @@ class Trainer:
     def _status(self) -> None:
         step, target = self.counters["step"], int(self.cfg.run.steps)
         self.logger.status(step=step, frames=step * self.repeat, target_steps=target,
-                           finished=step >= target, updates=self.counters["updates"])
+                           finished=step >= target, updates=self.counters["updates"],
+                           cpu_s=self.counters["cpu_s"])
 
     @property
     def finished(self) -> bool:
@@ -282,6 +286,7 @@ class Trainer:
         counts: dict[str, int] = defaultdict(int)
         returns: list[float] = []
         start_time, start_step, start_clock = c["time"], c["step"], now
+        start_cpu, start_process = c["cpu_s"], time.process_time()
         total = int(cfg.run.steps)
         progress = Progress(total, c["step"], self.repeat, every=max(cfg.run.log_every, 1))
         with GracefulExit() as stop:
@@ -295,6 +300,8 @@ class Trainer:
                                          "env": ep["env"], "time": c["time"]})
                 c["step"] += self.num_envs
                 c["time"] = start_time + time.time() - start_clock
+                if start_cpu is not None:
+                    c["cpu_s"] = start_cpu + time.process_time() - start_process
                 if not prefill and self.replay.can_sample(T + self.context):
                     if c["train_start"] < 0:
                         c["train_start"] = c["step"]
@@ -358,6 +365,8 @@ class Trainer:
         metrics.update(self.replay.stats())
         metrics.update({"replay/size": len(self.replay), "perf/agent_steps_per_s": rate,
                         "perf/updates": c["updates"], "frames": c["step"] * self.repeat})
+        if c["cpu_s"] is not None:
+            metrics["perf/cpu_s"] = c["cpu_s"]
         self.logger.scalars(metrics, c["step"])
         if self.report_fn is not None:
             self.report_fn({"step": c["step"], **metrics})

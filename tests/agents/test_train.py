@@ -129,13 +129,20 @@ def test_rerun_of_finished_run_says_so(tmp_path, tiny_config, capsys):
 
 def test_rerun_with_longer_budget_resumes_and_applies_it(tmp_path, tiny_config, capsys):
     cfg, logdir, _ = _finished_run(tmp_path, tiny_config)
+    cpu_before = json.loads((logdir / "status.json").read_text())["cpu_s"]
     longer = tiny_config("gym:CartPole-v1", logdir, 240, SMALL)
     capsys.readouterr()
     train(longer)
     out = capsys.readouterr().out
     assert "applied on resume: run.steps 160 -> 240" in out
     assert "resuming from step 160 of 240" in out
-    assert json.loads((logdir / "status.json").read_text())["step"] == 240
+    status = json.loads((logdir / "status.json").read_text())
+    assert status["step"] == 240
+    # The run's CPU-seconds carry over the restart and grow; metrics log them too.
+    assert 0 < cpu_before < status["cpu_s"]
+    logged = [row["perf/cpu_s"] for line in (logdir / "metrics.jsonl").read_text().splitlines()
+              if "perf/cpu_s" in (row := json.loads(line))]
+    assert logged == sorted(logged) and logged[-1] == pytest.approx(status["cpu_s"], rel=0.5)
     assert "steps: 240" in (logdir / "config.yaml").read_text()
 
 
