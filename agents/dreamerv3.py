@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from agents.actor_critic import ActorCritic
-from agents.base import Agent
+from agents.base import Agent, ReplayWrite
 from agents.behaviors import make_behavior
 from agents.compiled import CompileClock, compile_policy, compile_update
 from agents.optim import LaProp
-from world_models.encoders import IMAGE_KEY, VECTOR_KEY
+from world_models.encoders import EMBED_KEY, EMBED_OK_KEY, IMAGE_KEY, VECTOR_KEY
 from world_models.objectives import objective_class
 from world_models.world_model import WorldModel
 
@@ -76,6 +76,7 @@ class DreamerV3Agent(Agent):
         self.step = 0
         self.replay_context = int(config["replay"]["context"])
         self._trained: dict[str, torch.Tensor] = {}
+        self._embeds: dict[str, torch.Tensor] = {}  # frozen-encoder embeddings to store back
         if self.compiled:
             compile_update(self.wm, self.ac, self.device)
             self._act = compile_policy(self._act, self.device)
@@ -155,13 +156,19 @@ class DreamerV3Agent(Agent):
 
     # -- replay context ------------------------------------------------------------
     def latent_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        if not self.replay_context:
-            return {}
-        rssm = self.wm.rssm
-        index = torch.uint8 if rssm.classes <= 256 else torch.int16
-        return {LATENT_DETER: ((rssm.deter,), torch.float16), LATENT_STOCH: ((rssm.stoch,), index)}
+        spec: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        if self.replay_context:
+            rssm = self.wm.rssm
+            index = torch.uint8 if rssm.classes <= 256 else torch.int16
+            spec.update({LATENT_DETER: ((rssm.deter,), torch.float16),
+                         LATENT_STOCH: ((rssm.stoch,), index)})
+        dim = getattr(self.wm.encoder, "cached_dim", 0)
+        if dim:  # a frozen pretrained encoder: each stored frame's embedding, computed once
+            spec.update({EMBED_KEY: ((dim,), torch.float32), EMBED_OK_KEY: ((), torch.bool)})
+        return spec
 
     def latent_entries(self, carry: Any) -> dict[str, np.ndarray]:
+        # Embeddings are filled when a batch first replays a frame (`_fill_embeds`).
         if carry is None or not self.replay_context:
             return {}
         return {k: v.cpu().numpy() for k, v in self._latents(carry[0]).items()}
@@ -169,6 +176,33 @@ class DreamerV3Agent(Agent):
     def trained_latents(self) -> dict[str, torch.Tensor]:
         latents, self._trained = self._trained, {}
         return {k: v.cpu() for k, v in latents.items()}
+
+    def replay_writes(self) -> list[ReplayWrite]:
+        writes = super().replay_writes()
+        embeds, self._embeds = self._embeds, {}
+        if embeds:
+            writes.append(ReplayWrite(embeds, start=self.replay_context))
+        return writes
+
+    @torch.no_grad()
+    def _fill_embeds(self, data: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
+        """Complete a batch's stored frozen-encoder embeddings: frames never encoded (their
+        `EMBED_OK_KEY` false) go through the image encoder now, as the update would have
+        run them; with `keep` they are stored back (`replay_writes`). The batch then
+        carries only `EMBED_KEY`, every row valid."""
+        if EMBED_OK_KEY not in data:
+            return data
+        ok = data.pop(EMBED_OK_KEY).bool()
+        # Contiguous either way, so the compiled encoder sees one layout (no recompile).
+        embed = data[EMBED_KEY].float().contiguous()
+        if not bool(ok.all()):
+            embed = embed.clone() if embed.data_ptr() == data[EMBED_KEY].data_ptr() else embed
+            with self._amp(batched=False):
+                embed[~ok] = self.wm.encoder.embed_images(data[IMAGE_KEY][~ok])
+            if keep:
+                self._embeds = {EMBED_KEY: embed.cpu(), EMBED_OK_KEY: torch.ones_like(ok).cpu()}
+        data[EMBED_KEY] = embed
+        return data
 
     def _latents(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         spec = self.latent_spec()
@@ -194,6 +228,7 @@ class DreamerV3Agent(Agent):
         the latent stored at step K - 1. `trained_latents` then holds the new ones."""
         data = self._to_torch(dict(batch.items()) if hasattr(batch, "items") else batch)
         start, data = self._context(data)
+        data = self._fill_embeds(data, keep=True)
         self.wm.train()
         metrics = self.clock.timed(self._update, data, start)
         if self.compiled:  # compile warm-up so far (acting and updates), paid once per process
@@ -237,7 +272,7 @@ class DreamerV3Agent(Agent):
         rest with the recorded actions; the objective's `openl/*` metrics and video."""
         data = self._to_torch(dict(batch.items()) if hasattr(batch, "items") else batch)
         start, data = self._context(data)
-        data = {k: v[:videos] for k, v in data.items()}
+        data = self._fill_embeds({k: v[:videos] for k, v in data.items()}, keep=False)
         start = None if start is None else {k: v[:videos] for k, v in start.items()}
         context = context or data["action"].shape[1] // 2
         with self._amp():

@@ -71,7 +71,7 @@ class MPPI:
 
     def compile(self, device: torch.device) -> None:
         """The fast path: compile the scoring rollout (one graph, seconds to build), not the
-        whole plan (iterations x horizon unrolled: minutes). Measured in README "Planning"."""
+        whole plan (iterations x horizon unrolled: minutes; measured in docs/results.md)."""
         self.returns = compile_rollout(self.returns, device)
 
     # -- the plan carried between steps --------------------------------------------------

@@ -201,6 +201,28 @@ class SequenceReplay:
                                   f"expected {tuple(target.shape[1:])}")
             target[row] = value.to(target.dtype)
 
+    def add_keys(self, spec: Mapping[str, tuple[tuple[int, ...], torch.dtype]]) -> list[str]:
+        """Give stored data the keys of `spec` ({key: (shape per step, dtype)}) it lacks,
+        zero-filled at every row: a run resumed from a replay saved before its agent began
+        storing them. Returns the keys added (none for an empty replay: its first `add`
+        sets the keys)."""
+        if self._keys is None:
+            return []
+        data = storage_data(self._buffer.storage)
+        added = [key for key in spec if key not in self._stored_keys("add_keys")]
+        locked = data.is_locked  # memmap storage locks its TensorDict
+        if locked:
+            data.unlock_()
+        try:
+            for key in added:
+                shape, dtype = spec[key]
+                data.set(key, torch.zeros(*data.batch_size, *shape, dtype=dtype))
+                self._keys.add(key)
+        finally:
+            if locked:
+                data.lock_()
+        return added
+
     def _stored_keys(self, caller: str) -> set[str]:
         if self._keys is None:
             raise ReplayError(f"{caller}() needs stored steps; the replay is empty")

@@ -20,6 +20,10 @@ from world_models.nets import ChannelRMSNorm, Linear, conv_stack, mlp
 from world_models.vit_jepa.encoder import load_encoder
 
 IMAGE_KEY, VECTOR_KEY = "image", "vector"
+# A frozen pretrained image encoder maps a frame to the same embedding every time, so each
+# stored frame is encoded once: replay keeps the embedding beside the frame (EMBED_KEY,
+# valid where EMBED_OK_KEY) and a batch that carries it skips the image encoder.
+EMBED_KEY, EMBED_OK_KEY = "image_embed", "image_embed_ok"
 ENCODER_KINDS = "cnn, jepa:PATH/encoder.pt, hf:HUB_ID_OR_DIR"
 ENCODER_MODES = ("frozen", "finetune")
 
@@ -91,8 +95,22 @@ class PretrainedImageEncoder(nn.Module):
             self.vector = MultiEncoder({VECTOR_KEY: obs_shapes[VECTOR_KEY]}, **mlp_kwargs)
             self.out_dim += self.vector.out_dim
 
+    @property
+    def cached_dim(self) -> int:
+        """Width of the image embedding replay may keep (frozen), 0 when it changes as the
+        agent trains (fine-tuned)."""
+        frozen = not any(p.requires_grad for p in self.image.parameters())
+        return int(self.image.out_dim) if frozen else 0
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Image embeddings [..., out_dim] (float) of uint8 frames [..., H, W, C]."""
+        return self.image({IMAGE_KEY: images}).float()
+
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        out = [self.image({IMAGE_KEY: obs[IMAGE_KEY]}).float()]
+        # A batch that carries stored embeddings (every one valid: the agent fills the
+        # missing ones first, see `DreamerV3Agent._fill_embeds`) skips the image encoder.
+        cached = obs.get(EMBED_KEY) if self.cached_dim else None
+        out = [cached.float() if cached is not None else self.embed_images(obs[IMAGE_KEY])]
         if self.vector is not None:
             out.append(self.vector(obs))
         return torch.cat(out, -1)

@@ -25,7 +25,8 @@ from world_models.vit_jepa.reconstruction import FrameAutoencoder, MaskedAutoenc
 
 PRETRAIN_OBJECTIVES = ("jepa", "mae", "autoencoder")
 # Default weight per regulariser: SIGReg's lambda from LeJEPA; VICReg's variance weight
-# (covariance gets 1/25 of it, the paper's ratio) as measured in README's probe section.
+# (covariance gets 1/25 of it, the paper's ratio); docs/results.md, "Pretraining recipe",
+# has the RankMe it keeps beside SIGReg's.
 DEFAULT_REG_WEIGHT = {"sigreg": 0.05, "vicreg": 1.0, "none": 0.0}
 
 

@@ -213,6 +213,10 @@ class Trainer:
                 self.agent.load_state_dict(state["agent"])
                 self.counters = {**initial, "cpu_s": None, **state["counters"]}
                 self.replay.load(folder / REPLAY)
+                added = self.replay.add_keys(self.collector.latent_spec)
+                if added:  # e.g. a frozen encoder's embeddings, stored since this run began
+                    warn(f"replay of {folder} holds no {', '.join(added)}: stored steps start "
+                         "without them")
                 if saved_rng_state(state) is not None:
                     set_rng_state(saved_rng_state(state))
             except Exception as err:  # noqa: BLE001 - any failure means: try the older one

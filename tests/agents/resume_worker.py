@@ -33,11 +33,15 @@ class StubEnv:
         pass
 
 
-def filled_replay(seed: int) -> SequenceReplay:
+def filled_replay(seed: int, latent_spec: dict) -> SequenceReplay:
+    """50 random steps, each with the agent's latent keys zeroed, as the collector stores
+    them before acting."""
     replay = SequenceReplay(1000, N_ENVS, seed=seed)
     rng = np.random.default_rng(0)
+    latents = {k: torch.zeros(N_ENVS, *shape, dtype=dtype)
+               for k, (shape, dtype) in latent_spec.items()}
     for t in range(50):
-        replay.add({"vector": rng.normal(size=(N_ENVS, 4)).astype(np.float32),
+        replay.add({**latents, "vector": rng.normal(size=(N_ENVS, 4)).astype(np.float32),
                     "action": np.eye(2, dtype=np.float32)[rng.integers(2, size=N_ENVS)],
                     "reward": rng.normal(size=N_ENVS).astype(np.float32),
                     "is_first": np.full(N_ENVS, t == 0), "is_last": np.zeros(N_ENVS, bool),
@@ -55,7 +59,8 @@ def main(mode: str, logdir: str, out: str, n: int, m: int) -> None:
                        precision="fp32")
     run = RunDir(logdir)
     run.path.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, run, Parts(StubEnv(), agent, filled_replay(cfg.seed),
+    trainer = Trainer(cfg, run, Parts(StubEnv(), agent, filled_replay(cfg.seed,
+                                                                      agent.latent_spec()),
                                       RunLogger(logdir, tensorboard=False)))
     if mode == "second":
         assert trainer.restore()

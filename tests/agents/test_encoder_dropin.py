@@ -30,7 +30,13 @@ def encoder_file(tmp_path_factory):
 
 @pytest.mark.parametrize(("mode", "pool"), [("frozen", "mean"), ("finetune", "mean"),
                                           ("frozen", "grid:2")])
-def test_dreamer_runs_with_jepa_encoder(tmp_path, encoder_file, mode, pool):
+def test_dreamer_runs_with_jepa_encoder(tmp_path, encoder_file, mode, pool, monkeypatch):
+    from world_models.vit_jepa.encoder import JEPAEncoder
+
+    frames = []  # frames the ViT encoded: acting, and training batches
+    forward = JEPAEncoder.forward
+    monkeypatch.setattr(JEPAEncoder, "forward", lambda self, obs: frames.append(
+        obs["image"].shape[:-3].numel()) or forward(self, obs))
     before = torch.load(encoder_file, weights_only=False)
     logdir = tmp_path / mode
     assert run_main(["--env", "dmc:cartpole-balance", "--logdir", str(logdir), *SMOKE,
@@ -38,6 +44,13 @@ def test_dreamer_runs_with_jepa_encoder(tmp_path, encoder_file, mode, pool):
                      "--set", f"model.encoder.pool={pool}"]) == 0
     status = json.loads((logdir / "status.json").read_text())
     assert status["finished"] and status["updates"] > 0
+    # Fine-tuned, every update encodes its whole batch; frozen, each stored frame is encoded
+    # once when first replayed (and once when acted on): at most 2 per agent step.
+    batch = 2 * (8 + 1)  # replay.batch_size x (batch_length + replay context)
+    if mode == "frozen":
+        assert sum(frames) <= 2 * status["step"] < status["updates"] * batch
+    else:
+        assert sum(frames) >= status["updates"] * 2 * 8
     state = torch.load(logdir / "checkpoint" / "agent.pt", weights_only=False)["state"]
     enc = {k.split("encoder.image.", 1)[1]: v for k, v in state["agent"]["wm"].items()
            if k.startswith("encoder.image.")}
@@ -90,3 +103,92 @@ def test_old_run_config_with_top_level_encoder_section_loads(tmp_path):
     old["encoder"] = {"name": "default", "mode": "frozen", "lr_scale": 0.1}
     path.write_text(yaml.safe_dump(old))
     assert Config.from_yaml(path).model.encoder.kind == "cnn"
+
+
+def _agent(encoder_file, agent="dreamerv3", mode="frozen"):
+    import gymnasium as gym
+    import numpy as np
+
+    from agents.base import make_agent
+
+    cfg = load_config("dmc:cartpole-balance", size="1m", agent=agent, sets=[
+        f"model.encoder.kind=jepa:{encoder_file}", f"model.encoder.mode={mode}",
+        "env.options.obs=pixels", "compile=off", "precision=fp32", "threads=1"])
+    space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)})
+    return make_agent(agent, space, gym.spaces.Box(-1, 1, (1,)), cfg, device="cpu",
+                      precision="fp32", compile=False)
+
+
+def _batch(agent, B=2, T=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    data = {"image": torch.randint(0, 256, (B, T, 64, 64, 3), generator=g, dtype=torch.uint8),
+            "action": torch.rand(B, T, 1, generator=g) * 2 - 1,
+            "reward": torch.rand(B, T, generator=g),
+            "is_first": torch.zeros(B, T, dtype=torch.bool),
+            "is_last": torch.zeros(B, T, dtype=torch.bool),
+            "is_terminal": torch.zeros(B, T, dtype=torch.bool)}
+    data["is_first"][:, 0] = True
+    for key, (shape, dtype) in agent.latent_spec().items():  # as the collector stores them
+        data[key] = torch.zeros(B, T, *shape, dtype=dtype)
+    return data
+
+
+@pytest.mark.parametrize("agent_name", ["dreamerv3", "jepa"])
+def test_frozen_encoder_embeds_each_stored_frame_once(encoder_file, agent_name, monkeypatch):
+    from world_models.encoders import EMBED_KEY, EMBED_OK_KEY
+
+    agent = _agent(encoder_file, agent_name)
+    image = agent.wm.encoder.image
+    assert agent.latent_spec()[EMBED_KEY] == ((image.out_dim,), torch.float32)
+    data = _batch(agent)
+    K = agent.replay_context
+    # The first update encodes every frame after the context and hands the embeddings back
+    # for replay; they are what the encoder gives for those frames.
+    agent.train(data)
+    (write,) = [w for w in agent.replay_writes() if EMBED_KEY in w.values]
+    assert write.start == K and write.values[EMBED_OK_KEY].all()
+    torch.testing.assert_close(write.values[EMBED_KEY],
+                               agent.wm.encoder.embed_images(data["image"][:, K:]))
+    assert agent.replay_writes() == []  # handed out once
+    # Stored back, a later batch skips the image encoder, and its loss is the same as the
+    # one computed from the frames.
+    cached = {**data, EMBED_KEY: data[EMBED_KEY].clone(), EMBED_OK_KEY: data[EMBED_OK_KEY].clone()}
+    cached[EMBED_KEY][:, K:] = write.values[EMBED_KEY]
+    cached[EMBED_OK_KEY][:, K:] = True
+    plain = {k: v for k, v in data.items() if k not in (EMBED_KEY, EMBED_OK_KEY)}
+    calls = []
+    monkeypatch.setattr(type(image), "forward",
+                        lambda self, obs, f=type(image).forward: calls.append(1) or f(self, obs))
+    losses = []
+    for batch in (cached, plain):
+        torch.manual_seed(1)
+        start, rest = agent._context(dict(batch))
+        loss, _, _ = agent.loss(agent._fill_embeds(rest, keep=False), start)
+        losses.append(loss)
+    assert len(calls) == 1 + (agent_name == "jepa")  # only the plain batch ran the ViT
+    torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_finetuned_encoder_keeps_no_embeddings(encoder_file):
+    from world_models.encoders import EMBED_KEY
+
+    assert EMBED_KEY not in _agent(encoder_file, mode="finetune").latent_spec()
+
+
+def test_frozen_encoder_run_saved_before_embeddings_resumes(tmp_path, encoder_file,
+                                                            monkeypatch, capsys):
+    from agents.dreamerv3 import DreamerV3Agent
+    from world_models.encoders import EMBED_KEY
+
+    argv = ["--env", "dmc:cartpole-balance", "--logdir", str(tmp_path / "run"), *SMOKE,
+            "--encoder", f"jepa:{encoder_file}"]
+    spec = DreamerV3Agent.latent_spec
+    with monkeypatch.context() as m:  # a run whose replay has no embeddings
+        m.setattr(DreamerV3Agent, "latent_spec",
+                  lambda self: {k: v for k, v in spec(self).items() if "embed" not in k})
+        assert run_main(argv) == 0
+    capsys.readouterr()
+    assert run_main([*argv, "--steps", "160"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming from step 120 of 160" in out and f"holds no {EMBED_KEY}" in out
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["step"] == 160

@@ -131,6 +131,37 @@ def test_save_load_directory(tmp_path, on_disk):
         restored.load(tmp_path / "nothing")
 
 
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_keys_added_to_a_restored_replay_start_at_zero(tmp_path, on_disk):
+    # A run resumed after its agent began storing more per step (a frozen encoder's
+    # embeddings): the saved steps get the new keys zero-filled, new steps store them.
+    kwargs = {"directory": str(tmp_path / "scratch")} if on_disk else {}
+    replay = SequenceReplay(capacity=40, num_envs=2, seed=0, **kwargs)
+    fill(replay, 6)
+    replay.save(tmp_path / "ckpt")
+    kwargs2 = {"directory": str(tmp_path / "scratch2")} if on_disk else {}
+    restored = SequenceReplay(capacity=40, num_envs=2, seed=0, **kwargs2)
+    assert restored.add_keys({"embed": ((3,), torch.float32)}) == []  # empty: nothing to fill
+    restored.load(tmp_path / "ckpt")
+    spec = {"embed": ((3,), torch.float32), "embed_ok": ((), torch.bool), "vector": ((3,),
+                                                                                  torch.float32)}
+    assert restored.add_keys(spec) == ["embed", "embed_ok"]
+    assert restored.add_keys(spec) == []
+    step = make_step(6, 2)
+    step["embed"], step["embed_ok"] = torch.ones(2, 3), torch.ones(2, dtype=torch.bool)
+    restored.add(step)
+    batch = restored.sample(4, 7)
+    new = batch["t"] == 6
+    assert new.any() and (batch["embed"][new] == 1).all() and batch["embed_ok"][new].all()
+    assert (batch["embed"][~new] == 0).all() and not batch["embed_ok"][~new].any()
+    restored.save(tmp_path / "ckpt2")  # and the added keys are saved with the rest
+    kwargs3 = {"directory": str(tmp_path / "scratch3")} if on_disk else {}
+    again = SequenceReplay(capacity=40, num_envs=2, seed=0, **kwargs3)
+    again.load(tmp_path / "ckpt2")
+    assert again.add_keys(spec) == []
+    assert (again._buffer.storage[:] == restored._buffer.storage[:]).all()
+
+
 def test_memmap_storage_lives_on_disk(tmp_path):
     directory = tmp_path / "replay"
     replay = SequenceReplay(capacity=64, num_envs=2, directory=str(directory), seed=0)
