@@ -107,8 +107,9 @@ class Agent(ABC):
         prediction) pair of [N, T, H, W, C] float arrays in [0, 1]."""
 
     def latent_spec(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """Replay keys of the latent state stored with each step: {key: (shape, dtype)};
-        empty (the default) for an agent without replay context."""
+        """Replay keys the agent stores with each step besides the observation: {key:
+        (shape, dtype)}, zeros until filled (the replay context's latent state; a frozen
+        encoder's embeddings); empty (the default) for an agent that stores none."""
         return {}
 
     def latent_entries(self, carry: Any) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import MemoryMappedTensor, TensorDict, TensorDictBase
 from torchrl.data import LazyMemmapStorage, LazyTensorStorage, ReplayBuffer
 
 from replay.sampler import make_sampler
@@ -216,7 +216,13 @@ class SequenceReplay:
         try:
             for key in added:
                 shape, dtype = spec[key]
-                data.set(key, torch.zeros(*data.batch_size, *shape, dtype=dtype))
+                size = (*data.batch_size, *shape)
+                if self.directory is None:  # calloc'd: pages cost memory once written
+                    value = torch.zeros(size, dtype=dtype)
+                else:  # on disk like the rest of the storage
+                    value = MemoryMappedTensor.zeros(
+                        size, dtype=dtype, filename=Path(self.directory) / f"{key}.added.memmap")
+                data.set(key, value)
                 self._keys.add(key)
         finally:
             if locked:

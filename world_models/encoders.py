@@ -86,9 +86,10 @@ class PretrainedImageEncoder(nn.Module):
     """A pretrained image encoder (JEPA ViT, V-JEPA 2) plus the symlog MLP for `vector`."""
 
     def __init__(self, image: nn.Module, obs_shapes: Mapping[str, Sequence[int]],
-                 **mlp_kwargs):
+                 cache: bool = True, **mlp_kwargs):
         super().__init__()
         self.image = image
+        self.cache = bool(cache)
         self.vector = None
         self.out_dim = image.out_dim
         if VECTOR_KEY in obs_shapes:
@@ -100,7 +101,7 @@ class PretrainedImageEncoder(nn.Module):
         """Width of the image embedding replay may keep (frozen), 0 when it changes as the
         agent trains (fine-tuned)."""
         frozen = not any(p.requires_grad for p in self.image.parameters())
-        return int(self.image.out_dim) if frozen else 0
+        return int(self.image.out_dim) if frozen and self.cache else 0
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         """Image embeddings [..., out_dim] (float) of uint8 frames [..., H, W, C]."""
@@ -109,6 +110,9 @@ class PretrainedImageEncoder(nn.Module):
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         # A batch that carries stored embeddings (every one valid: the agent fills the
         # missing ones first, see `DreamerV3Agent._fill_embeds`) skips the image encoder.
+        if EMBED_OK_KEY in obs:
+            raise ValueError(f"a batch with {EMBED_OK_KEY!r} still holds embeddings never "
+                             "computed; the agent's _fill_embeds completes it first")
         cached = obs.get(EMBED_KEY) if self.cached_dim else None
         out = [cached.float() if cached is not None else self.embed_images(obs[IMAGE_KEY])]
         if self.vector is not None:
@@ -120,10 +124,12 @@ class PretrainedImageEncoder(nn.Module):
 
 
 def make_encoder(obs_shapes: Mapping[str, Sequence[int]], kind: str = "cnn",
-                 mode: str = "frozen", pool: str = "mean", **kwargs) -> nn.Module:
+                 mode: str = "frozen", pool: str = "mean", cache: bool = True,
+                 **kwargs) -> nn.Module:
     """The encoder named by `kind` (cnn | jepa:PATH | hf:ID_OR_DIR); `mode` (frozen |
-    finetune) and `pool` (mean | grid:G, see `vit_jepa.encoder.pool_tokens`) apply to
-    pretrained ones; `kwargs` configure the CNN/MLP."""
+    finetune), `pool` (mean | grid:G, see `vit_jepa.encoder.pool_tokens`) and `cache`
+    (a frozen one's embeddings kept in replay) apply to pretrained ones; `kwargs`
+    configure the CNN/MLP."""
     if mode not in ENCODER_MODES:
         raise ValueError(f"encoder mode {mode!r} unknown; allowed: {', '.join(ENCODER_MODES)}")
     if kind == "cnn":
@@ -139,7 +145,7 @@ def make_encoder(obs_shapes: Mapping[str, Sequence[int]], kind: str = "cnn",
                          f"{sorted(obs_shapes)} (use --obs pixels)")
     image = load_encoder(kind, tuple(obs_shapes[IMAGE_KEY]), frozen=mode == "frozen", pool=pool)
     mlp_kwargs = {k: kwargs[k] for k in ("layers", "units", "symlog") if k in kwargs}
-    return PretrainedImageEncoder(image, obs_shapes, **mlp_kwargs)
+    return PretrainedImageEncoder(image, obs_shapes, cache=cache, **mlp_kwargs)
 
 
 class MultiDecoder(nn.Module):

@@ -79,8 +79,9 @@ class ActingClock:
 class Collector:
     """Steps a vector env with a policy, stores every real step in a SequenceReplay.
 
-    With `latent_spec` (an agent's replay context) every stored step also holds those keys:
-    zeros when stored, then the `latent_entries(carry)` of the policy's carry for it."""
+    With `latent_spec` (what an agent stores per step: its replay context's latents, a
+    frozen encoder's embeddings) every stored step also holds those keys: zeros when
+    stored, then the `latent_entries(carry)` of the policy's carry for it."""
 
     def __init__(self, env: gym.vector.VectorEnv, replay: SequenceReplay | None = None,
                  latent_spec: dict | None = None,

@@ -213,10 +213,6 @@ class Trainer:
                 self.agent.load_state_dict(state["agent"])
                 self.counters = {**initial, "cpu_s": None, **state["counters"]}
                 self.replay.load(folder / REPLAY)
-                added = self.replay.add_keys(self.collector.latent_spec)
-                if added:  # e.g. a frozen encoder's embeddings, stored since this run began
-                    warn(f"replay of {folder} holds no {', '.join(added)}: stored steps start "
-                         "without them")
                 if saved_rng_state(state) is not None:
                     set_rng_state(saved_rng_state(state))
             except Exception as err:  # noqa: BLE001 - any failure means: try the older one
@@ -225,6 +221,10 @@ class Trainer:
                      f"{reason[:200]}); trying an older one")
                 continue
             self.logger.truncate_after(self.counters["step"])
+            added = self.replay.add_keys(self.collector.latent_spec)
+            if added:  # e.g. a frozen encoder's embeddings, stored since this run began
+                warn(f"replay of {folder} holds no {', '.join(added)}: stored steps start "
+                     "without them")
             return True
         raise CheckpointError(f"no checkpoint in {self.rundir.path} loads (tried "
                               f"{', '.join(f.name for f in folders)}); move them away to start "
@@ -332,6 +332,8 @@ class Trainer:
                 if save_due(now):
                     self.save()
         progress.close()
+        if start_cpu is not None:  # the last pass's updates, evaluation and report too
+            c["cpu_s"] = start_cpu + time.process_time() - start_process
         self.save()
 
     def train_step(self, batch_size: int, length: int) -> dict[str, float]:

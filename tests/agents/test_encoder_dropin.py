@@ -105,7 +105,7 @@ def test_old_run_config_with_top_level_encoder_section_loads(tmp_path):
     assert Config.from_yaml(path).model.encoder.kind == "cnn"
 
 
-def _agent(encoder_file, agent="dreamerv3", mode="frozen"):
+def _agent(encoder_file, agent="dreamerv3", mode="frozen", sets=()):
     import gymnasium as gym
     import numpy as np
 
@@ -113,7 +113,7 @@ def _agent(encoder_file, agent="dreamerv3", mode="frozen"):
 
     cfg = load_config("dmc:cartpole-balance", size="1m", agent=agent, sets=[
         f"model.encoder.kind=jepa:{encoder_file}", f"model.encoder.mode={mode}",
-        "env.options.obs=pixels", "compile=off", "precision=fp32", "threads=1"])
+        "env.options.obs=pixels", "compile=off", "precision=fp32", "threads=1", *sets])
     space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)})
     return make_agent(agent, space, gym.spaces.Box(-1, 1, (1,)), cfg, device="cpu",
                       precision="fp32", compile=False)
@@ -169,10 +169,18 @@ def test_frozen_encoder_embeds_each_stored_frame_once(encoder_file, agent_name, 
     torch.testing.assert_close(losses[0], losses[1])
 
 
-def test_finetuned_encoder_keeps_no_embeddings(encoder_file):
-    from world_models.encoders import EMBED_KEY
+def test_finetuned_or_uncached_encoder_keeps_no_embeddings(encoder_file):
+    from world_models.encoders import EMBED_KEY, EMBED_OK_KEY
 
     assert EMBED_KEY not in _agent(encoder_file, mode="finetune").latent_spec()
+    agent = _agent(encoder_file, sets=["model.encoder.cache=false"])
+    assert EMBED_KEY not in agent.latent_spec()
+    # A batch whose embeddings were never completed is refused, not read as zeros.
+    cached = _agent(encoder_file)
+    data = _batch(cached)
+    with pytest.raises(ValueError, match="never computed"):
+        cached.wm.encode({k: v for k, v in data.items() if k in ("image", EMBED_KEY,
+                                                                EMBED_OK_KEY)})
 
 
 def test_frozen_encoder_run_saved_before_embeddings_resumes(tmp_path, encoder_file,
