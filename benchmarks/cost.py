@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from world_models.encoders import EMBED_KEY
+
 GPU_TABLE = Path(__file__).with_name("gpus.yaml")
 TRAIN_BYTES_PER_PARAM = 16  # fp32 weights 4 + gradients 4 + two optimizer moments 8
 INFER_BYTES_PER_PARAM = 2   # bf16 weights
@@ -322,7 +324,8 @@ def agent_main(args: argparse.Namespace, out=print) -> None:
 
 
 def batch_for(agent, B: int, T: int) -> dict:
-    """A synthetic [B, T] replay batch with the agent's observation keys and action width."""
+    """A synthetic [B, T] replay batch with the agent's observation keys and action width
+    (and, for a frozen encoder, the embeddings replay keeps)."""
     from benchmarks.throughput import synthetic_batch
 
     batch = synthetic_batch(False, B, T)
@@ -334,6 +337,13 @@ def batch_for(agent, B: int, T: int) -> dict:
             batch[key] = torch.randint(0, 256, (B, T, *shape), dtype=torch.uint8, generator=g)
         else:
             batch[key] = torch.randn(B, T, *shape, generator=g)
+    spec = agent.latent_spec()
+    if EMBED_KEY in spec:
+        # A frozen encoder's steady state: every replayed frame was embedded once already,
+        # so an update reads the stored embeddings and runs no ViT (agents/dreamerv3.py).
+        with torch.no_grad():
+            image = batch["image"].to(agent.device)
+            batch[EMBED_KEY] = agent.wm.encoder.embed_images(image).cpu()
     return batch
 
 

@@ -89,3 +89,30 @@ def test_cli_prints_the_plan_and_rejects_bad_values(capsys, one_thread):
     assert "--mfu 0.0 out of range" in capsys.readouterr().err
     assert main([]) == 2
     assert "--env is required" in capsys.readouterr().err
+
+
+def test_a_frozen_encoder_is_planned_with_its_stored_embeddings(tmp_path, one_thread):
+    # A frozen encoder runs once per stored frame, not per update: the planned update reads
+    # the embeddings replay keeps, so it costs fewer FLOPs than with the cache turned off.
+    import gymnasium as gym
+    import numpy as np
+
+    from agents.base import make_agent
+    from agents.run.config import load_config
+    from benchmarks.cost import batch_for, measure_update
+    from world_models.vit_jepa import ViT, make_config, save_encoder
+
+    path = tmp_path / "encoder.pt"
+    save_encoder(path, ViT(make_config("tiny", (64, 64, 3), width=32, depth=1, heads=2)))
+    space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)})
+    gflop = {}
+    for cache in (True, False):
+        cfg = load_config("dmc:cartpole-balance", size="1m", sets=[
+            f"model.encoder.kind=jepa:{path}", f"model.encoder.cache={cache}",
+            "env.options.obs=pixels", "compile=off", "precision=fp32"])
+        agent = make_agent("dreamerv3", space, gym.spaces.Box(-1, 1, (1,)), cfg,
+                           device="cpu", precision="fp32", compile=False)
+        batch = batch_for(agent, 2, 8)
+        assert ("image_embed" in batch) == cache
+        gflop[cache] = measure_update(agent, batch, 1)["gflop"]
+    assert gflop[True] < gflop[False]
