@@ -4,6 +4,8 @@ with stratified-bootstrap confidence intervals.
     python -m benchmarks.compare --env dmc:cartpole-balance-pixels [--env ...]
         [--arm dreamerv3=dreamerv3 --arm jepa=jepa --arm no-predict=jepa,jepa.predict=false]
         [--conditions clean,atari] [--seeds 3] [--frames 100000] [--out DIR] [--set K=V] ...
+        [--publish scores/jepa-study]
+    python -m benchmarks.compare --report-only scores/jepa-study [--frames 100000]
 
 An arm is `NAME=AGENT[,KEY=VALUE,...]`: the agent and the config overrides that make the arm
 (an ablation is an arm with a switch). A condition is `clean` or a `distractor` value
@@ -19,6 +21,12 @@ the held-out `atari:eval` games) and training episodes (the mean of the episodes
 the last 10% of the budget, as `benchmarks.aggregate`'s window rule). For every arm and
 condition: the mean over tasks of the seed-mean score with its 95% interval, and for every
 distracted condition the share of the clean score kept (mean distracted / mean clean).
+
+`--publish DIR` copies every finished run's small files (config, score files, machines and a
+`run.json`, as `benchmarks.publish` does; no checkpoint or replay) to
+`DIR/<arm>/<condition>/<task>/seed_<s>/` and writes the report there too. A folder given
+with `--report-only` is read as such a layout, so the tables rebuild on a fresh clone
+without the command that trained the runs.
 
 Intervals: the stratified bootstrap of rliable (Agarwal et al., 2021): runs are resampled
 with replacement within each task, the same seed indices for every array of one statistic
@@ -36,12 +44,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from agents.run.cli_args import ArgParser, add_set_arg
+from agents.run.config import get_dotted
 from benchmarks.aggregate import final_value
+from benchmarks.publish import copy_run
 from benchmarks.ray_launch import add_ray_args, init_ray
 from benchmarks.scores import Run, ScoreFileError, read_run_dir, write_scores
-from benchmarks.suite import RunSpec, SuiteError, exit_with, plan, run_suite
+from benchmarks.suite import RunSpec, SuiteError, exit_with, is_finished, plan, run_suite
 
 REPEAT = 2  # DMC's action repeat in the published protocol
 DEFAULT_ARMS = ("dreamerv3=dreamerv3", "jepa=jepa")
@@ -128,12 +139,55 @@ def kept_share(clean: np.ndarray, distracted: np.ndarray) -> float:
     return mean_score(distracted) / base if base > 0 else math.nan
 
 
-def final_scores(cell: Cell, frames: int, evals: bool) -> np.ndarray:
-    """Scores [seeds, tasks] of a cell at the budget (NaN where a run has none yet)."""
+def discover_cells(folder: str | Path) -> list[Cell]:
+    """The cells of a study folder laid out as `<arm>/<condition>/<task>/seed_<s>/`: arms in
+    name order, `clean` first among conditions, each run's env and steps from its config."""
+    folder = Path(folder)
+    found: dict[tuple[str, str], list[RunSpec]] = {}
+    for scores in sorted(folder.glob("*/*/*/seed_*/scores.jsonl")):
+        run = scores.parent
+        arm, condition = run.parents[2].name, run.parents[1].name
+        config = yaml.safe_load((run / "config.yaml").read_text()) if (
+            run / "config.yaml").is_file() else {}
+        env = get_dotted(config or {}, "env.spec")
+        seed = run.name.removeprefix("seed_")
+        if not isinstance(env, str) or not seed.isdigit():
+            raise SuiteError(f"{run}: not a study run (its config.yaml names no env.spec, "
+                             "or the folder is not seed_<number>)")
+        steps = get_dotted(config, "run.steps")
+        found.setdefault((arm, condition), []).append(
+            RunSpec(env, int(seed), run, int(steps or 0), config))
+    if not found:
+        raise SuiteError(f"{folder}: holds no <arm>/<condition>/<task>/seed_<s>/scores.jsonl")
+    order = sorted(found, key=lambda k: (k[0], k[1] != "clean", k[1]))
+    return [Cell(arm, condition, found[(arm, condition)]) for arm, condition in order]
+
+
+def publish_cells(cells: Sequence[Cell], dest: str | Path) -> list[Path]:
+    """Copy each finished run of `cells` to `dest/<arm>/<condition>/<task>/seed_<s>/`."""
+    copied = []
+    for cell in cells:
+        for spec in cell.specs:
+            if not is_finished(spec.logdir):
+                continue
+            # The condition's folder name as the study wrote it (`video:DIR` -> `video-DIR`).
+            condition = Path(spec.logdir).parents[1].name
+            target = Path(dest) / cell.arm / condition / spec.task / f"seed_{spec.seed}"
+            copy_run(spec.logdir, target, f"{cell.arm}/{cell.condition}")
+            copied.append(target)
+    return copied
+
+
+def final_scores(cell: Cell, frames: int, evals: bool,
+                 seeds: Sequence[int] | None = None) -> np.ndarray:
+    """Scores [seeds, tasks] of a cell at the budget (NaN where a run has none yet); rows
+    are `seeds` (default: the cell's own), so two cells' rows pair by seed."""
     tasks = list(dict.fromkeys(s.task for s in cell.specs))
-    seeds = sorted({s.seed for s in cell.specs})
+    seeds = sorted({s.seed for s in cell.specs}) if seeds is None else list(seeds)
     out = np.full((len(seeds), len(tasks)), np.nan)
     for spec in cell.specs:
+        if spec.seed not in seeds:
+            continue
         try:
             run = read_run_dir(spec.logdir, spec.task, spec.seed, eval_scores=evals)
         except ScoreFileError:
@@ -168,13 +222,14 @@ def summarize(cells: Sequence[Cell], frames: int, reps: int = 2000) -> tuple[str
             if clean is None or clean is cell:
                 cols.append("-")
                 continue
-            base = final_scores(clean, frames, evals)
-            both = np.isfinite(base).all(axis=1) & np.isfinite(final_scores(cell, frames, evals)
-                                                               ).all(axis=1)
+            paired = sorted({s.seed for s in clean.specs} | {s.seed for s in cell.specs})
+            base = final_scores(clean, frames, evals, paired)
+            distracted = final_scores(cell, frames, evals, paired)
+            both = np.isfinite(base).all(axis=1) & np.isfinite(distracted).all(axis=1)
             if not both.any():
                 cols.append("-")
                 continue
-            pair = [base[both], final_scores(cell, frames, evals)[both]]
+            pair = [base[both], distracted[both]]
             row[f"kept_{kind}"] = stratified_bootstrap(kept_share, pair, reps)
             cols.append("{:.2f} [{:.2f}, {:.2f}]".format(*row[f"kept_{kind}"]))
         result[(cell.arm, cell.condition)] = row
@@ -245,7 +300,10 @@ def report(cells: Sequence[Cell], frames: int, out: Path, plots: bool = True) ->
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = ArgParser(prog="python -m benchmarks.compare", description=__doc__.split("\n")[0])
-    parser.add_argument("--env", action="append", required=True, dest="envs",
+    parser.add_argument("folder", nargs="?", default=None,
+                        help="with --report-only: a study folder <arm>/<condition>/<task>/"
+                             "seed_<s>/ (a --publish one) to report on instead of a plan")
+    parser.add_argument("--env", action="append", default=[], dest="envs",
                         help="env spec (repeatable; tasks are the bootstrap's strata)")
     parser.add_argument("--arm", action="append", default=[], dest="arms",
                         help="NAME=AGENT[,KEY=VALUE,...] (repeatable; default dreamerv3, jepa)")
@@ -259,8 +317,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-plots", action="store_true", help="skip compare.png")
     parser.add_argument("--report-only", action="store_true",
                         help="aggregate what the runs wrote so far; train nothing")
+    parser.add_argument("--publish", default=None, metavar="DIR",
+                        help="copy finished runs' small files to DIR/<arm>/<condition>/<task>/"
+                             "seed_<s>/ and write the report there (e.g. scores/jepa-study)")
     add_ray_args(parser, unit="run")
     args = parser.parse_args(argv)
+    if args.folder is not None:
+        if not args.report_only or args.envs or args.publish:
+            parser.error("a study folder is read with --report-only alone (no --env, "
+                         "--publish); to train, give --env and --out")
+        try:
+            cells = discover_cells(args.folder)
+        except (SuiteError, OSError, yaml.YAMLError) as exc:
+            parser.error(str(exc))
+        print(report(cells, args.frames, Path(args.folder), plots=not args.no_plots))
+        return
+    if not args.envs:
+        parser.error("--env is required (or, with --report-only, a study folder)")
     out = Path(args.out or "runs/compare")
     try:
         arms = [parse_arm(a) for a in (args.arms or DEFAULT_ARMS)]
@@ -278,6 +351,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     print(report(cells, args.frames, out, plots=not args.no_plots))
     print(f"wrote {out / 'compare.md'}" + ("" if args.no_plots else f", {out / 'compare.png'}"))
+    if args.publish:
+        copied = publish_cells(cells, args.publish)
+        print(f"published {len(copied)} finished runs to {args.publish}")
+        if copied:
+            report(discover_cells(args.publish), args.frames, Path(args.publish),
+                   plots=not args.no_plots)
     exit_with(1 if failed else 0)
 
 

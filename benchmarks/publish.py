@@ -9,7 +9,8 @@ and a `run.json` saying what it is: the method label (agent, size, train ratio a
 rate, so runs at different settings stay apart), frames, updates, wall time and machine.
 Then `scores/<source>-<benchmark>.json.gz` is rewritten, in DreamerV3's score format, from
 every run under `scores/<benchmark>/` (`source` is `dreamjepa` for our agent's runs and
-`official` for the official agent's). `python -m benchmarks.plot scores/` reads them back.
+`official` for the official agent's). `python -m benchmarks.plot scores/<benchmark>`
+reads them back.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from agents.run.rundir import CONFIG, EVAL_SCORES, MACHINES, METRICS, SCORES
 from benchmarks.references import benchmark_of
 from benchmarks.scores import Run, ScoreFileError, read_run_dir, read_status, write_scores
 
-__all__ = ["method_label", "publish", "rebuild_score_files", "main"]
+__all__ = ["copy_run", "method_label", "publish", "rebuild_score_files", "main"]
 
 RUN_INFO = "run.json"
 KEPT = (CONFIG, SCORES, EVAL_SCORES, MACHINES)
@@ -88,21 +89,14 @@ def _read_config(run: Path) -> dict[str, Any]:
         raise ScoreFileError(f"{run}: no readable {CONFIG} ({exc})") from None
 
 
-def publish(run: str | Path, scores: str | Path = "scores", method: str | None = None,
-            note: str | None = None) -> Path:
-    """Copy `run`'s small files under `scores` (see the module doc); returns the new folder."""
-    run, scores = Path(run), Path(scores)
-    config = _read_config(run)
+def copy_run(run: str | Path, dest: str | Path, label: str, note: str | None = None) -> dict:
+    """Copy `run`'s small files into `dest` and write its `run.json` (method `label`, frames,
+    updates, wall and CPU seconds, machine); returns that record."""
+    run, dest = Path(run), Path(dest)
     curve = read_run_dir(run)  # raises ScoreFileError (one line) when it has no scores
-    benchmark = benchmark_of(curve)  # its source is the run directory
-    if benchmark is None:
-        raise ScoreFileError(f"{run}: {CONFIG} names no env spec")
     info: dict[str, Any] = {}
     if (run / RUN_INFO).is_file():
         info = json.loads((run / RUN_INFO).read_text())
-    base = info.get("method") or f"dreamjepa:{config.get('agent') or 'dreamerv3'}"
-    label = method or method_label(config, base)
-    dest = scores / benchmark / curve.task / f"{_slug(label)}-seed{curve.seed}"
     dest.mkdir(parents=True, exist_ok=True)
     for name in KEPT:
         if (run / name).is_file():
@@ -130,6 +124,25 @@ def publish(run: str | Path, scores: str | Path = "scores", method: str | None =
 
         info["machine"] = {**describe_machine(), "recorded": "at publish"}
     (dest / RUN_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def publish(run: str | Path, scores: str | Path = "scores", method: str | None = None,
+            note: str | None = None) -> Path:
+    """Copy `run`'s small files under `scores` (see the module doc); returns the new folder."""
+    run, scores = Path(run), Path(scores)
+    config = _read_config(run)
+    curve = read_run_dir(run)  # raises ScoreFileError (one line) when it has no scores
+    benchmark = benchmark_of(curve)  # its source is the run directory
+    if benchmark is None:
+        raise ScoreFileError(f"{run}: {CONFIG} names no env spec")
+    info: dict[str, Any] = {}
+    if (run / RUN_INFO).is_file():
+        info = json.loads((run / RUN_INFO).read_text())
+    base = info.get("method") or f"dreamjepa:{config.get('agent') or 'dreamerv3'}"
+    label = method or method_label(config, base)
+    dest = scores / benchmark / curve.task / f"{_slug(label)}-seed{curve.seed}"
+    copy_run(run, dest, label, note)
     rebuild_score_files(scores, benchmark)
     return dest
 

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from benchmarks.compare import main, mean_score, parse_arm, plan_comparison, stratified_bootstrap
 from benchmarks.suite import SuiteError
@@ -91,3 +92,62 @@ def test_report_of_runs_with_known_scores(tmp_path, capsys):
         methods = {r["method"] for r in json.load(f)}
     assert methods == {"a/clean", "a/shapes", "b/clean", "b/shapes"}
     assert "| b | clean |" in capsys.readouterr().out
+
+
+def test_publish_copies_finished_runs_and_the_folder_reports_alone(tmp_path, capsys):
+    out, pub = tmp_path / "cmp", tmp_path / "scores" / "study"
+    arms = ["a=dreamerv3", "b=jepa"]
+    flags = ["--env", ENV, "--arm", arms[0], "--arm", arms[1], "--conditions", "clean,atari",
+             "--seeds", "2", "--frames", "1000", "--out", str(out), "--report-only"]
+    cells = plan_comparison([ENV], [parse_arm(a) for a in arms], ["clean", "atari"], 2, 1000,
+                            out.resolve())
+    for cell in cells:
+        for spec in cell.specs:
+            y = {"a": 100.0, "b": 200.0}[cell.arm] + 10 * spec.seed
+            _write(spec.logdir, [{"frames": 1000, "return": y}], "scores.jsonl")
+            _write(spec.logdir, [{"frames": 1000, "return": 2 * y}], "eval_scores.jsonl")
+            _write(spec.logdir, [{"cpu": "test"}], "machines.jsonl")
+            (spec.logdir / "config.yaml").write_text(yaml.safe_dump(spec.config.to_dict()))
+            (spec.logdir / "checkpoint.pt").write_bytes(b"big")
+            # Seed 0 finished everywhere; seed 1 only in b/atari.
+            done = spec.seed == 0 or (cell.arm, cell.condition) == ("b", "atari")
+            (spec.logdir / "status.json").write_text(json.dumps(
+                {"finished": done, "frames": 1000 if done else 500, "updates": 7}))
+    with pytest.raises(SystemExit) as exit_:
+        main([*flags, "--publish", str(pub)])
+    assert exit_.value.code == 0
+    assert "published 5 finished runs" in capsys.readouterr().out
+    copied = sorted(p.relative_to(pub).as_posix() for p in pub.glob("*/*/*/seed_*"))
+    assert copied == ["a/atari/dmc_cartpole_balance/seed_0", "a/clean/dmc_cartpole_balance/seed_0",
+                      "b/atari/dmc_cartpole_balance/seed_0", "b/atari/dmc_cartpole_balance/seed_1",
+                      "b/clean/dmc_cartpole_balance/seed_0"]
+    run = pub / "b" / "atari" / "dmc_cartpole_balance" / "seed_1"
+    assert sorted(p.name for p in run.iterdir()) == [
+        "config.yaml", "eval_scores.jsonl", "machines.jsonl", "run.json", "scores.jsonl"]
+    info = json.loads((run / "run.json").read_text())
+    assert (info["method"], info["seed"], info["updates"], info["finished"]) == (
+        "b/atari", 1, 7, True)
+    # The published folder alone rebuilds the table: only the copied runs count.
+    (pub / "compare.md").unlink()
+    main([str(pub), "--report-only", "--frames", "1000", "--no-plots"])
+    table = capsys.readouterr().out
+    assert "| a | clean | 1/1 | 200.0 [200.0, 200.0] | - | 100.0 [100.0, 100.0] | - |" in table
+    # kept pairs runs by seed: only seed 0 has both, 400 / 400 (not 410 / 400).
+    assert "| b | atari | 2/2 | 410.0 [400.0, 420.0] | 1.00 [1.00, 1.00] |" in table
+    assert table.index("| a | clean |") < table.index("| a | atari |") < table.index("| b |")
+    assert (pub / "compare.md").read_text().strip() in table
+    with gzip.open(pub / "scores.json.gz", "rt") as f:
+        assert len(json.load(f)) == 5
+
+
+def test_study_folder_bad_forms(tmp_path, capsys):
+    for argv, message in (
+            ([str(tmp_path)], "with --report-only alone"),
+            ([str(tmp_path), "--report-only", "--env", ENV], "with --report-only alone"),
+            ([str(tmp_path), "--report-only"], "holds no <arm>/<condition>/<task>/seed_<s>"),
+            (["--report-only"], "--env is required")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message in err
