@@ -16,7 +16,15 @@ from agents.base import Agent, ReplayWrite
 from agents.behaviors import make_behavior
 from agents.compiled import CompileClock, compile_policy, compile_update
 from agents.optim import LaProp
-from world_models.encoders import EMBED_KEY, EMBED_OK_KEY, IMAGE_KEY, VECTOR_KEY
+from agents.runtime import conv_stacks_bf16
+from world_models.encoders import (
+    EMBED_KEY,
+    EMBED_OK_KEY,
+    IMAGE_KEY,
+    VECTOR_KEY,
+    MultiDecoder,
+    MultiEncoder,
+)
 from world_models.objectives import objective_class
 from world_models.world_model import WorldModel
 
@@ -68,6 +76,13 @@ class DreamerV3Agent(Agent):
             mcfg["reward_head"], mcfg["cont_head"], scales, objective=mcfg["objective"],
             settings=settings if objective.SECTION else None, discrete=self.discrete,
             diag_every=mcfg["diag_every"]).to(self.device)
+        # The conv stacks (encoder, decoder, the JEPA target and probe copies) over a
+        # training batch's frames, in bf16 where `conv_precision` asks for it.
+        self.conv_bf16 = conv_stacks_bf16(config.get("conv_precision", "fp32"), precision,
+                                          self.device)
+        for module in self.wm.modules():
+            if isinstance(module, (MultiEncoder, MultiDecoder)):
+                module.conv_bf16 = self.conv_bf16
         self.ac = ActorCritic(self.wm.rssm.feat_dim, self.act_dim, self.discrete,
                               **config["actor_critic"]).to(self.device)
         self.opt = LaProp(self._param_groups(config["opt"]["lr"] * lr_scale), **config["opt"])

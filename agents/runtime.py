@@ -51,6 +51,21 @@ def describe_machine() -> dict[str, object]:
     }
 
 
+CONV_PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def conv_stacks_bf16(setting: str, precision: str, device: torch.device) -> bool:
+    """Whether the image encoder's and decoder's conv stacks run in bf16 on training
+    batches (config `conv_precision`): `bf16` where the update's precision is bf16 on a CPU
+    (there the world-model loss is otherwise fp32), `auto` the same on CPUs with native
+    bf16 only, `fp32` never. CUDA autocasts the whole update already."""
+    if setting not in CONV_PRECISIONS:
+        raise ValueError(f"conv_precision {setting!r} unknown; use {', '.join(CONV_PRECISIONS)}")
+    if precision != "bf16" or device.type != "cpu":
+        return False
+    return setting == "bf16" or (setting == "auto" and cpu_has_bf16())
+
+
 def select_device(device: str = "auto", precision: str = "auto") -> tuple[torch.device, str]:
     """CUDA when present, else CPU. Precision `auto`: bf16 autocast on CUDA and on CPUs with
     native bf16 (see `cpu_has_bf16`), else fp32. Asking for CUDA on a machine without it is

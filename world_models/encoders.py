@@ -10,6 +10,7 @@ learning rate; empty for encoders trained from scratch).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -26,6 +27,18 @@ IMAGE_KEY, VECTOR_KEY = "image", "vector"
 EMBED_KEY, EMBED_OK_KEY = "image_embed", "image_embed_ok"
 ENCODER_KINDS = "cnn, jepa:PATH/encoder.pt, hf:HUB_ID_OR_DIR"
 ENCODER_MODES = ("frozen", "finetune")
+# Frames in one call from which a conv stack with `conv_bf16` set runs in bf16: training
+# batches (B x T frames) do, acting (one frame per env) stays fp32.
+CONV_BF16_MIN_FRAMES = 64
+
+
+def conv_precision(on: bool, frames: int, device: torch.device):
+    """bf16 autocast around a CPU conv stack when `on` and the call holds at least
+    CONV_BF16_MIN_FRAMES frames (oneDNN's bf16 convs: half the bytes, bf16 FLOP rates where
+    the CPU has them); otherwise the caller's precision. CUDA updates autocast whole."""
+    if on and frames >= CONV_BF16_MIN_FRAMES and device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _check_image(shape: Sequence[int]) -> None:
@@ -54,6 +67,7 @@ class MultiEncoder(nn.Module):
         if not self.keys:
             raise ValueError(f"no encodable observation in {sorted(obs_shapes)}; need image/vector")
         self.use_symlog = symlog
+        self.conv_bf16 = False  # set by the agent (config `conv_precision`)
         self.out_dim = 0
         if IMAGE_KEY in obs_shapes:
             h, w, c = obs_shapes[IMAGE_KEY]
@@ -72,7 +86,9 @@ class MultiEncoder(nn.Module):
             lead = img.shape[:-3]
             x = img.reshape(-1, *img.shape[-3:]).permute(0, 3, 1, 2)
             x = x.to(self.cnn[0].weight.dtype) / 255.0 - 0.5
-            outs.append(self.cnn(x).reshape(*lead, -1))
+            with conv_precision(self.conv_bf16, x.shape[0], x.device):
+                x = self.cnn(x)
+            outs.append(x.float().reshape(*lead, -1))
         if VECTOR_KEY in self.keys:
             x = obs[VECTOR_KEY].float()
             outs.append(self.mlp(symlog(x) if self.use_symlog else x))
@@ -165,6 +181,7 @@ class MultiDecoder(nn.Module):
     ):
         super().__init__()
         self.keys = [k for k in (IMAGE_KEY, VECTOR_KEY) if k in obs_shapes]
+        self.conv_bf16 = False  # set by the agent (config `conv_precision`)
         if IMAGE_KEY in obs_shapes:
             h, w, c = obs_shapes[IMAGE_KEY]
             _check_image((h, w, c))
@@ -187,8 +204,10 @@ class MultiDecoder(nn.Module):
             # Channels-last, as the encoder's input already is: oneDNN's convs run NHWC and
             # the compiled graphs force it, so an NCHW start costs a layout copy per layer
             # (forward and backward); the last layer's output then permutes to HWC for free.
-            x = self.space_norm(x.contiguous(memory_format=torch.channels_last))
-            x = torch.sigmoid(self.deconv(x).float())
+            with conv_precision(self.conv_bf16, x.shape[0], x.device):
+                x = self.space_norm(x.contiguous(memory_format=torch.channels_last))
+                x = self.deconv(x)
+            x = torch.sigmoid(x.float())
             out[IMAGE_KEY] = x.permute(0, 2, 3, 1).reshape(*lead, *x.shape[2:], x.shape[1])
         if VECTOR_KEY in self.keys:
             out[VECTOR_KEY] = self.mlp(feat).float()  # symlog space

@@ -95,7 +95,9 @@ class ChannelRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = torch.rsqrt(x.float().pow(2).mean(1, keepdim=True) + self.eps).to(x.dtype)
-        return x * scale * self.weight[:, None, None]
+        # The weight in x's dtype: a bf16 conv stack stays bf16 (an fp32 weight would promote
+        # every map back to fp32); a no-op for fp32 maps.
+        return x * scale * self.weight[:, None, None].to(x.dtype)
 
 
 def phase_fold(kernel: int, zero_insert: bool) -> torch.Tensor:

@@ -51,9 +51,10 @@ class SaveError(RunError):
 
 # Keys a resumed run may change: they steer logging, evaluation, budget and speed, not what
 # the checkpoint holds. Any other difference from the run's config.yaml is refused.
-RESUMABLE = ("logdir", "device", "precision", "compile", "threads", "env.eval_envs",
-             "model.diag_every", "run.steps", "run.log_every", "run.save_every", "run.eval_every",
-             "run.eval_episodes", "run.eval_policy", "run.report_every", "run.video")
+RESUMABLE = ("logdir", "device", "precision", "conv_precision", "compile", "threads",
+             "env.eval_envs", "model.diag_every", "run.steps", "run.log_every",
+             "run.save_every", "run.eval_every", "run.eval_episodes", "run.eval_policy",
+             "run.report_every", "run.video")
 EVAL_POLICIES = ("sample", "mode")
 
 

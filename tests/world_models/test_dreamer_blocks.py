@@ -18,7 +18,7 @@ from world_models.dists import (
     symexp,
     symlog,
 )
-from world_models.encoders import MultiDecoder, MultiEncoder
+from world_models.encoders import CONV_BF16_MIN_FRAMES, MultiDecoder, MultiEncoder
 from world_models.nets import (
     BlockLinear,
     ChannelRMSNorm,
@@ -271,6 +271,48 @@ def test_channel_rmsnorm_matches_rmsnorm_over_channels():
     ref.weight.data.copy_(norm.weight.data)
     expect = ref(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     torch.testing.assert_close(norm(x), expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_conv_stacks_run_bf16_on_training_batches_only(strided):
+    # `conv_bf16` (the agent sets it from `conv_precision`): the convs of a training-size
+    # batch run in bf16, outputs and gradients stay fp32 and close to fp32's; an acting-size
+    # batch (a frame per env) is computed exactly as in fp32.
+    torch.manual_seed(0)
+    shapes, n = {"image": (16, 16, 3)}, CONV_BF16_MIN_FRAMES
+    enc = MultiEncoder(shapes, depth=4, mults=(2, 2), strided=strided)
+    dec = MultiDecoder(8, shapes, depth=4, mults=(2, 2), strided=strided)
+    frames = torch.randint(0, 256, (n, 16, 16, 3), dtype=torch.uint8)
+    feat = torch.randn(n, 8)
+    convs = [m for m in [*enc.modules(), *dec.modules()]
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    dtypes: list[torch.dtype] = []
+    for conv in convs:
+        conv.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+
+    def run(count: int):
+        enc.zero_grad(set_to_none=True)
+        dec.zero_grad(set_to_none=True)
+        emb, img = enc({"image": frames[:count]}), dec(feat[:count])["image"]
+        (emb.square().mean() + img.square().mean()).backward()
+        grads = torch.cat([p.grad.flatten() for p in [*enc.parameters(), *dec.parameters()]])
+        return emb, img, grads
+
+    ref = run(n)
+    small = run(4)
+    assert set(dtypes) == {torch.float32}
+    enc.conv_bf16 = dec.conv_bf16 = True
+    dtypes.clear()
+    out = run(n)
+    assert set(dtypes) == {torch.bfloat16} and len(dtypes) == len(convs)
+    for a, b in zip(out, ref):
+        assert a.dtype == torch.float32
+        assert (a - b).norm() / b.norm() < 2e-2  # bf16: 8 mantissa bits per rounding
+    assert torch.nn.functional.cosine_similarity(out[2], ref[2], dim=0) > 0.999
+    dtypes.clear()
+    for a, b in zip(run(4), small):
+        assert torch.equal(a, b)
+    assert set(dtypes) == {torch.float32}
 
 
 @pytest.mark.parametrize("strided", [False, True])
