@@ -37,6 +37,7 @@ not import under pandas 3.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -56,6 +57,9 @@ from benchmarks.suite import RunSpec, SuiteError, exit_with, is_finished, plan, 
 
 REPEAT = 2  # DMC's action repeat in the published protocol
 DEFAULT_ARMS = ("dreamerv3=dreamerv3", "jepa=jepa")
+# A published run keeps its metrics' final values (the log itself is large): each one's mean
+# over the last FINAL_ROWS log rows.
+FINAL_METRICS, FINAL_ROWS = "final_metrics.json", 5
 
 
 @dataclass
@@ -174,6 +178,8 @@ def publish_cells(cells: Sequence[Cell], dest: str | Path) -> list[Path]:
             condition = Path(spec.logdir).parents[1].name
             target = Path(dest) / cell.arm / condition / spec.task / f"seed_{spec.seed}"
             copy_run(spec.logdir, target, f"{cell.arm}/{cell.condition}")
+            (target / FINAL_METRICS).write_text(json.dumps(
+                {"rows": FINAL_ROWS, "metrics": final_metrics(spec.logdir)}, indent=1) + "\n")
             copied.append(target)
     return copied
 
@@ -238,7 +244,66 @@ def summarize(cells: Sequence[Cell], frames: int, reps: int = 2000) -> tuple[str
             [cols[0], cols[1], cols[2], cols[3]]) + " |")
     lines += ["", "seeds: runs with an eval / a train score at the budget (eval: the last "
               "evaluation, sampled actions; train: training episodes)."]
+    prediction = prediction_table(cells)
+    if prediction:
+        lines += ["", *prediction]
     return "\n".join(lines), result
+
+
+def is_done(run: Path) -> bool:
+    """Whether a run finished: its status.json (a study folder) or run.json (published)."""
+    if is_finished(run):
+        return True
+    info = Path(run) / "run.json"
+    return info.is_file() and bool(json.loads(info.read_text()).get("finished"))
+
+
+def final_metrics(run: Path, rows: int = FINAL_ROWS) -> dict[str, float]:
+    """Each logged metric's mean over the last `rows` log rows that hold it: a published
+    run's `final_metrics.json`, else its `metrics.jsonl` ({} when it has neither)."""
+    run = Path(run)
+    if (run / FINAL_METRICS).is_file():
+        return json.loads((run / FINAL_METRICS).read_text())["metrics"]
+    values: dict[str, list[float]] = {}
+    if (run / "metrics.jsonl").is_file():
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash
+                continue
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    values.setdefault(key, []).append(float(value))
+    return {k: float(np.mean(v[-rows:])) for k, v in sorted(values.items())}
+
+
+def prediction_table(cells: Sequence[Cell]) -> list[str]:
+    """The latent objective's k-step prediction error against copy-last (predict target
+    t + k with target t) at the end of each finished run, mean over runs; [] when no
+    finished run logs them (the reconstruction agent does not)."""
+    lines: list[str] = []
+    for cell in cells:
+        runs = [final_metrics(s.logdir) for s in cell.specs if is_done(s.logdir)]
+        runs = [m for m in runs if "jepa/pred_k1" in m]
+        if not runs:
+            continue
+        ks = [k for k in range(1, 100) if all(f"jepa/pred_k{k}" in m for m in runs)]
+        if not lines:
+            lines = ["Latent prediction at the end of training (finished runs; each run's "
+                     f"last {FINAL_ROWS} log rows): normalised error of the k-step prior "
+                     "prediction, and of copy-last (target t for target t + k), mean over "
+                     "runs; a prediction below copy-last has learnt what changes.", "",
+                     "| arm | condition | runs | " + " | ".join(
+                         f"k={k} pred, copy" for k in ks) + " |",
+                     "|---|---|---:|" + "---:|" * len(ks)]
+        cols = []
+        for k in ks:
+            pred = np.mean([m[f"jepa/pred_k{k}"] for m in runs])
+            copy = np.mean([m[f"jepa/copy_k{k}"] for m in runs])
+            cols.append(f"{pred:.3f}, {copy:.3f}")
+        lines.append(f"| {cell.arm} | {cell.condition} | {len(runs)} | " + " | ".join(cols)
+                     + " |")
+    return lines
 
 
 def plot(runs_by_cell: dict[str, list[Run]], frames: int, path: Path, bins: int = 20) -> Path:

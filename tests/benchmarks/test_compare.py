@@ -109,6 +109,10 @@ def test_publish_copies_finished_runs_and_the_folder_reports_alone(tmp_path, cap
             _write(spec.logdir, [{"cpu": "test"}], "machines.jsonl")
             (spec.logdir / "config.yaml").write_text(yaml.safe_dump(spec.config.to_dict()))
             (spec.logdir / "checkpoint.pt").write_bytes(b"big")
+            if cell.arm == "b":  # the latent objective logs its k-step errors
+                _write(spec.logdir, [{"step": i, "jepa/pred_k1": 0.1 * i, "jepa/copy_k1": 1.0,
+                                      "jepa/pred_k2": 0.2 * i, "jepa/copy_k2": 2.0}
+                                     for i in range(10)], "metrics.jsonl")
             # Seed 0 finished everywhere; seed 1 only in b/atari.
             done = spec.seed == 0 or (cell.arm, cell.condition) == ("b", "atari")
             (spec.logdir / "status.json").write_text(json.dumps(
@@ -123,7 +127,11 @@ def test_publish_copies_finished_runs_and_the_folder_reports_alone(tmp_path, cap
                       "b/clean/dmc_cartpole_balance/seed_0"]
     run = pub / "b" / "atari" / "dmc_cartpole_balance" / "seed_1"
     assert sorted(p.name for p in run.iterdir()) == [
-        "config.yaml", "eval_scores.jsonl", "machines.jsonl", "run.json", "scores.jsonl"]
+        "config.yaml", "eval_scores.jsonl", "final_metrics.json", "machines.jsonl", "run.json",
+        "scores.jsonl"]
+    # The metrics log stays behind; each metric's mean over its last 5 rows is kept.
+    kept = json.loads((run / "final_metrics.json").read_text())["metrics"]
+    assert kept["jepa/pred_k1"] == pytest.approx(0.7) and kept["step"] == 7
     info = json.loads((run / "run.json").read_text())
     assert (info["method"], info["seed"], info["updates"], info["finished"]) == (
         "b/atari", 1, 7, True)
@@ -136,6 +144,12 @@ def test_publish_copies_finished_runs_and_the_folder_reports_alone(tmp_path, cap
     assert "| b | atari | 2/2 | 410.0 [400.0, 420.0] | 1.00 [1.00, 1.00] |" in table
     assert table.index("| a | clean |") < table.index("| a | atari |") < table.index("| b |")
     assert (pub / "compare.md").read_text().strip() in table
+    # k-step prediction vs copy-last: finished runs of the arm that logs them (b), each
+    # run's last 5 rows (pred_k1 0.5..0.9 -> 0.7).
+    assert "| arm | condition | runs | k=1 pred, copy | k=2 pred, copy |" in table
+    assert "| b | clean | 1 | 0.700, 1.000 | 1.400, 2.000 |" in table
+    assert "| b | atari | 2 | 0.700, 1.000 | 1.400, 2.000 |" in table
+    assert "| a | clean | 1 | 0." not in table
     with gzip.open(pub / "scores.json.gz", "rt") as f:
         assert len(json.load(f)) == 5
 
