@@ -90,6 +90,8 @@ ROWS: dict[str, Row] = {
     # The peer's CNN is stride-2 convs; ours follows the official conv + max-pool (4x FLOPs).
     "peer-pixels-strided": Row("1m", True, PEER_SETS + STRIDED_SETS),
     "jepa-1m-pixels": Row("1m", True, agent="jepa"),
+    # The JEPA study's setting (issue 35): beside 1m-pixels-strided, equal size and CNN.
+    "jepa-1m-pixels-strided": Row("1m", True, STRIDED_SETS, agent="jepa"),
     "jepa-12m-pixels": Row("12m", True, agent="jepa"),
 }
 COLLECT = "collect"

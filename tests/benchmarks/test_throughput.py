@@ -1,6 +1,6 @@
 import pytest
 
-from benchmarks.throughput import BenchmarkArgError, main, parse_modes, parse_rows
+from benchmarks.throughput import ROWS, BenchmarkArgError, main, parse_modes, parse_rows
 
 
 def test_parse_rows_all_and_errors():
@@ -8,6 +8,10 @@ def test_parse_rows_all_and_errors():
     assert "jepa-1m-pixels" in rows and "1m-pixels" in rows and "peer-state" not in rows
     assert parse_rows("1m-state, collect") == ["1m-state", "collect"]
     assert parse_rows("all,peer-state")[-1] == "peer-state"
+    # The JEPA study's row differs from 1m-pixels-strided by the agent only.
+    study, recon = ROWS["jepa-1m-pixels-strided"], ROWS["1m-pixels-strided"]
+    assert (study.agent, recon.agent) == ("jepa", "dreamerv3")
+    assert (study.size, study.pixels, study.sets) == (recon.size, recon.pixels, recon.sets)
     with pytest.raises(BenchmarkArgError, match="unknown row.*allowed"):
         parse_rows("2m-state")
     assert parse_modes("fast") == ["fast"]
