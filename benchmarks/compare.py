@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -151,6 +152,9 @@ def discover_cells(folder: str | Path) -> list[Cell]:
     for scores in sorted(folder.glob("*/*/*/seed_*/scores.jsonl")):
         run = scores.parent
         arm, condition = run.parents[2].name, run.parents[1].name
+        if (run / "run.json").is_file():  # its method `<arm>/<condition>` keeps `video:DIR`
+            method = json.loads((run / "run.json").read_text()).get("method", "")
+            condition = method.split("/", 1)[1] if method.startswith(f"{arm}/") else condition
         config = yaml.safe_load((run / "config.yaml").read_text()) if (
             run / "config.yaml").is_file() else {}
         env = get_dotted(config or {}, "env.spec")
@@ -165,6 +169,15 @@ def discover_cells(folder: str | Path) -> list[Cell]:
         raise SuiteError(f"{folder}: holds no <arm>/<condition>/<task>/seed_<s>/scores.jsonl")
     order = sorted(found, key=lambda k: (k[0], k[1] != "clean", k[1]))
     return [Cell(arm, condition, found[(arm, condition)]) for arm, condition in order]
+
+
+def study_frames(cells: Sequence[Cell]) -> int:
+    """The frame budget the runs of `cells` were trained for (agent steps x action repeat)."""
+    budgets = {s.steps * REPEAT for c in cells for s in c.specs}
+    if len(budgets) != 1 or not all(budgets):
+        raise SuiteError(f"the runs were trained for different or unknown budgets "
+                         f"({sorted(budgets)} frames); pass --frames")
+    return budgets.pop()
 
 
 def publish_cells(cells: Sequence[Cell], dest: str | Path) -> list[Path]:
@@ -184,15 +197,16 @@ def publish_cells(cells: Sequence[Cell], dest: str | Path) -> list[Path]:
     return copied
 
 
-def final_scores(cell: Cell, frames: int, evals: bool,
-                 seeds: Sequence[int] | None = None) -> np.ndarray:
+def final_scores(cell: Cell, frames: int, evals: bool, seeds: Sequence[int] | None = None,
+                 tasks: Sequence[str] | None = None) -> np.ndarray:
     """Scores [seeds, tasks] of a cell at the budget (NaN where a run has none yet); rows
-    are `seeds` (default: the cell's own), so two cells' rows pair by seed."""
-    tasks = list(dict.fromkeys(s.task for s in cell.specs))
+    are `seeds` and columns `tasks` (default: the cell's own), so two cells pair by seed
+    and task name."""
+    tasks = list(dict.fromkeys(s.task for s in cell.specs)) if tasks is None else list(tasks)
     seeds = sorted({s.seed for s in cell.specs}) if seeds is None else list(seeds)
     out = np.full((len(seeds), len(tasks)), np.nan)
     for spec in cell.specs:
-        if spec.seed not in seeds:
+        if spec.seed not in seeds or spec.task not in tasks:
             continue
         try:
             run = read_run_dir(spec.logdir, spec.task, spec.seed, eval_scores=evals)
@@ -211,12 +225,15 @@ def summarize(cells: Sequence[Cell], frames: int, reps: int = 2000) -> tuple[str
              f"stratified-bootstrap interval]; `kept` = distracted / clean of the same arm.", "",
              "| arm | condition | seeds | eval return | kept (eval) | train return | "
              "kept (train) |", "|---|---|---:|---:|---:|---:|---:|"]
+    # Every cell over the same tasks: a cell without a run of some task has no score (a
+    # published study may hold one task's runs before another's).
+    tasks = list(dict.fromkeys(s.task for c in cells for s in c.specs))
     for cell in cells:
         clean = next((c for c in cells if c.arm == cell.arm and c.condition == "clean"), None)
         row: dict = {}
         cols = []
         for kind, evals in (("eval", True), ("train", False)):
-            scores = final_scores(cell, frames, evals)
+            scores = final_scores(cell, frames, evals, tasks=tasks)
             done = int(np.isfinite(scores).all(axis=1).sum())
             row[f"{kind}_seeds"] = done
             if done == 0:
@@ -229,8 +246,8 @@ def summarize(cells: Sequence[Cell], frames: int, reps: int = 2000) -> tuple[str
                 cols.append("-")
                 continue
             paired = sorted({s.seed for s in clean.specs} | {s.seed for s in cell.specs})
-            base = final_scores(clean, frames, evals, paired)
-            distracted = final_scores(cell, frames, evals, paired)
+            base = final_scores(clean, frames, evals, paired, tasks)
+            distracted = final_scores(cell, frames, evals, paired, tasks)
             both = np.isfinite(base).all(axis=1) & np.isfinite(distracted).all(axis=1)
             if not both.any():
                 cols.append("-")
@@ -281,23 +298,27 @@ def prediction_table(cells: Sequence[Cell]) -> list[str]:
     """The latent objective's k-step prediction error against copy-last (predict target
     t + k with target t) at the end of each finished run, mean over runs; [] when no
     finished run logs them (the reconstruction agent does not)."""
-    lines: list[str] = []
+    by_cell = []
     for cell in cells:
         runs = [final_metrics(s.logdir) for s in cell.specs if is_done(s.logdir)]
         runs = [m for m in runs if "jepa/pred_k1" in m]
-        if not runs:
-            continue
-        ks = [k for k in range(1, 100) if all(f"jepa/pred_k{k}" in m for m in runs)]
-        if not lines:
-            lines = ["Latent prediction at the end of training (finished runs; each run's "
-                     f"last {FINAL_ROWS} log rows): normalised error of the k-step prior "
-                     "prediction, and of copy-last (target t for target t + k), mean over "
-                     "runs; a prediction below copy-last has learnt what changes.", "",
-                     "| arm | condition | runs | " + " | ".join(
-                         f"k={k} pred, copy" for k in ks) + " |",
-                     "|---|---|---:|" + "---:|" * len(ks)]
+        if runs:
+            by_cell.append((cell, runs))
+    if not by_cell:
+        return []
+    ks = [k for k in range(1, 100) if any(f"jepa/pred_k{k}" in m for _, r in by_cell for m in r)]
+    lines = ["Latent prediction at the end of training (finished runs; each run's last "
+             f"{FINAL_ROWS} log rows): normalised error of the k-step prior prediction, and of "
+             "copy-last (target t for target t + k), mean over runs; a prediction below "
+             "copy-last has learnt what changes.", "",
+             "| arm | condition | runs | " + " | ".join(f"k={k} pred, copy" for k in ks) + " |",
+             "|---|---|---:|" + "---:|" * len(ks)]
+    for cell, runs in by_cell:
         cols = []
-        for k in ks:
+        for k in ks:  # `-` where a run's horizon stops short of k
+            if not all(f"jepa/pred_k{k}" in m for m in runs):
+                cols.append("-")
+                continue
             pred = np.mean([m[f"jepa/pred_k{k}"] for m in runs])
             copy = np.mean([m[f"jepa/copy_k{k}"] for m in runs])
             cols.append(f"{pred:.3f}, {copy:.3f}")
@@ -372,10 +393,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="env spec (repeatable; tasks are the bootstrap's strata)")
     parser.add_argument("--arm", action="append", default=[], dest="arms",
                         help="NAME=AGENT[,KEY=VALUE,...] (repeatable; default dreamerv3, jepa)")
-    parser.add_argument("--conditions", default="clean,atari",
+    parser.add_argument("--conditions", default=None,
                         help="comma-separated: clean or distractor values (default clean,atari)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per cell: 0..N-1")
-    parser.add_argument("--frames", type=int, default=100_000, help="env frames per run")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell: 0..N-1 "
+                        "(default 3)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="env frames per run (default 100000; for a study folder, the "
+                             "budget its runs were trained for)")
     parser.add_argument("--size", default=None, help="model size preset (default: domain's)")
     parser.add_argument("--out", default=None, help="output folder (default runs/compare)")
     add_set_arg(parser, "config override of every run (repeatable)")
@@ -388,22 +412,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_ray_args(parser, unit="run")
     args = parser.parse_args(argv)
     if args.folder is not None:
-        if not args.report_only or args.envs or args.publish:
-            parser.error("a study folder is read with --report-only alone (no --env, "
-                         "--publish); to train, give --env and --out")
+        given = [flag for flag, value in (
+            ("--env", args.envs), ("--arm", args.arms), ("--conditions", args.conditions),
+            ("--seeds", args.seeds), ("--size", args.size), ("--out", args.out),
+            ("--set", args.sets), ("--publish", args.publish)) if value]
+        if not args.report_only or given:
+            parser.error(f"a study folder is read with --report-only and --frames only (got "
+                         f"{', '.join(given) or 'no --report-only'}); to train, give --env "
+                         "and --out")
         try:
             cells = discover_cells(args.folder)
-        except (SuiteError, OSError, yaml.YAMLError) as exc:
+            frames = args.frames or study_frames(cells)
+        except (SuiteError, OSError, ValueError) as exc:  # yaml/json errors are ValueErrors
             parser.error(str(exc))
-        print(report(cells, args.frames, Path(args.folder), plots=not args.no_plots))
+        print(report(cells, frames, Path(args.folder), plots=not args.no_plots))
         return
     if not args.envs:
         parser.error("--env is required (or, with --report-only, a study folder)")
     out = Path(args.out or "runs/compare")
+    frames = args.frames or 100_000
     try:
         arms = [parse_arm(a) for a in (args.arms or DEFAULT_ARMS)]
-        conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
-        cells = plan_comparison(args.envs, arms, conditions, args.seeds, args.frames,
+        conditions = [c.strip() for c in (args.conditions or "clean,atari").split(",")
+                      if c.strip()]
+        cells = plan_comparison(args.envs, arms, conditions, args.seeds or 3, frames,
                                 out.resolve(), args.size, args.sets)
     except SuiteError as exc:
         parser.error(str(exc))
@@ -414,14 +446,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                             args.gpus_per_run)
         failed = sorted(k for k, v in outcome.items() if v.startswith("FAILED"))
     out.mkdir(parents=True, exist_ok=True)
-    print(report(cells, args.frames, out, plots=not args.no_plots))
+    print(report(cells, frames, out, plots=not args.no_plots))
     print(f"wrote {out / 'compare.md'}" + ("" if args.no_plots else f", {out / 'compare.png'}"))
     if args.publish:
-        copied = publish_cells(cells, args.publish)
+        try:
+            copied = publish_cells(cells, args.publish)
+            if copied:
+                report(discover_cells(args.publish), frames, Path(args.publish),
+                       plots=not args.no_plots)
+        except (SuiteError, ScoreFileError, OSError, ValueError) as exc:
+            print(f"error: publishing to {args.publish} failed: {exc}", file=sys.stderr)
+            exit_with(1)
         print(f"published {len(copied)} finished runs to {args.publish}")
-        if copied:
-            report(discover_cells(args.publish), args.frames, Path(args.publish),
-                   plots=not args.no_plots)
     exit_with(1 if failed else 0)
 
 

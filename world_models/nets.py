@@ -94,10 +94,12 @@ class ChannelRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = torch.rsqrt(x.float().pow(2).mean(1, keepdim=True) + self.eps).to(x.dtype)
-        # The weight in x's dtype: a bf16 conv stack stays bf16 (an fp32 weight would promote
-        # every map back to fp32); a no-op for fp32 maps.
-        return x * scale * self.weight[:, None, None].to(x.dtype)
+        # Computed in fp32, returned in x's dtype: a bf16 conv stack's maps stay bf16 between
+        # layers (half the bytes), the norm and its weight's gradient keep fp32 precision.
+        # fp32 maps: the same arithmetic as ever. (Under CUDA's whole-update autocast the
+        # output is now bf16 too, where the fp32 weight used to promote it.)
+        scale = torch.rsqrt(x.float().pow(2).mean(1, keepdim=True) + self.eps)
+        return (x.float() * scale * self.weight[:, None, None]).to(x.dtype)
 
 
 def phase_fold(kernel: int, zero_insert: bool) -> torch.Tensor:

@@ -159,8 +159,20 @@ def test_bf16_conv_stacks_in_the_pixel_update(same_random, compiled):
     first, second = pixel_batch(0), pixel_batch(1)
     data = {k: torch.cat([first[k], second[k]]) for k in first}
     assert data["image"].shape[:2].numel() == CONV_BF16_MIN_FRAMES
+    convs_fp32 = make(precision="bf16", compile=compiled, like=eager, pixels=True, sets=sets)
     loss_e, terms_e, grads_e = loss_and_grads(eager, data)
     loss_f, terms_f, grads_f = loss_and_grads(fast, data)
+    # The setting is what moves the encoder's gradient: with fp32 convs it is fp32's (bf16
+    # is only in the imagination there, which starts from detached states), with bf16 convs
+    # it moves by far more than fp32 noise.
+    _, terms_c, grads_c = loss_and_grads(convs_fp32, data)
+    assert terms_c["rec_image"] == pytest.approx(terms_e["rec_image"], rel=1e-5)
+
+    def moved(grads):
+        g, ref = grad_groups(grads)["wm.encoder"], grad_groups(grads_e)["wm.encoder"]
+        return float((g - ref).norm() / ref.norm())
+
+    assert moved(grads_c) < 1e-4 and moved(grads_f) > 1e-2, (moved(grads_c), moved(grads_f))
     assert terms_f["rec_image"] == pytest.approx(terms_e["rec_image"], rel=2e-2)
     assert loss_f == pytest.approx(loss_e, rel=0.05, abs=1e-2)
     groups_f = grad_groups(grads_f)

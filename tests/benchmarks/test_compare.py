@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import yaml
 
-from benchmarks.compare import main, mean_score, parse_arm, plan_comparison, stratified_bootstrap
+from benchmarks.compare import (
+    main,
+    mean_score,
+    parse_arm,
+    plan_comparison,
+    prediction_table,
+    stratified_bootstrap,
+)
 from benchmarks.suite import SuiteError
 
 ENV = "dmc:cartpole-balance-pixels"
@@ -135,9 +142,10 @@ def test_publish_copies_finished_runs_and_the_folder_reports_alone(tmp_path, cap
     info = json.loads((run / "run.json").read_text())
     assert (info["method"], info["seed"], info["updates"], info["finished"]) == (
         "b/atari", 1, 7, True)
-    # The published folder alone rebuilds the table: only the copied runs count.
+    # The published folder alone rebuilds the table: only the copied runs count, at the
+    # budget the runs were trained for (500 steps x repeat 2) unless --frames says otherwise.
     (pub / "compare.md").unlink()
-    main([str(pub), "--report-only", "--frames", "1000", "--no-plots"])
+    main([str(pub), "--report-only", "--no-plots"])
     table = capsys.readouterr().out
     assert "| a | clean | 1/1 | 200.0 [200.0, 200.0] | - | 100.0 [100.0, 100.0] | - |" in table
     # kept pairs runs by seed: only seed 0 has both, 400 / 400 (not 410 / 400).
@@ -156,8 +164,9 @@ def test_publish_copies_finished_runs_and_the_folder_reports_alone(tmp_path, cap
 
 def test_study_folder_bad_forms(tmp_path, capsys):
     for argv, message in (
-            ([str(tmp_path)], "with --report-only alone"),
-            ([str(tmp_path), "--report-only", "--env", ENV], "with --report-only alone"),
+            ([str(tmp_path)], "with --report-only and --frames only (got no --report-only)"),
+            ([str(tmp_path), "--report-only", "--env", ENV, "--seeds", "2"],
+             "with --report-only and --frames only (got --env, --seeds)"),
             ([str(tmp_path), "--report-only"], "holds no <arm>/<condition>/<task>/seed_<s>"),
             (["--report-only"], "--env is required")):
         with pytest.raises(SystemExit) as exit_:
@@ -165,3 +174,41 @@ def test_study_folder_bad_forms(tmp_path, capsys):
         assert exit_.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert message in err
+
+
+def test_a_study_folder_with_a_task_missing_from_one_cell(tmp_path, capsys):
+    # Published runs arrive cell by cell: clean holds two tasks, atari only the second one.
+    # Cells line up by task name; a cell without some task's run has no mean over tasks.
+    # A `video:DIR` condition keeps its name (from run.json), not its folder's.
+    envs = ["dmc:cartpole-balance-pixels", "dmc:walker-walk-pixels"]
+    cells = plan_comparison(envs, [parse_arm("a=jepa")], ["clean", "video:/data/clips"], 1,
+                            1000, tmp_path)
+    for cell in cells:
+        for spec in cell.specs:
+            if cell.condition != "clean" and spec.task == "dmc_cartpole_balance":
+                continue
+            y = {"dmc_cartpole_balance": 100.0, "dmc_walker_walk": 300.0}[spec.task]
+            _write(spec.logdir, [{"frames": 1000, "return": y}], "scores.jsonl")
+            (spec.logdir / "config.yaml").write_text(yaml.safe_dump(spec.config.to_dict()))
+            (spec.logdir / "run.json").write_text(json.dumps({"method": f"a/{cell.condition}"}))
+    main([str(tmp_path), "--report-only", "--no-plots"])
+    table = capsys.readouterr().out
+    assert "| a | clean | 0/1 | - | - | 200.0 [200.0, 200.0] | - |" in table
+    assert "| a | video:/data/clips | 0/0 | - | - | - | - |" in table
+
+
+def test_prediction_table_columns_cover_every_horizon(tmp_path):
+    # Arm a predicts 3 steps ahead, arm b 2: one header for k = 1..3, `-` where b stops.
+    cells = plan_comparison([ENV], [parse_arm("a=jepa"), parse_arm("b=jepa")], ["clean"], 1,
+                            1000, tmp_path)
+    for cell in cells:
+        spec = cell.specs[0]
+        horizon = 3 if cell.arm == "a" else 2
+        _write(spec.logdir, [{**{f"jepa/pred_k{k}": 0.5 for k in range(1, horizon + 1)},
+                              **{f"jepa/copy_k{k}": 1.0 for k in range(1, horizon + 1)}}],
+               "metrics.jsonl")
+        (spec.logdir / "status.json").write_text(json.dumps({"finished": True}))
+    lines = prediction_table(cells)
+    assert "| arm | condition | runs | k=1 pred, copy | k=2 pred, copy | k=3 pred, copy |" in lines
+    assert "| a | clean | 1 | 0.500, 1.000 | 0.500, 1.000 | 0.500, 1.000 |" in lines
+    assert "| b | clean | 1 | 0.500, 1.000 | 0.500, 1.000 | - |" in lines
