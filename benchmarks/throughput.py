@@ -8,12 +8,13 @@ collecting with the policy.
 
 Updates use synthetic [16, 64] batches (uint8 images, float vectors), so no replay is
 involved. Each model row prints one line per mode: `eager` (fp32, no compile) and `fast`
-(the run default: `compile=auto`, `precision=auto`). Columns: GFLOP per update (matmuls and
-convs of the forward and backward, counted by torch's FlopCounterMode on the eager fp32
-update), the first update's seconds (the compile warm-up on the fast path), the steady
-seconds per update, the achieved GFLOP/s, and that as a share of this machine's matmul peak
-measured at the start of the same run (a 2048^3 matmul, fp32 and bf16): how close an update
-is to the physical limit.
+(the run default: `compile=auto`, `precision=auto`); `fast-convbf16` is the fast path with
+`conv_precision=bf16` (bf16 conv stacks, where the fast path runs bf16). Columns: GFLOP per
+update (matmuls and convs of the forward and backward, counted by torch's FlopCounterMode on
+the eager fp32 update), the first update's seconds (the compile warm-up on the fast path),
+the steady seconds per update, the achieved GFLOP/s, and that as a share of this machine's
+matmul peak measured at the start of the same run (a 2048^3 matmul, fp32 and bf16): how
+close an update is to the physical limit.
 
 Rows: the 1m and 12m presets with state (24-d vector, 6-d continuous action,
 walker-like) or 64x64x3 pixels, and the model size of the peer implementation
@@ -97,7 +98,9 @@ ROWS: dict[str, Row] = {
 COLLECT = "collect"
 # The CPU flags oneDNN and inductor pick their kernels by (fp32 FMA width, bf16, AMX).
 KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
-MODES = ("eager", "fast")
+# `fast-convbf16`: the fast path with `conv_precision=bf16` (the conv stacks in bf16 where
+# the fast path's precision is bf16; elsewhere it is `fast`), to weigh it in one run.
+MODES = ("eager", "fast", "fast-convbf16")
 DEFAULT_ROWS = ("1m-state", "1m-pixels", "12m-state", "12m-pixels", "peer-pixels",
                 "peer-pixels-strided", "jepa-1m-pixels", "jepa-12m-pixels", COLLECT)
 
@@ -225,12 +228,17 @@ def update_gflop(agent: DreamerV3Agent, batch: dict[str, torch.Tensor]) -> float
     return counter.get_total_flops() / 1e9
 
 
+def mode_sets(mode: str, sets: Sequence[str]) -> list[str]:
+    """The config overrides of a mode: `fast-convbf16` adds conv_precision=bf16."""
+    return [*sets, "conv_precision=bf16"] if mode == "fast-convbf16" else list(sets)
+
+
 def bench_row(name: str, args: argparse.Namespace, device: torch.device, mode: str,
               precision: str, compile: bool) -> dict[str, object]:
     row = ROWS[name]
     if mode == "eager":
         precision, compile = "fp32", False
-    agent = build_agent(row, device, precision, args.set, compile)
+    agent = build_agent(row, device, precision, mode_sets(mode, args.set), compile)
     batch = synthetic_batch(row.pixels, args.batch, args.length)
     first_s = timed(lambda: agent.train(batch), 1, 0, device)
     update_s = timed(lambda: agent.train(batch), args.updates, args.warmup, device)
@@ -238,7 +246,7 @@ def bench_row(name: str, args: argparse.Namespace, device: torch.device, mode: s
     obs = one_obs(row.pixels, 1, False)
     policy_s = timed(lambda: agent.policy(obs, carry), args.policy_calls, 3, device)
     return {"row": name, "agent": row.agent, "size": row.size, "mode": mode,
-            "precision": precision, "compiled": compile,
+            "precision": precision, "compiled": compile, "conv_bf16": agent.conv_bf16,
             "obs": "pixels" if row.pixels else "state",
             "wm": count(agent.wm), "ac": count(agent.ac), "first_s": first_s,
             "update_s": update_s, "policy_ms": policy_s * 1000}
@@ -276,7 +284,7 @@ def bench_parts(name: str, args: argparse.Namespace, device: torch.device, mode:
     row = ROWS[name]
     if mode == "eager":
         precision, compile = "fp32", False
-    agent = build_agent(row, device, precision, args.set, compile)
+    agent = build_agent(row, device, precision, mode_sets(mode, args.set), compile)
     batch = synthetic_batch(True, args.batch, args.length)
     results = []
     for part, (fn, params) in image_parts(agent, batch).items():
@@ -294,7 +302,8 @@ def bench_parts(name: str, args: argparse.Namespace, device: torch.device, mode:
         first_s = timed(step, 1, 0, device)
         seconds = timed(step, args.updates, args.warmup, device)
         results.append({"row": name, "part": part, "mode": mode, "precision": precision,
-                        "compiled": compile, "gflop": counter.get_total_flops() / 1e9,
+                        "compiled": compile, "conv_bf16": agent.conv_bf16,
+                        "gflop": counter.get_total_flops() / 1e9,
                         "first_s": first_s, "update_s": seconds})
     return results
 
@@ -343,7 +352,8 @@ def table_row(r: dict[str, object], peaks: dict[str, float]) -> str:
 def mode_label(r: dict[str, object]) -> str:
     if r["mode"] == "eager":
         return "eager"
-    return f"fast ({r['precision']}{', compiled' if r['compiled'] else ''})"
+    return (f"fast ({r['precision']}{', compiled' if r['compiled'] else ''}"
+            f"{', bf16 convs' if r.get('conv_bf16') else ''})")
 
 
 def timing_cells(r: dict[str, object], peaks: dict[str, float]) -> str:
