@@ -42,13 +42,18 @@ def test_no_import_runs_upward(package):
 def test_the_agent_core_imports_neither_application():
     """agents/ is the algorithm core; agents/run (the training application) and
     agents/pretrain (encoder pretraining) build on it, never the other way round."""
+    def within(module: str, package: str) -> bool:  # agents.runtime is not agents.run
+        return module == package or module.startswith(package + ".")
+
     apps = ("agents.run", "agents.pretrain")
     wrong = [f"{path.relative_to(ROOT)}:{line} imports {module}"
              for path in sorted((ROOT / "agents").glob("*.py"))
-             for line, module in _imports(path) if module.startswith(apps)]
+             for line, module in _imports(path) if any(within(module, a) for a in apps)]
     wrong += [f"{path.relative_to(ROOT)}:{line} imports {module}"
               for path in sorted((ROOT / "agents" / "run").rglob("*.py"))
-              for line, module in _imports(path) if module.startswith("agents.pretrain")]
+              for line, module in _imports(path) if within(module, "agents.pretrain")]
+    # The rule itself: a module of the core named like an application is not one.
+    assert not within("agents.runtime", "agents.run") and within("agents.run.train", "agents.run")
     assert not wrong, "; ".join(wrong)
 
 
