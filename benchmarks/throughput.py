@@ -8,8 +8,9 @@ collecting with the policy.
 
 Updates use synthetic [16, 64] batches (uint8 images, float vectors), so no replay is
 involved. Each model row prints one line per mode: `eager` (fp32, no compile) and `fast`
-(the run default: `compile=auto`, `precision=auto`); `fast-convbf16` is the fast path with
-`conv_precision=bf16` (bf16 conv stacks, where the fast path runs bf16). Columns: GFLOP per
+(the run default: `compile=auto`, `precision=auto`, `conv_precision=auto`);
+`fast-convfp32` / `fast-convbf16` are the fast path with `conv_precision=fp32` / `bf16`
+(fp32 / bf16 conv stacks, where the fast path runs bf16). Columns: GFLOP per
 update (matmuls and convs of the forward and backward, counted by torch's FlopCounterMode on
 the eager fp32 update), the first update's seconds (the compile warm-up on the fast path),
 the steady seconds per update, the achieved GFLOP/s, and that as a share of this machine's
@@ -98,9 +99,11 @@ ROWS: dict[str, Row] = {
 COLLECT = "collect"
 # The CPU flags oneDNN and inductor pick their kernels by (fp32 FMA width, bf16, AMX).
 KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
-# `fast-convbf16`: the fast path with `conv_precision=bf16` (the conv stacks in bf16 where
-# the fast path's precision is bf16; elsewhere it is `fast`), to weigh it in one run.
-MODES = ("eager", "fast", "fast-convbf16")
+# `fast-convfp32` / `fast-convbf16`: the fast path with `conv_precision=fp32` / `bf16` (the
+# conv stacks in fp32 / bf16 where the fast path's precision is bf16; elsewhere both are
+# `fast`), to weigh the two in one run; `fast` has the default (`auto`).
+MODES = ("eager", "fast", "fast-convfp32", "fast-convbf16")
+CONV_MODES = {"fast-convfp32": "conv_precision=fp32", "fast-convbf16": "conv_precision=bf16"}
 DEFAULT_ROWS = ("1m-state", "1m-pixels", "12m-state", "12m-pixels", "peer-pixels",
                 "peer-pixels-strided", "jepa-1m-pixels", "jepa-12m-pixels", COLLECT)
 
@@ -229,8 +232,8 @@ def update_gflop(agent: DreamerV3Agent, batch: dict[str, torch.Tensor]) -> float
 
 
 def mode_sets(mode: str, sets: Sequence[str]) -> list[str]:
-    """The config overrides of a mode: `fast-convbf16` adds conv_precision=bf16."""
-    return [*sets, "conv_precision=bf16"] if mode == "fast-convbf16" else list(sets)
+    """The config overrides of a mode: `fast-conv*` adds its conv_precision."""
+    return [*sets, CONV_MODES[mode]] if mode in CONV_MODES else list(sets)
 
 
 def bench_row(name: str, args: argparse.Namespace, device: torch.device, mode: str,
@@ -389,8 +392,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--rows", default="all",
                         help=f"all or comma-separated: {', '.join([*ROWS, COLLECT])}")
     parser.add_argument("--modes", default="eager,fast",
-                        help="eager (fp32, no compile) and/or fast (compile and precision "
-                        "auto, the run default)")
+                        help="comma-separated: eager (fp32, no compile), fast (compile and "
+                        "precision auto, the run default), fast-convfp32, fast-convbf16 (fast "
+                        "with conv_precision fp32 / bf16)")
     parser.add_argument("--updates", type=int, default=3, help="timed updates per row")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed updates after the first (which is timed on its own)")

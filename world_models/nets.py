@@ -145,9 +145,10 @@ class ZeroInsertConvTranspose2d(nn.ConvTranspose2d):
     is that conv with the kernel flipped; with padding 1 it yields 2H + 1 rows, and the
     conv on the zero-inserted grid keeps the first 2H. `sub_pixel = True` runs it in the
     sub-pixel form instead (`sub_pixel_conv`: 36 multiplies per input pixel and channel
-    pair where the transposed conv needs 25, as a plain conv). Off by default: on a 2-core
+    pair where the transposed conv needs 25, as a plain conv). Off in fp32: on a 2-core
     AVX2 CPU it made whole compiled updates 6% slower at size 1m and 23% at the peer's
-    widths (`benchmarks.decoder_forms` times both forms)."""
+    widths (`benchmarks.decoder_forms` times both forms). On with bf16 conv stacks (the
+    decoder's `conv_bf16` turns it on), where oneDNN's bf16 transposed conv is slow."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 5):
         super().__init__(cin, cout, kernel, stride=2, padding=(kernel - 3) // 2)

@@ -159,7 +159,8 @@ def test_bf16_conv_stacks_in_the_pixel_update(same_random, compiled):
     first, second = pixel_batch(0), pixel_batch(1)
     data = {k: torch.cat([first[k], second[k]]) for k in first}
     assert data["image"].shape[:2].numel() == CONV_BF16_MIN_FRAMES
-    convs_fp32 = make(precision="bf16", compile=compiled, like=eager, pixels=True, sets=sets)
+    convs_fp32 = make(precision="bf16", compile=compiled, like=eager, pixels=True,
+                      sets=(*sets, "conv_precision=fp32"))
     loss_e, terms_e, grads_e = loss_and_grads(eager, data)
     loss_f, terms_f, grads_f = loss_and_grads(fast, data)
     # The setting is what moves the encoder's gradient: with fp32 convs it is fp32's (bf16
@@ -184,10 +185,12 @@ def test_bf16_conv_stacks_in_the_pixel_update(same_random, compiled):
 
 
 def test_conv_precision_setting():
-    # fp32 by default; auto is bf16 only on a CPU with native bf16; any of them is fp32
-    # when the update's precision is.
+    # auto by default: bf16 only on a CPU with native bf16; any of them is fp32 when the
+    # update's precision is.
     cpu = torch.device("cpu")
-    assert not make(precision="bf16").conv_bf16
+    assert make(precision="bf16").conv_bf16 == cpu_has_bf16()
+    assert not make(precision="bf16", sets=("conv_precision=fp32",)).conv_bf16
+    assert not make(precision="fp32", sets=("conv_precision=bf16",)).conv_bf16
     assert conv_stacks_bf16("auto", "bf16", cpu) == cpu_has_bf16()
     assert conv_stacks_bf16("bf16", "bf16", cpu)
     assert not conv_stacks_bf16("bf16", "fp32", cpu)

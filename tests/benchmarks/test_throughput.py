@@ -15,7 +15,8 @@ def test_parse_rows_all_and_errors():
     with pytest.raises(BenchmarkArgError, match="unknown row.*allowed"):
         parse_rows("2m-state")
     assert parse_modes("fast") == ["fast"]
-    with pytest.raises(BenchmarkArgError, match="allowed.*eager, fast, fast-convbf16"):
+    with pytest.raises(BenchmarkArgError,
+                       match="allowed.*eager, fast, fast-convfp32, fast-convbf16"):
         parse_modes("eager,slow")
 
 
@@ -74,18 +75,22 @@ def test_set_overrides_every_row_and_bad_keys_are_refused(capsys):
 
 
 def test_the_bf16_conv_mode_sets_conv_precision():
-    # `fast-convbf16` is the fast path with conv_precision=bf16: bf16 conv stacks where the
-    # fast path runs bf16, labelled so in the table.
+    # `fast-convbf16` / `fast-convfp32` are the fast path with conv_precision=bf16 / fp32
+    # (`fast` has the default, auto): bf16 conv stacks where the fast path runs bf16,
+    # labelled so in the table.
     import torch
 
+    from agents.runtime import cpu_has_bf16
     from benchmarks.throughput import build_agent, mode_label, mode_sets
 
     assert mode_sets("fast-convbf16", ["a=1"]) == ["a=1", "conv_precision=bf16"]
+    assert mode_sets("fast-convfp32", ["a=1"]) == ["a=1", "conv_precision=fp32"]
     assert mode_sets("fast", ["a=1"]) == ["a=1"]
     cpu = torch.device("cpu")
     row = ROWS["jepa-1m-pixels-strided"]
     assert build_agent(row, cpu, "bf16", mode_sets("fast-convbf16", [])).conv_bf16
-    assert not build_agent(row, cpu, "bf16", mode_sets("fast", [])).conv_bf16
+    assert not build_agent(row, cpu, "bf16", mode_sets("fast-convfp32", [])).conv_bf16
+    assert build_agent(row, cpu, "bf16", mode_sets("fast", [])).conv_bf16 == cpu_has_bf16()
     assert not build_agent(row, cpu, "fp32", mode_sets("fast-convbf16", [])).conv_bf16
     label = {"mode": "fast-convbf16", "precision": "bf16", "compiled": True, "conv_bf16": True}
     assert mode_label(label) == "fast (bf16, compiled, bf16 convs)"
