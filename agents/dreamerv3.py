@@ -76,9 +76,9 @@ class DreamerV3Agent(Agent):
             mcfg["reward_head"], mcfg["cont_head"], scales, objective=mcfg["objective"],
             settings=settings if objective.SECTION else None, discrete=self.discrete,
             diag_every=mcfg["diag_every"]).to(self.device)
-        # The conv stacks (encoder, decoder, the JEPA target and probe copies) over a
-        # training batch's frames, in bf16 where `conv_precision` asks for it.
-        self.conv_bf16 = conv_stacks_bf16(config.get("conv_precision", "fp32"), precision,
+        # The conv stacks (encoder, decoder, the JEPA target encoder's copy and probe
+        # decoder) over a training batch's frames, in bf16 where `conv_precision` asks.
+        self.conv_bf16 = conv_stacks_bf16(config.get("conv_precision", "auto"), precision,
                                           self.device)
         for module in self.wm.modules():
             if isinstance(module, (MultiEncoder, MultiDecoder)):

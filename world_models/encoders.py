@@ -219,9 +219,10 @@ class MultiDecoder(nn.Module):
 
     @conv_bf16.setter
     def conv_bf16(self, on: bool) -> None:
-        # bf16 transposed convs are a slow oneDNN path (the 1m strided decoder's fwd + bwd
-        # 0.33 -> 0.52 s on an AVX512-BF16 EPYC), their sub-pixel form in bf16 a fast one
-        # (0.45 -> 0.23 s; peer widths 2.62 -> 1.59 s): the strided layers switch with it.
+        # bf16 transposed convs are a slow oneDNN path, their sub-pixel form in bf16 a fast
+        # one: the 1m strided decoder's fwd + bwd took 0.33 s in fp32, 0.52 s as bf16
+        # transposed convs and 0.20 s as bf16 sub-pixel convs on an AVX512-BF16 EPYC (peer
+        # widths 2.46 -> 1.58 s; docs/results.md): the strided layers switch with it.
         self._conv_bf16 = bool(on)
         for layer in self.modules():
             if isinstance(layer, ZeroInsertConvTranspose2d):
