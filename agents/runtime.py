@@ -1,10 +1,13 @@
-"""Process set-up shared by every entry point: device and precision, threads, seeds."""
+"""Process set-up shared by every entry point: device and precision, threads, seeds, the
+C allocator."""
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -98,6 +101,33 @@ def set_threads(threads: int = 0) -> int:
     n = int(threads) or len(os.sched_getaffinity(0))
     torch.set_num_threads(n)
     return n
+
+
+MALLOC_SETTINGS = ("keep", "system")
+# glibc's mallopt parameters (malloc.h) and the values `keep` sets.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_KEEP = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 256 << 20))
+
+
+def set_malloc(setting: str = "keep") -> bool:
+    """Config `malloc`. `keep`: glibc's malloc keeps freed memory for the next update instead
+    of handing it back to the kernel. With its defaults, every update's tensors above the
+    (adaptive) mmap threshold are fresh mmaps and the heap top is trimmed after them, so each
+    update faults its working set in again: ~40k page faults and 0.074 s of kernel time per
+    update in a 1m-state run at ratio 512 on one thread (0.566 s per update; 0.48-0.54 s with
+    `keep`, the same run restarted on the same core; README "The fast path").
+    `keep` serves blocks up to 32 MiB (glibc's largest mmap threshold) from the heap and
+    trims it only above 1 GiB free; the process keeps its peak memory. `system`: glibc's
+    defaults. Returns whether the settings were applied (glibc only; elsewhere a no-op)."""
+    if setting not in MALLOC_SETTINGS:
+        raise ValueError(f"malloc {setting!r} unknown; use {', '.join(MALLOC_SETTINGS)}")
+    if setting == "system" or not sys.platform.startswith("linux"):
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None:  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in _KEEP)
 
 
 def seed_everything(seed: int) -> None:

@@ -4,7 +4,7 @@ collecting with the policy.
 
     python -m benchmarks.throughput [--rows all|1m-state,12m-pixels,peer-state,...,collect]
         [--modes eager,fast] [--updates 3] [--device auto|cpu|cuda] [--threads 0]
-        [--parts] [--set KEY=VALUE ...]
+        [--parts] [--malloc keep|system] [--set KEY=VALUE ...]
 
 Updates use synthetic [16, 64] batches (uint8 images, float vectors), so no replay is
 involved. Each model row prints one line per mode: `eager` (fp32, no compile) and `fast`
@@ -52,7 +52,14 @@ from agents.compiled import resolve_compile
 from agents.dreamerv3 import DreamerV3Agent
 from agents.run.cli_args import ArgParser, add_set_arg
 from agents.run.config import ConfigError, load_config
-from agents.runtime import cpu_flags, cpu_has_bf16, describe_machine, select_device
+from agents.runtime import (
+    MALLOC_SETTINGS,
+    cpu_flags,
+    cpu_has_bf16,
+    describe_machine,
+    select_device,
+    set_malloc,
+)
 
 STATE_DIM, ACT_DIM, IMAGE = 24, 6, (64, 64, 3)
 
@@ -406,6 +413,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="timed vector steps for the collect row")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all")
+    parser.add_argument("--malloc", default="keep", choices=MALLOC_SETTINGS,
+                        help="the C allocator's setting, as config `malloc` (runs: keep)")
     parser.add_argument("--parts", action="store_true",
                         help="also time each pixel row's image encoder and decoder alone")
     add_set_arg(parser, "config override for every model row (repeatable)", dest="set")
@@ -424,9 +433,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     device, precision = select_device(args.device, "auto")
     compile = resolve_compile("auto", device)
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    malloc = args.malloc if set_malloc(args.malloc) else "system"
     print(f"torch {torch.__version__}, device {device}, fast path: {precision}"
           f"{', compiled' if compile else ', not compiled'}; {torch.get_num_threads()} "
-          f"threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other "
+          f"threads, malloc {malloc}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other "
           "processes share the CPU)")
     print(machine_line(device))
     # Collection first: it is short, and rows print as they finish, so an interrupted

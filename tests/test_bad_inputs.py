@@ -65,6 +65,7 @@ CASES = [
     ("dreamer-run", [*RUN, "--device", "tpu"], "device"),
     ("dreamer-run", [*RUN, "--set", "compile=fast"], "auto, on, off"),
     ("dreamer-run", [*RUN, "--set", "precision=fp16"], "auto, fp32 or bf16"),
+    ("dreamer-run", [*RUN, "--set", "malloc=jemalloc"], "use keep, system"),
     ("dreamer-run", [*RUN, "--obs", "rgb"], "invalid choice"),
     ("dreamer-run", [*RUN, "--set", "run.eval_policy=greedy"], "sample, mode"),
     ("dreamer-run", [*RUN, "--set", "replay.context=-1"], "replay.context"),

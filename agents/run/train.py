@@ -30,7 +30,7 @@ from agents.run.config import Config, ConfigError, save_config
 from agents.run.logger import Progress, RunLogger, open_loop_video
 from agents.run.rundir import AGENT_FILE, REPLAY, RunDir
 from agents.run.schedules import Every, Ratio
-from agents.runtime import describe_machine, seed_everything, select_device, set_threads
+from agents.runtime import describe_machine, seed_everything, select_device, set_malloc, set_threads
 from replay import SequenceReplay, make_sampler
 
 Report = Callable[[dict], None]
@@ -51,7 +51,7 @@ class SaveError(RunError):
 
 # Keys a resumed run may change: they steer logging, evaluation, budget and speed, not what
 # the checkpoint holds. Any other difference from the run's config.yaml is refused.
-RESUMABLE = ("logdir", "device", "precision", "conv_precision", "compile", "threads",
+RESUMABLE = ("logdir", "device", "precision", "conv_precision", "compile", "threads", "malloc",
              "env.eval_envs", "model.diag_every", "run.steps", "run.log_every",
              "run.save_every", "run.eval_every", "run.eval_episodes", "run.eval_policy",
              "run.report_every", "run.video")
@@ -160,6 +160,10 @@ def build_parts(cfg: Config, run: RunDir) -> Parts:
     device, precision = select_device(cfg.device, cfg.precision)
     compile = resolve_compile(cfg.compile, device)
     set_threads(cfg.threads)
+    try:
+        set_malloc(cfg.malloc)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     seed_everything(cfg.seed)
     env = envs.make_vector(cfg.env.spec, cfg.env.num_envs, seed=cfg.seed,
                            **cfg.env.options.to_dict())
