@@ -45,6 +45,10 @@ def test_official_round_trip(tmp_path):
     assert (back.task, back.method, back.seed) == ("dmc_walker_walk", "ours:dreamerv3", 3)
     np.testing.assert_array_equal(back.xs, [1000, 2000])
     np.testing.assert_array_equal(back.ys, [10.0, 20.5])
+    # Rewriting the same scores gives the same bytes (no time stamp), so republishing runs
+    # leaves untouched score files unchanged in git.
+    first = path.read_bytes()
+    assert write_scores(runs, tmp_path / "again.json.gz").read_bytes() == first
 
 
 def test_nan_bins_dropped_and_string_seeds(tmp_path):
