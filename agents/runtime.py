@@ -113,7 +113,7 @@ def set_malloc(setting: str = "keep") -> bool:
     """Config `malloc`. `keep`: glibc's malloc keeps freed memory for the next update instead
     of handing it back to the kernel. With its defaults, every update's tensors above the
     (adaptive) mmap threshold are fresh mmaps and the heap top is trimmed after them, so each
-    update faults its working set in again: ~40k page faults and 0.074 s of kernel time per
+    update faults its working set in again: 36-41k page faults and ~0.07 s of kernel time per
     update in a 1m-state run at ratio 512 on one thread (0.566 s per update; 0.48-0.54 s with
     `keep`, the same run restarted on the same core; README "The fast path").
     `keep` serves blocks up to 32 MiB (glibc's largest mmap threshold) from the heap and
