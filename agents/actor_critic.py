@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from world_models.dists import BoundedNormal, OneHotCategorical, TwoHot
+from world_models.dists import BoundedNormal, OneHotCategorical, TwoHot, symexp_bins
 from world_models.nets import mlp
 
 
@@ -84,9 +84,10 @@ class Value(nn.Module):
                  outscale: float = 0.0):
         super().__init__()
         self.net = mlp(feat_dim, layers, units, bins, outscale=outscale)
+        self.register_buffer("bins", symexp_bins(bins, -20.0, 20.0), persistent=False)
 
     def forward(self, feat: torch.Tensor) -> TwoHot:
-        return TwoHot(self.net(feat))
+        return TwoHot(self.net(feat), bins=self.bins)
 
 
 class ActorCritic(nn.Module):
@@ -160,8 +161,8 @@ class ActorCritic(nn.Module):
         ent = dist.entropy()
         w = weight[:, :-1].detach()
         losses = {"policy": w * -(logpi * adv.detach() + self.actent * ent)}
-        vloss = TwoHot(value_dist.logits[:, :-1]).loss(ret.detach())
-        vloss = vloss + self.slowreg * TwoHot(value_dist.logits[:, :-1]).loss(slowval[:, :-1])
+        head = TwoHot(value_dist.logits[:, :-1], bins=value_dist.bins)
+        vloss = head.loss(ret.detach()) + self.slowreg * head.loss(slowval[:, :-1])
         losses["value"] = w * vloss
         metrics = {
             "train/imag_return": ret.mean().detach(),
@@ -186,7 +187,8 @@ class ActorCritic(nn.Module):
                             self.disc, self.lam)
         weight = (1 - last.float())[:, :-1]
         logits = value_dist.logits[:, :-1]
-        loss = TwoHot(logits).loss(ret) + self.slowreg * TwoHot(logits).loss(slowval[:, :-1])
+        head = TwoHot(logits, bins=value_dist.bins)
+        loss = head.loss(ret) + self.slowreg * head.loss(slowval[:, :-1])
         return weight * loss
 
     def total(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -35,9 +35,14 @@ class TwoHot:
     the mean symlog, below the mean), and gradients stay bounded for targets of any scale.
     """
 
-    def __init__(self, logits: torch.Tensor, low: float = -20.0, high: float = 20.0):
+    def __init__(self, logits: torch.Tensor, low: float = -20.0, high: float = 20.0,
+                 bins: torch.Tensor | None = None):
         self.logits = logits.float()
-        self.bins = symexp_bins(logits.shape[-1], low, high, logits.device)
+        # Heads pass their bins (a buffer): built inside a compiled graph, the bins are
+        # recomputed (linspace, expm1) for every element that reads them.
+        if bins is None:
+            bins = symexp_bins(logits.shape[-1], low, high, logits.device)
+        self.bins = bins.float()
 
     def pred(self) -> torch.Tensor:
         probs = F.softmax(self.logits, -1)

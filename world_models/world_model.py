@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from world_models.diagnostics import distinct_rows, latent_diagnostics
-from world_models.dists import Bernoulli, TwoHot
+from world_models.dists import Bernoulli, TwoHot, symexp_bins
 from world_models.encoders import MultiDecoder, make_encoder
 from world_models.nets import mlp
 from world_models.objectives import OBJECTIVES, ObjectiveContext, objective_class
@@ -26,9 +26,10 @@ class RewardHead(nn.Module):
                  outscale: float = 0.0):
         super().__init__()
         self.net = mlp(feat_dim, layers, units, bins, outscale=outscale)
+        self.register_buffer("bins", symexp_bins(bins, -20.0, 20.0), persistent=False)
 
     def forward(self, feat: torch.Tensor) -> TwoHot:
-        return TwoHot(self.net(feat))
+        return TwoHot(self.net(feat), bins=self.bins)
 
 
 class ContinueHead(nn.Module):

@@ -115,6 +115,24 @@ def test_twohot_pred_of_zero_logits_is_exactly_zero():
     assert torch.equal(TwoHot(torch.zeros(2, 5, 255)).pred(), torch.zeros(2, 5))
 
 
+def test_twohot_heads_pass_their_bins_as_a_buffer_outside_checkpoints():
+    # Bins built inside a compiled graph are recomputed per element that reads them; the
+    # heads hold them once (not saved: checkpoints stay as they were).
+    from agents.actor_critic import Value
+    from world_models.world_model import RewardHead
+
+    feat = torch.randn(3, 8)
+    for head in (RewardHead(8, units=16), Value(8, layers=1, units=16)):
+        assert "bins" not in head.state_dict()
+        dist = head(feat)
+        assert dist.bins is head.bins
+        torch.testing.assert_close(head.bins, TwoHot(torch.zeros(255)).bins, rtol=0, atol=0)
+        fresh = TwoHot(dist.logits)
+        assert torch.equal(dist.pred(), fresh.pred())
+        target = torch.tensor([0.5, -3.0, 40.0])
+        assert torch.equal(dist.loss(target), fresh.loss(target))
+
+
 def test_twohot_loss_is_minimised_by_the_target():
     targets = torch.tensor([0.0, 1.5, -300.0, 1e4])
     logits = torch.zeros(4, 255, requires_grad=True)
