@@ -266,7 +266,7 @@ def image_parts(agent: DreamerV3Agent, batch: dict[str, torch.Tensor]
                 ) -> dict[str, tuple[Callable[[], torch.Tensor], list[torch.nn.Parameter]]]:
     """The image encoder and decoder of `agent` as loss functions over the batch's frames,
     each with the parameters whose gradients its backward computes."""
-    from world_models.encoders import IMAGE_KEY, MultiDecoder
+    from world_models.encoders import IMAGE_KEY
 
     data = agent._to_torch(batch)
     image = data[IMAGE_KEY]
@@ -278,9 +278,8 @@ def image_parts(agent: DreamerV3Agent, batch: dict[str, torch.Tensor]
         feat = torch.randn(*image.shape[:2], agent.wm.feat_dim, device=image.device,
                            generator=torch.Generator(image.device).manual_seed(0))
 
-        def decode() -> torch.Tensor:
-            pred = decoder(feat)
-            return MultiDecoder.loss({IMAGE_KEY: pred[IMAGE_KEY]}, data)["rec_image"].mean()
+        def decode() -> torch.Tensor:  # the update's image loss (`losses`: the phases' form)
+            return decoder.losses(feat, data)["rec_image"].mean()
 
         parts["decoder"] = (decode, [p for p in decoder.parameters() if p.requires_grad])
     return parts

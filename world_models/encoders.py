@@ -11,7 +11,7 @@ learning rate; empty for encoders trained from scratch).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -199,19 +199,45 @@ class MultiDecoder(nn.Module):
     def forward(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
         if IMAGE_KEY in self.keys:
-            lead = feat.shape[:-1]
-            x = self.space(feat).reshape(-1, self.first_chans, self.minres, self.minres)
-            # Channels-last, as the encoder's input already is: oneDNN's convs run NHWC and
-            # the compiled graphs force it, so an NCHW start costs a layout copy per layer
-            # (forward and backward); the last layer's output then permutes to HWC for free.
-            with conv_precision(self.conv_bf16, x.shape[0], x.device):
-                x = self.space_norm(x.contiguous(memory_format=torch.channels_last))
-                x = self.deconv(x)
+            x = self._maps(feat, self.deconv)
             x = torch.sigmoid(x.float())
-            out[IMAGE_KEY] = x.permute(0, 2, 3, 1).reshape(*lead, *x.shape[2:], x.shape[1])
+            out[IMAGE_KEY] = x.permute(0, 2, 3, 1).reshape(*feat.shape[:-1], *x.shape[2:],
+                                                           x.shape[1])
         if VECTOR_KEY in self.keys:
             out[VECTOR_KEY] = self.mlp(feat).float()  # symlog space
         return out
+
+    def _maps(self, feat: torch.Tensor, layers: Callable[[torch.Tensor], torch.Tensor]
+              ) -> torch.Tensor:
+        """`layers` (the conv stack, or all but its last layer) on the features' first map."""
+        x = self.space(feat).reshape(-1, self.first_chans, self.minres, self.minres)
+        # Channels-last, as the encoder's input already is: oneDNN's convs run NHWC and
+        # the compiled graphs force it, so an NCHW start costs a layout copy per layer
+        # (forward and backward); the last layer's output then permutes to HWC for free.
+        with conv_precision(self.conv_bf16, x.shape[0], x.device):
+            x = self.space_norm(x.contiguous(memory_format=torch.channels_last))
+            return layers(x)
+
+    def losses(self, feat: torch.Tensor, obs: Mapping[str, torch.Tensor]) -> dict:
+        """`loss(self(feat), obs)`, the training loss. Where the last layer runs in its
+        sub-pixel form, the image loss is taken on its four phases before they are
+        interleaved, against the frames cut the same way: the same sum over pixels,
+        without interleaving 3-channel maps, which inductor's CPU code does value by value
+        (its two kernels took 0.12 s of a 1m pixel update; docs/results.md)."""
+        last = self.deconv[-1] if IMAGE_KEY in self.keys else None
+        if not getattr(last, "sub_pixel", False):
+            return self.loss(self(feat), obs)
+        losses = {}
+        y = self._maps(feat, lambda x: last.phases(self.deconv[:-1](x)))
+        lead, (h, w), c = feat.shape[:-1], y.shape[2:], last.out_channels
+        pred = torch.sigmoid(y.float()).permute(0, 2, 3, 1).reshape(*lead, h, w, 2, 2, c)
+        # Frames [..., 2h, 2w, c] -> [..., h, w, a, b, c]: pixel (2i + a, 2j + b) at (i, j, a, b).
+        frames = obs[IMAGE_KEY].reshape(*lead, h, 2, w, 2, c).transpose(-4, -3)
+        target = frames.float() / 255.0
+        losses["rec_image"] = (pred - target).pow(2).sum((-5, -4, -3, -2, -1))
+        if VECTOR_KEY in self.keys:
+            losses.update(self.loss({VECTOR_KEY: self.mlp(feat).float()}, obs))
+        return losses
 
     @property
     def conv_bf16(self) -> bool:

@@ -155,9 +155,9 @@ class LatentObjective(Objective):
         if self.decoder is not None:
             # Every probe_stride-th step only: the probe is a viewer, not worth a full decoder.
             s = self.probe_stride
-            recon = self.decoder(feat[:, ::s].detach())
             sub = {k: batch[k][:, ::s] for k in self.decoder.keys}
-            losses.update({f"probe_{k}": v for k, v in self.decoder.loss(recon, sub).items()})
+            probe = self.decoder.losses(feat[:, ::s].detach(), sub)
+            losses.update({f"probe_{k}": v for k, v in probe.items()})
         metrics.update(self._copy_last(target, batch["is_first"]))
         return losses, metrics
 

@@ -134,7 +134,7 @@ class ReconstructionObjective(Objective):
         self.terms = decoder_terms(self.decoder)
 
     def loss(self, batch, embed, post, feat, rssm):
-        return self.decoder.loss(self.decoder(feat), batch), {}
+        return self.decoder.losses(feat, batch), {}
 
     def report(self, data, feat, context):
         return decoder_report(self.decoder, data, feat, context)
