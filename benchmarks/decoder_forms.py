@@ -3,13 +3,16 @@
     python -m benchmarks.decoder_forms [--rows 1m-pixels,12m-pixels,...] [--repeats 3]
         [--modes eager,fast] [--threads 0]
 
-`now`: the decoder of `world_models.encoders.MultiDecoder` (channels-last feature maps from
-the first layer on; nearest upsampling + conv in the sub-pixel form of
-`world_models.nets.sub_pixel_conv`; the strided decoder's transposed convs as they were,
-since their sub-pixel form did not pay). `before`: the same weights run as the decoder ran
-until issue 32: NCHW maps, and nearest upsampling then a conv (`UpsampleConv2d`) or a
-stride-2 transposed conv (`ZeroInsertConvTranspose2d`, the strided decoder); and each
-combination of the two changes. All
+`now`: the decoder of `world_models.encoders.MultiDecoder` and its training loss
+(`MultiDecoder.losses`: channels-last feature maps from the first layer on; nearest
+upsampling + conv in the sub-pixel form of `world_models.nets.sub_pixel_conv`, the image
+loss on the last layer's phases; the strided decoder's transposed convs as they are in
+fp32, since their sub-pixel form did not pay there). `before`: the same weights run as the
+decoder ran until issue 32: NCHW maps, and nearest upsampling then a conv
+(`UpsampleConv2d`) or a stride-2 transposed conv (`ZeroInsertConvTranspose2d`, the strided
+decoder); and each combination of the two changes (a sub-pixel layer's output is
+channels-last whatever its input, so "sub-pixel, NCHW" is NCHW up to the first such layer;
+the other forms interleave the last layer's phases and take the loss on frames). All
 compute the same function (the script checks the outputs agree); each timing is forward,
 the image loss and backward over the batch's B x T frames, the forms alternating
 (A B C A B C ...) so that drift hits all alike.
@@ -71,11 +74,13 @@ def forms(decoder: MultiDecoder) -> dict[str, Callable[[torch.Tensor], torch.Ten
             "now": lambda feat: decoder(feat)[IMAGE_KEY]}
 
 
-def loss_step(form: Callable, feat: torch.Tensor, obs: dict, params: list, compile: bool
-              ) -> Callable[[], None]:
-    def loss() -> torch.Tensor:
-        return MultiDecoder.loss({IMAGE_KEY: form(feat)}, obs)["rec_image"].mean()
+def image_loss(form: Callable, feat: torch.Tensor, obs: dict) -> Callable[[], torch.Tensor]:
+    """The image loss of a form's decoded frames."""
+    return lambda: MultiDecoder.loss({IMAGE_KEY: form(feat)}, obs)["rec_image"].mean()
 
+
+def loss_step(loss: Callable[[], torch.Tensor], params: list, compile: bool
+              ) -> Callable[[], None]:
     run = torch.compile(loss, dynamic=False) if compile else loss
 
     def step() -> None:
@@ -108,14 +113,19 @@ def bench(name: str, mode: str, batch: int, length: int, repeats: int) -> dict[s
                           generator=g)
     compile = mode == "fast"
     steps = {}
+    obs = {IMAGE_KEY: image}
     for form_name, form in forms(decoder).items():
         with torch.no_grad():
             gap = (form(feat[:1]) - decoder(feat[:1])[IMAGE_KEY]).abs().max().item()
         if gap > 1e-4:
             raise AssertionError(f"{name}: {form_name} and now disagree by {gap:.2e}")
         # The other forms hold copies of the weights; their gradients land there.
+        if form_name == "now":  # the training loss, as an update computes it
+            loss = lambda: decoder.losses(feat, obs)["rec_image"].mean()  # noqa: E731
+        else:
+            loss = image_loss(form, feat, obs)
         owned = list(decoder.parameters()) if form_name == "now" else []
-        steps[form_name] = loss_step(form, feat, {IMAGE_KEY: image}, owned, compile)
+        steps[form_name] = loss_step(loss, owned, compile)
     return time_alternating(steps, repeats)
 
 

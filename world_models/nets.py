@@ -148,12 +148,12 @@ def sub_pixel_phases(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 def interleave_phases(y: torch.Tensor, cout: int) -> torch.Tensor:
     """[N, 4 cout, H, W] holding phase (a, b) in channels (2a + b) cout ... + cout - 1 ->
-    [N, cout, 2H, 2W] with phase (a, b) at rows 2i + a, columns 2j + b; channels-last in,
-    channels-last out. `pixel_shuffle`'s order (channel 4c + 2a + b) moves single values
-    between channels-last maps, which inductor's CPU code does element by element;
-    phase-major channels move whole runs of cout channels, which vectorise (with the
-    decoder's `losses`, the strided 1m decoder's fused kernels went from 0.26 to 0.12 s of
-    an update; docs/results.md)."""
+    [N, cout, 2H, 2W] with phase (a, b) at rows 2i + a, columns 2j + b; channels-last
+    whatever `y`'s layout (made for channels-last `y`, the decoder's). `pixel_shuffle`'s
+    order (channel 4c + 2a + b) moves single values between channels-last maps, which
+    inductor's CPU code does element by element; phase-major channels move whole runs of
+    cout channels, which vectorise (with the decoder's `losses`, the strided 1m decoder's
+    fused kernels went from 0.26 to 0.12 s of an update; docs/results.md)."""
     n, _, h, w = y.shape
     y = y.permute(0, 2, 3, 1).reshape(n, h, w, 2, 2, cout)
     y = y.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, cout)
