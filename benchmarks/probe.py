@@ -19,8 +19,9 @@ with the same loop (agents/pretrain/pretrainer.py) and batch:
 `--patch 4` trains and probes every encoder (random included) with 4x4-pixel patches.
 
 `--budget equal-cpu` gives every trained encoder the CPU-seconds JEPA spends in `--steps`
-steps (steps per objective from a short timing of each), so the comparison is at equal
-compute; `--budget equal-steps` (default) uses `--steps` for all. CPU-seconds are the
+steps (JEPA trains first and its measured CPU-seconds are the budget; each other objective's
+steps are that over its CPU-seconds per step from a short timing), so the comparison is at
+equal compute; `--budget equal-steps` (default) uses `--steps` for all. CPU-seconds are the
 process's CPU time over training (all threads), measured, not estimated.
 
 Ridge probes (lambda by an inner grouped cross-validation) map one embedding to
@@ -453,9 +454,17 @@ def run(args: argparse.Namespace) -> dict:
                   f"{args.out}", flush=True)
         budget = None
         if args.budget == "equal-cpu" and any(n != "random" for n in todo):
-            # JEPA's CPU-seconds at --steps set everyone's budget
-            budget = args.steps * cpu_per_step("jepa", data, args.batch, device,
-                                               patch=args.patch)
+            # JEPA's CPU-seconds at --steps set everyone's budget: measured, so JEPA trains
+            # first (a 5-step estimate was 25% off at 2,000 steps), or read from its kept row.
+            kept = [r["cpu_s"] for r in per_seed.get(rows.get(("jepa", next(iter(pools)))), [])
+                    if r["seed"] == seed]
+            if "jepa" in todo:
+                todo = ["jepa"] + [n for n in todo if n != "jepa"]
+            elif kept:
+                budget = kept[0]
+            else:  # no JEPA row: its estimated cost at --steps
+                budget = args.steps * cpu_per_step("jepa", data, args.batch, device,
+                                                   patch=args.patch)
         for name in todo:
             if name == "random":
                 torch.manual_seed(seed)
@@ -466,6 +475,8 @@ def run(args: argparse.Namespace) -> dict:
                 own = budget if name != "jepa" else None  # JEPA sets the budget
                 vit, cost = train_encoder(name, data, None if own else args.steps, args.batch,
                                           args.lr, seed, device, own, patch=args.patch)
+                if name == "jepa" and args.budget == "equal-cpu":
+                    budget = cost["cpu_s"]
             # The token-variance split does not depend on the pooling: once per encoder.
             shares = token_variance_shares(vit, data["frames"], data["episodes"], device)
             cost = {**cost, **{f"var_{k}": v for k, v in shares.items()}}

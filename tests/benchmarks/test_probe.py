@@ -108,6 +108,14 @@ def test_tiny_probe_run_every_encoder_two_seeds_equal_cpu(tmp_path, monkeypatch)
     per_step = {"jepa": 1.0, "mae": 0.5}
     monkeypatch.setattr(probe_module, "cpu_per_step",
                         lambda name, *a, **k: per_step.get(name, 2.0))
+    trained, real_train = [], probe_module.train_encoder
+
+    def train(name, *args, **kwargs):  # JEPA's measured CPU-seconds, made exact too
+        vit, cost = real_train(name, *args, **kwargs)
+        trained.append(name)
+        return vit, {**cost, "cpu_s": cost["steps"] * per_step.get(name, 2.0)}
+
+    monkeypatch.setattr(probe_module, "train_encoder", train)
     summary = main(["--frames", "120", "--time-limit", "60", "--steps", "2", "--batch", "4",
                     "--seeds", "0,1", "--budget", "equal-cpu", "--fast-render",
                     "--threads", "1", "--out", str(tmp_path)])
@@ -115,6 +123,18 @@ def test_tiny_probe_run_every_encoder_two_seeds_equal_cpu(tmp_path, monkeypatch)
     assert summary["random"]["steps"] == 0 and summary["random"]["cpu_s"] == 0
     steps = {n: summary[n]["steps"] for n in ("jepa", "mae", "autoencoder", "jepa-tubelet")}
     assert steps == {"jepa": 2, "mae": 4, "autoencoder": 1, "jepa-tubelet": 1}
+    assert trained[0] == trained[4] == "jepa"  # it trains first: its CPU-s are the budget
+    # A kept JEPA row's CPU-seconds set the budget of encoders added later.
+    per_step["jepa"] = 3.0
+    more = main(["--frames", "120", "--time-limit", "60", "--steps", "2", "--batch", "4",
+                 "--seeds", "0", "--budget", "equal-cpu", "--fast-render", "--threads", "1",
+                 "--encoders", "jepa,mae,autoencoder", "--out", str(tmp_path / "more")])
+    assert more["mae"]["steps"] == 12 and more["autoencoder"]["steps"] == 3
+    trained.clear()
+    kept = main(["--frames", "120", "--time-limit", "60", "--steps", "2", "--batch", "4",
+                 "--seeds", "0", "--budget", "equal-cpu", "--fast-render", "--threads", "1",
+                 "--encoders", "jepa,jepa-tubelet", "--out", str(tmp_path / "more")])
+    assert trained == ["jepa-tubelet"] and kept["jepa-tubelet"]["steps"] == 3
     assert all(s["seeds"] == 2 for s in summary.values())
     assert all(summary[n]["cpu_s"] > 0 for n in steps)
     saved = json.loads((tmp_path / "probe.json").read_text())
