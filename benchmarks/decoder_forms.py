@@ -5,7 +5,7 @@
 
 `now`: the decoder of `world_models.encoders.MultiDecoder` and its training loss
 (`MultiDecoder.losses`: channels-last feature maps from the first layer on; nearest
-upsampling + conv in the sub-pixel form of `world_models.nets.sub_pixel_conv`, the image
+upsampling + conv in the sub-pixel form of `world_models.nets.sub_pixel_phases`, the image
 loss on the last layer's phases; the strided decoder's transposed convs as they are in
 fp32, since their sub-pixel form did not pay there). `before`: the same weights run as the
 decoder ran until issue 32: NCHW maps, and nearest upsampling then a conv

@@ -123,21 +123,14 @@ def phase_fold(kernel: int, zero_insert: bool) -> torch.Tensor:
     return fold
 
 
-def sub_pixel_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   fold: torch.Tensor) -> torch.Tensor:
-    """A 'same' conv with `weight` [cout, cin, k, k] over the 2x-upsampled grid of `x` (see
-    `phase_fold`), without building the grid: each of the four output phases (a, b) is a
-    (2r + 1)^2 conv of `x` whose kernel sums the taps that read the same input pixel; the
-    phases run as one conv with 4 x cout channels (`sub_pixel_phases`) and
-    `interleave_phases` puts them in place. Same values and gradients as the conv on the
-    grid, up to fp32 summation order."""
-    return interleave_phases(sub_pixel_phases(x, weight, bias, fold), weight.shape[0])
-
-
 def sub_pixel_phases(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                      fold: torch.Tensor) -> torch.Tensor:
-    """The four phases of `sub_pixel_conv` before they are interleaved: [N, 4 cout, H, W],
-    phase (a, b) (output row 2i + a, column 2j + b) in channels (2a + b) cout + o."""
+    """A 'same' conv with `weight` [cout, cin, k, k] over the 2x-upsampled grid of `x` (see
+    `phase_fold`), without building the grid: each of the four output phases (a, b) (output
+    row 2i + a, column 2j + b) is a (2r + 1)^2 conv of `x` whose kernel sums the taps that
+    read the same input pixel. The phases run as one conv: [N, 4 cout, H, W], phase (a, b)
+    in channels (2a + b) cout + o; `interleave_phases` puts them in place. Same values and
+    gradients as the conv on the grid, up to fp32 summation order."""
     fold = fold.to(weight.dtype)
     w = torch.einsum("aud,bve,ocde->abocuv", fold, fold, weight)
     cout, cin = weight.shape[:2]
@@ -165,7 +158,7 @@ class ZeroInsertConvTranspose2d(nn.ConvTranspose2d):
     the grid with input pixel i at 2i + 1 and zeros between. A stride-2 transposed conv
     is that conv with the kernel flipped; with padding 1 it yields 2H + 1 rows, and the
     conv on the zero-inserted grid keeps the first 2H. `sub_pixel = True` runs it in the
-    sub-pixel form instead (`sub_pixel_conv`: 36 multiplies per input pixel and channel
+    sub-pixel form instead (`sub_pixel_phases`: 36 multiplies per input pixel and channel
     pair where the transposed conv needs 25, as a plain conv). Off in fp32: on a 2-core
     AVX2 CPU it made whole compiled updates 6% slower at size 1m and 23% at the peer's
     widths (`benchmarks.decoder_forms` times both forms). On with bf16 conv stacks (the
@@ -190,7 +183,7 @@ class ZeroInsertConvTranspose2d(nn.ConvTranspose2d):
 
 class UpsampleConv2d(nn.Conv2d):
     """Nearest 2x upsampling then a kernel-`k` 'same' conv (the official decoder's layer),
-    run in the sub-pixel form (`sub_pixel_conv`): (2r + 1)^2 / k^2 of the FLOPs of the
+    run in the sub-pixel form (`sub_pixel_phases`): (2r + 1)^2 / k^2 of the FLOPs of the
     conv on the upsampled map (9/25 at k = 5) and no such map in memory. `sub_pixel =
     False` upsamples then convolves, for comparison. The parameter stays the k x k weight,
     so init, optimiser and checkpoints are the conv's."""
