@@ -8,7 +8,7 @@ For every run (a `dmc:` run of any agent) and every background, whole eval-mode 
 are played until at least `--steps` env steps; each step gives the agent's latent feature
 (`Agent.features`: the RSSM feature after observing it) and the physics state
 (`physics_info`: qpos, qvel). A ridge regression, cross-validated over episodes (or over
-chunks of them when there are few: `benchmarks.probe.ridge_probe`), predicts each state
+chunks of them when there are few: `benchmarks.ridge_probe`), predicts each state
 dimension from the feature; the table gives held-out R^2 per dimension (positions as a
 frame shows them: hinge angles as sine and cosine, camera-followed x dropped), their means,
 and the eval return of the episodes played.
@@ -34,7 +34,8 @@ from agents.run.cli_args import ArgParser, emit_table
 from agents.run.collector import Collector
 from agents.run.inference import load_agent
 from agents.run.train import eval_options
-from benchmarks.probe import position_targets, ridge_probe, split_groups
+from benchmarks.probe import position_targets
+from benchmarks.ridge_probe import ridge_probe, split_groups
 
 
 class InfoRecorder(gym.vector.VectorWrapper):
