@@ -14,7 +14,9 @@ with the same loop (agents/pretrain/pretrainer.py) and batch:
 - `jepa:OPTION:...`: JEPA with objective options (`jepa-pretrain`'s flags): `horizon=K`
   (predict the frame K later), `context=full`, `actions` (the predictor sees the actions
   in between), `target_norm=none|center`, `token_weight=change`, `target_layers=L` (targets
-  averaged over the last L blocks); e.g. `jepa:horizon=2:actions`.
+  averaged over the last L blocks), `reg=sigreg|vicreg|none` and `reg_weight=W` (the
+  anti-collapse term), `ema_start=M` (the target encoder's first EMA momentum),
+  `pred_depth=D` (predictor blocks); e.g. `jepa:horizon=2:actions`.
 
 `--patch 4` trains and probes every encoder (random included) with 4x4-pixel patches.
 
@@ -73,7 +75,8 @@ RECIPES = {"autoencoder": ("autoencoder", 1), "mae": ("mae", 1), "jepa": ("jepa"
            "jepa-tubelet": ("jepa", 2)}
 # `jepa:` options and the JEPAConfig field each sets (`actions` takes no value).
 JEPA_OPTIONS = {"horizon": int, "context": str, "target_norm": str, "token_weight": str,
-                "target_layers": int}
+                "target_layers": int, "reg": str, "reg_weight": float, "ema_start": float,
+                "pred_depth": int}
 
 
 def parse_encoder(name: str, action_dim: int = 1) -> tuple[str, int, dict]:

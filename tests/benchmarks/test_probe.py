@@ -146,6 +146,17 @@ def test_jepa_options_in_an_encoder_name():
         parse_encoder("vjepa")
 
 
+def test_regulariser_and_ema_options_reach_the_jepa_config():
+    name = "jepa:reg=none:reg_weight=0.2:ema_start=0.99:pred_depth=2"
+    assert parse_encoder(name) == ("jepa", 1, {"reg": "none", "reg_weight": 0.2,
+                                               "ema_start": 0.99, "pred_depth": 2})
+    data = {"frames": np.zeros((4, 64, 64, 3), np.uint8), "actions": np.zeros((4, 2))}
+    cfg = probe_module.build_encoder_model(name, data).cfg
+    assert (cfg.reg, cfg.reg_weight, cfg.ema_start, cfg.pred_depth) == ("none", 0.2, 0.99, 2)
+    with pytest.raises(ValueError, match="regulariser 'l2'; allowed: sigreg, vicreg, none"):
+        probe_module.build_encoder_model("jepa:reg=l2", data)
+
+
 def test_temporal_jepa_rows_at_patch_16(tmp_path):
     summary = main(["--frames", "120", "--time-limit", "60", "--steps", "2", "--batch", "4",
                     "--encoders", "random,jepa,jepa:horizon=2:actions:context=full",
