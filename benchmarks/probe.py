@@ -15,8 +15,9 @@ with the same loop (agents/pretrain/pretrainer.py) and batch:
   (predict the frame K later), `context=full`, `actions` (the predictor sees the actions
   in between), `target_norm=none|center`, `token_weight=change`, `target_layers=L` (targets
   averaged over the last L blocks), `reg=sigreg|vicreg|none` and `reg_weight=W` (the
-  anti-collapse term), `ema_start=M` (the target encoder's first EMA momentum),
-  `pred_depth=D` (predictor blocks); e.g. `jepa:horizon=2:actions`.
+  anti-collapse term), `ema_start=M` and `ema_end=M` (the target encoder's EMA momentum,
+  linear from one to the other over training; 0:0 makes the target the online encoder
+  under a stop-gradient), `pred_depth=D` (predictor blocks); e.g. `jepa:horizon=2:actions`.
 
 `--patch 4` trains and probes every encoder (random included) with 4x4-pixel patches.
 
@@ -76,7 +77,7 @@ RECIPES = {"autoencoder": ("autoencoder", 1), "mae": ("mae", 1), "jepa": ("jepa"
 # `jepa:` options and the JEPAConfig field each sets (`actions` takes no value).
 JEPA_OPTIONS = {"horizon": int, "context": str, "target_norm": str, "token_weight": str,
                 "target_layers": int, "reg": str, "reg_weight": float, "ema_start": float,
-                "pred_depth": int}
+                "ema_end": float, "pred_depth": int}
 
 
 def parse_encoder(name: str, action_dim: int = 1) -> tuple[str, int, dict]:
