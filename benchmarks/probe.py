@@ -17,7 +17,9 @@ with the same loop (agents/pretrain/pretrainer.py) and batch:
   averaged over the last L blocks), `reg=sigreg|vicreg|none` and `reg_weight=W` (the
   anti-collapse term), `ema_start=M` and `ema_end=M` (the target encoder's EMA momentum,
   linear from one to the other over training; 0:0 makes the target the online encoder
-  under a stop-gradient), `pred_depth=D` (predictor blocks); e.g. `jepa:horizon=2:actions`.
+  under a stop-gradient), `pred_depth=D` (predictor blocks), `targets=N` and
+  `target_scale=LO-HI` (the mask: N target blocks, each LO-HI of the frame; I-JEPA's 4 and
+  0.15-0.2); e.g. `jepa:horizon=2:actions`.
 
 `--patch 4` trains and probes every encoder (random included) with 4x4-pixel patches.
 
@@ -48,6 +50,7 @@ comma-separated, probe the same trained encoders; rows other than `mean` are nam
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,16 +71,31 @@ from benchmarks.probe_results import (
 )
 from benchmarks.ridge_probe import ridge_probe, split_groups
 from world_models.diagnostics import collapse_metrics
-from world_models.vit_jepa import ViT, make_config, parse_pool, pool_tokens
+from world_models.vit_jepa import (
+    ViT,
+    ViTConfig,
+    make_config,
+    parse_pool,
+    pool_tokens,
+    sample_masks,
+)
 
 ENCODERS = ("random", "autoencoder", "mae", "jepa", "jepa-tubelet")
 # Which objective trains each encoder, on clips of how many frames.
 RECIPES = {"autoencoder": ("autoencoder", 1), "mae": ("mae", 1), "jepa": ("jepa", 1),
            "jepa-tubelet": ("jepa", 2)}
+def scale_range(text: str) -> tuple[float, float]:
+    """`0.3-0.4` -> (0.3, 0.4); one number -> that number twice."""
+    lo, _, hi = text.partition("-")
+    return float(lo), float(hi or lo)
+
+
 # `jepa:` options and the JEPAConfig field each sets (`actions` takes no value).
 JEPA_OPTIONS = {"horizon": int, "context": str, "target_norm": str, "token_weight": str,
                 "target_layers": int, "reg": str, "reg_weight": float, "ema_start": float,
                 "ema_end": float, "pred_depth": int}
+# `jepa:` options of the mask geometry (MaskConfig fields), set on the built model.
+MASK_OPTIONS = {"targets": ("num_targets", int), "target_scale": ("target_scale", scale_range)}
 
 
 def parse_encoder(name: str, action_dim: int = 1) -> tuple[str, int, dict]:
@@ -94,14 +112,15 @@ def parse_encoder(name: str, action_dim: int = 1) -> tuple[str, int, dict]:
         key, eq, value = opt.partition("=")
         if key == "actions" and not eq:
             options["action_dim"] = action_dim
-        elif key in JEPA_OPTIONS and eq:
+        elif key in JEPA_OPTIONS | MASK_OPTIONS and eq:
+            kind_of = JEPA_OPTIONS.get(key) or MASK_OPTIONS[key][1]
             try:
-                options[key] = JEPA_OPTIONS[key](value)
+                options[key] = kind_of(value)
             except ValueError:
                 raise ValueError(f"encoder {name!r}: {key}={value!r} is not a number") from None
         else:
             raise ValueError(f"encoder {name!r}: option {opt!r}; allowed: actions, "
-                             + ", ".join(f"{k}=..." for k in JEPA_OPTIONS))
+                             + ", ".join(f"{k}=..." for k in JEPA_OPTIONS | MASK_OPTIONS))
     return "jepa", 1, options
 
 
@@ -174,7 +193,16 @@ def build_encoder_model(name: str, data: dict[str, np.ndarray], patch: int = 8) 
     """The pretraining model of one `--encoders` name for these frames (and their actions)."""
     objective, fpc, options = parse_encoder(name, data["actions"].shape[1])
     cfg = make_config("tiny", tuple(data["frames"].shape[1:]), fpc, patch=patch)
-    return build_objective(objective, cfg, **options)
+    return build_jepa_or_baseline(objective, cfg, options)
+
+
+def build_jepa_or_baseline(objective: str, cfg: ViTConfig, options: dict) -> torch.nn.Module:
+    """`build_objective` with the mask-geometry options applied to the JEPA it builds."""
+    mask = {MASK_OPTIONS[k][0]: options.pop(k) for k in list(options) if k in MASK_OPTIONS}
+    model = build_objective(objective, cfg, **options)
+    if mask:
+        model.mask_cfg = dataclasses.replace(model.mask_cfg, **mask)
+    return model
 
 
 def training_starts(name: str, data: dict[str, np.ndarray], model: torch.nn.Module
@@ -328,8 +356,10 @@ def _parse(args: argparse.Namespace) -> tuple[list[str], list[int], dict[str, in
     for name in (n for n in names if n != "random"):
         try:
             objective, fpc, options = parse_encoder(name)
-            build_objective(objective, make_config("tiny", frames_per_clip=fpc,
-                                                   patch=args.patch), **options)
+            model = build_jepa_or_baseline(
+                objective, make_config("tiny", frames_per_clip=fpc, patch=args.patch), options)
+            if hasattr(model, "mask_cfg"):  # a block that fits the grid and leaves a context
+                sample_masks(2, model.vit_cfg.grid, model.mask_cfg, torch.Generator())
         except ValueError as err:
             raise SystemExit(f"probe: error: --encoders: {err}") from None
     try:

@@ -159,6 +159,18 @@ def test_regulariser_and_ema_options_reach_the_jepa_config():
         probe_module.build_encoder_model("jepa:reg=l2", data)
 
 
+def test_mask_options_set_the_block_geometry(tmp_path):
+    assert parse_encoder("jepa:targets=2:target_scale=0.3-0.4")[2] == {
+        "targets": 2, "target_scale": (0.3, 0.4)}
+    data = {"frames": np.zeros((4, 64, 64, 3), np.uint8), "actions": np.zeros((4, 2))}
+    model = probe_module.build_encoder_model("jepa:targets=2:target_scale=0.3", data)
+    assert (model.mask_cfg.num_targets, model.mask_cfg.target_scale) == (2, (0.3, 0.3))
+    _, tgt = probe_module.sample_masks(3, model.vit_cfg.grid, model.mask_cfg, torch.Generator())
+    assert tgt.shape[:2] == (3, 2) and 16 <= tgt.shape[2] <= 24  # ~0.3 of the 8 x 8 grid
+    with pytest.raises(SystemExit, match="target scale 0.5-2.0; need 0 < low <= high <= 1"):
+        main(["--encoders", "jepa:target_scale=0.5-2", "--out", str(tmp_path)])
+
+
 def test_temporal_jepa_rows_at_patch_16(tmp_path):
     summary = main(["--frames", "120", "--time-limit", "60", "--steps", "2", "--batch", "4",
                     "--encoders", "random,jepa,jepa:horizon=2:actions:context=full",

@@ -20,6 +20,14 @@ class MaskConfig:
     min_context: int = 4
     max_tries: int = 20
 
+    def __post_init__(self) -> None:
+        if self.num_targets < 1:
+            raise ValueError(f"mask: {self.num_targets} target blocks; need at least 1")
+        for name, (lo, hi) in (("target", self.target_scale), ("context", self.context_scale)):
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"mask: {name} scale {lo}-{hi}; need 0 < low <= high <= 1 "
+                                 "(a share of the frame)")
+
 
 def _block_size(
     gen: torch.Generator, grid_hw: tuple[int, int], scale: tuple[float, float],
