@@ -74,6 +74,15 @@ def test_resume_after_crash_matches_uninterrupted(frame_folder, tmp_path, monkey
     assert steps == sorted(steps)
 
 
+def test_mae_encoder_loads_as_an_agent_encoder(frame_folder, tmp_path):
+    """The README points users who need the robot's pose to `--objective mae`: its encoder
+    file is the same format and drops into `--encoder jepa:PATH`."""
+    out = tmp_path / "mae"
+    main(["--source", f"folder:{frame_folder}", "--objective", "mae", "--out", str(out), *ARGS])
+    enc = load_encoder(f"jepa:{out / 'encoder.pt'}", (64, 64, 3))
+    assert enc({"image": torch.zeros(2, 64, 64, 3, dtype=torch.uint8)}).shape == (2, 128)
+
+
 def test_bad_source_is_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="allowed: random, run:LOGDIR, folder:DIR"):
         main(["--source", "s3:bucket", "--out", str(tmp_path), *ARGS])
