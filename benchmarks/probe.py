@@ -11,12 +11,13 @@ with the same loop (agents/pretrain/pretrainer.py) and batch:
 - `mae`: masked autoencoder (75% of patches hidden, pixels of the hidden ones predicted);
 - `jepa`: the `jepa-pretrain` default recipe;
 - `jepa-tubelet`: the same on 2-frame clips (tubelet depth 2), embedding frames t-1 and t;
-- `jepa:OPTION:...`: JEPA with objective options (`jepa-pretrain`'s flags): `horizon=K`
+- `jepa:OPTION:...`: JEPA with objective options (those from `horizon` to `reg_weight` are
+  also `jepa-pretrain` flags; the EMA, predictor and mask ones are probe-only): `horizon=K`
   (predict the frame K later), `context=full`, `actions` (the predictor sees the actions
   in between), `target_norm=none|center`, `token_weight=change`, `target_layers=L` (targets
   averaged over the last L blocks), `reg=sigreg|vicreg|none` and `reg_weight=W` (the
   anti-collapse term), `ema_start=M` and `ema_end=M` (the target encoder's EMA momentum,
-  linear from one to the other over training; 0:0 makes the target the online encoder
+  linear from one to the other over training; both 0 make the target the online encoder
   under a stop-gradient), `pred_depth=D` (predictor blocks), `targets=N` and
   `target_scale=LO-HI` (the mask: N target blocks, each LO-HI of the frame; I-JEPA's 4 and
   0.15-0.2); e.g. `jepa:horizon=2:actions`.
@@ -84,10 +85,12 @@ ENCODERS = ("random", "autoencoder", "mae", "jepa", "jepa-tubelet")
 # Which objective trains each encoder, on clips of how many frames.
 RECIPES = {"autoencoder": ("autoencoder", 1), "mae": ("mae", 1), "jepa": ("jepa", 1),
            "jepa-tubelet": ("jepa", 2)}
+
+
 def scale_range(text: str) -> tuple[float, float]:
-    """`0.3-0.4` -> (0.3, 0.4); one number -> that number twice."""
-    lo, _, hi = text.partition("-")
-    return float(lo), float(hi or lo)
+    """`0.3-0.4` -> (0.3, 0.4); one number -> that number twice; ValueError otherwise."""
+    lo, sep, hi = text.partition("-")
+    return float(lo), float(hi if sep else lo)
 
 
 # `jepa:` options and the JEPAConfig field each sets (`actions` takes no value).
@@ -358,8 +361,8 @@ def _parse(args: argparse.Namespace) -> tuple[list[str], list[int], dict[str, in
             objective, fpc, options = parse_encoder(name)
             model = build_jepa_or_baseline(
                 objective, make_config("tiny", frames_per_clip=fpc, patch=args.patch), options)
-            if hasattr(model, "mask_cfg"):  # a block that fits the grid and leaves a context
-                sample_masks(2, model.vit_cfg.grid, model.mask_cfg, torch.Generator())
+            if hasattr(model, "mask_cfg"):  # targets that leave no context fail here, not later
+                sample_masks(args.batch, model.vit_cfg.grid, model.mask_cfg, torch.Generator())
         except ValueError as err:
             raise SystemExit(f"probe: error: --encoders: {err}") from None
     try:

@@ -37,7 +37,8 @@ class PretrainConfigError(ValueError):
 def build_objective(name: str, vit_cfg: ViTConfig, reg: str = "sigreg",
                     reg_weight: float | None = None, **jepa: object) -> nn.Module:
     """The model for one objective; `reg` and `jepa` (JEPAConfig fields: horizon, context,
-    action_dim, target_norm, token_weight, target_layers) apply to JEPA only."""
+    action_dim, target_norm, token_weight, target_layers, ema_start, pred_depth, ...) apply
+    to JEPA only."""
     if name not in PRETRAIN_OBJECTIVES:
         raise PretrainConfigError(f"objective {name!r}; allowed: {', '.join(PRETRAIN_OBJECTIVES)}")
     if reg not in REGULARIZERS:

@@ -169,6 +169,8 @@ def test_mask_options_set_the_block_geometry(tmp_path):
     assert tgt.shape[:2] == (3, 2) and 16 <= tgt.shape[2] <= 24  # ~0.3 of the 8 x 8 grid
     with pytest.raises(SystemExit, match="target scale 0.5-2.0; need 0 < low <= high <= 1"):
         main(["--encoders", "jepa:target_scale=0.5-2", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="left no context token; use fewer or smaller"):
+        main(["--encoders", "jepa:target_scale=1", "--out", str(tmp_path)])
 
 
 def test_temporal_jepa_rows_at_patch_16(tmp_path):

@@ -92,6 +92,10 @@ def sample_masks(
         contexts.append(_to_tube_idx(ctx, t))
         targets.append(torch.stack([_to_tube_idx(tm, t) for tm in tmasks]))
     n_ctx = min(len(c) for c in contexts)
+    if n_ctx < 1:
+        raise ValueError(f"mask: {cfg.num_targets} target blocks of {cfg.target_scale[0]}-"
+                         f"{cfg.target_scale[1]} of the frame left no context token; use "
+                         "fewer or smaller target blocks")
     ctx_idx = torch.stack(
         [c[torch.randperm(len(c), generator=gen)[:n_ctx].sort().values] for c in contexts]
     )
