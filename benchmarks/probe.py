@@ -201,8 +201,9 @@ def build_encoder_model(name: str, data: dict[str, np.ndarray], patch: int = 8) 
 
 def build_jepa_or_baseline(objective: str, cfg: ViTConfig, options: dict) -> torch.nn.Module:
     """`build_objective` with the mask-geometry options applied to the JEPA it builds."""
-    mask = {MASK_OPTIONS[k][0]: options.pop(k) for k in list(options) if k in MASK_OPTIONS}
-    model = build_objective(objective, cfg, **options)
+    mask = {MASK_OPTIONS[k][0]: v for k, v in options.items() if k in MASK_OPTIONS}
+    model = build_objective(objective, cfg,
+                            **{k: v for k, v in options.items() if k not in MASK_OPTIONS})
     if mask:
         model.mask_cfg = dataclasses.replace(model.mask_cfg, **mask)
     return model
