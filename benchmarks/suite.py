@@ -5,8 +5,11 @@ config is resolved here (bad overrides fail before Ray starts) and trained with
 `agents.run.train.train(cfg)` in its own Ray worker (one run per worker process), writing to
 `OUT/<task>/seed_<s>/`. Runs whose `status.json` says finished are skipped; unfinished ones
 are started again with the same logdir, which resumes them. A failed run is reported and the
-others go on. At the end every run's scores go to `OUT/scores.json.gz` (official format) and
-the aggregate table to `OUT/summary.md`, with plots beside it.
+others go on. A run stopped by a signal (`pkill -INT -f ray::_train`: it checkpoints and
+exits) pauses the suite: queued runs are dropped, running ones are stopped the same way, the
+driver reports and exits, and the same command resumes everything later. At the end every
+run's scores go to `OUT/scores.json.gz` (official format) and the aggregate table to
+`OUT/summary.md`, with plots beside it.
 """
 
 from __future__ import annotations
@@ -95,6 +98,10 @@ def is_finished(logdir: str | Path) -> bool:
     return bool(status and status.get("finished"))
 
 
+# Outcomes of a paused suite (see `run_suite`): neither counts as a failure.
+STOPPED, NOT_STARTED = "stopped", "not started"
+
+
 def _train(cfg: Config) -> str:
     # Imported in the worker: the driver needs neither torch nor the agents.
     from agents.run.train import train
@@ -128,19 +135,42 @@ def run_suite(
     total = len(pending)
     if total:
         log(f"running {total} runs ({cpus_per_run} CPU, {gpus_per_run} GPU each)")
+    pausing = False
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         spec, start = pending.pop(done[0])
         count = total - len(pending)
         try:
             ray.get(done[0])
+        except ray.exceptions.TaskCancelledError:  # dropped by a pause (see below)
+            if is_finished(spec.logdir):
+                outcome[spec.name] = "done"
+            elif read_status(spec.logdir) is not None:  # it trained, and checkpointed
+                outcome[spec.name] = STOPPED
+            else:
+                outcome[spec.name] = NOT_STARTED
+            log(f"[{count}/{total}] {outcome[spec.name]} {spec.name}: the suite is pausing")
+            continue
         except Exception as exc:  # a failed run is reported; the others go on
             message = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
             outcome[spec.name] = f"FAILED: {message}"
             log(f"[{count}/{total}] FAILED {spec.name}: {message}")
             continue
-        outcome[spec.name] = "done"
-        log(f"[{count}/{total}] done {spec.name} in {time.time() - start:.0f} s")
+        if is_finished(spec.logdir):
+            outcome[spec.name] = "done"
+            log(f"[{count}/{total}] done {spec.name} in {time.time() - start:.0f} s")
+            continue
+        # Back unfinished: stopped by a signal, with a checkpoint. The user wants the
+        # machine back, so the suite pauses: queued runs are dropped, and running ones get
+        # Ray's cancel, a KeyboardInterrupt in their main thread, which the run's signal
+        # guard takes as a stop request (it checkpoints and returns, as on SIGINT).
+        outcome[spec.name] = STOPPED
+        log(f"[{count}/{total}] stopped {spec.name} (checkpointed); pausing the suite: "
+            "rerun the same command to resume")
+        if not pausing:
+            pausing = True
+            for ref in pending:
+                ray.cancel(ref)
     return outcome
 
 
@@ -178,9 +208,11 @@ def suite_main(args: argparse.Namespace, envs: Sequence[str], repeat: int, out: 
     if runs:
         write_scores(runs, out_dir / "scores.json.gz")
     failed = sorted(name for name, result in outcome.items() if result.startswith("FAILED"))
+    paused = sum(result in (STOPPED, NOT_STARTED) for result in outcome.values())
     print(
-        f"\n{len(specs)} runs: {len(specs) - len(failed)} ok, {len(failed)} failed"
+        f"\n{len(specs)} runs: {len(specs) - len(failed) - paused} ok, {len(failed)} failed"
         + (f" ({', '.join(failed)})" if failed else "")
+        + (f", {paused} paused (rerun to resume)" if paused else "")
     )
     if not runs:
         print("no run wrote scores yet; nothing to aggregate")

@@ -131,6 +131,76 @@ def test_failed_run_is_reported_and_the_others_go_on(tmp_path):
     assert json.loads((good.logdir / "status.json").read_text())["finished"]
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc): this test's own Ray workers, never another
+    Ray instance's on the same machine."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _training_worker() -> int | None:
+    for pid in _descendants(os.getpid()):
+        try:
+            if b"ray::_train" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds its Ray worker through /proc")
+def test_a_run_stopped_by_a_signal_pauses_the_suite(tmp_path):
+    import signal
+    import threading
+
+    import ray
+
+    from benchmarks.suite import NOT_STARTED, STOPPED, init_ray, plan, run_suite
+
+    # Long runs (they are stopped long before their budget), one at a time on one CPU.
+    first, second = plan(["dmc:cartpole-balance", "dmc:walker-stand"], 1, 1_000_000, 2,
+                         tmp_path, size="1m", sets=DMC_TINY[3::2])
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    init_ray(None, num_cpus=1)
+    outcome: dict[str, str] = {}
+    lines: list[str] = []
+    driver = threading.Thread(target=lambda: outcome.update(run_suite([first, second],
+                                                                      log=lines.append)))
+    try:
+        driver.start()
+        deadline, worker = time.time() + 300, None
+        # Stop the run once it is in its training loop (its metrics are being written).
+        while time.time() < deadline and worker is None:
+            time.sleep(1)
+            if any((s.logdir / "metrics.jsonl").is_file() for s in (first, second)):
+                worker = _training_worker()
+        assert worker is not None, "no training worker appeared"
+        os.kill(worker, signal.SIGINT)
+        driver.join(timeout=300)
+        assert not driver.is_alive(), "the suite did not return after the stop"
+    finally:
+        ray.shutdown()
+    stopped = first if (first.logdir / "metrics.jsonl").is_file() else second
+    queued = second if stopped is first else first
+    assert outcome == {stopped.name: STOPPED, queued.name: NOT_STARTED}, (outcome, lines)
+    status = json.loads((stopped.logdir / "status.json").read_text())
+    assert not status["finished"] and status["step"] > 0
+    assert (stopped.logdir / "checkpoint").is_dir()
+    assert not (queued.logdir / "metrics.jsonl").exists()  # it never started
+    assert any("rerun the same command to resume" in line for line in lines)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
