@@ -149,17 +149,18 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _training_worker() -> int | None:
+def _training_workers() -> list[int]:
+    found = []
     for pid in _descendants(os.getpid()):
         try:
-            if b"ray::_train" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_train"):
+                found.append(pid)
         except OSError:
             continue
-    return None
+    return found
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds its Ray worker through /proc")
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds its Ray workers through /proc")
 def test_a_run_stopped_by_a_signal_pauses_the_suite(tmp_path):
     import signal
     import threading
@@ -168,36 +169,37 @@ def test_a_run_stopped_by_a_signal_pauses_the_suite(tmp_path):
 
     from benchmarks.suite import NOT_STARTED, STOPPED, init_ray, plan, run_suite
 
-    # Long runs (they are stopped long before their budget), one at a time on one CPU.
-    first, second = plan(["dmc:cartpole-balance", "dmc:walker-stand"], 1, 1_000_000, 2,
-                         tmp_path, size="1m", sets=DMC_TINY[3::2])
+    # Three long runs (stopped long before their budget), two at a time on two CPUs.
+    specs = plan(["dmc:cartpole-balance", "dmc:walker-stand", "dmc:cartpole-swingup"], 1,
+                 1_000_000, 2, tmp_path, size="1m", sets=DMC_TINY[3::2])
     os.environ.setdefault("MUJOCO_GL", "egl")
-    init_ray(None, num_cpus=1)
+    init_ray(None, num_cpus=2)
     outcome: dict[str, str] = {}
     lines: list[str] = []
-    driver = threading.Thread(target=lambda: outcome.update(run_suite([first, second],
-                                                                      log=lines.append)))
+    driver = threading.Thread(target=lambda: outcome.update(run_suite(specs, log=lines.append)))
+    training = lambda: [s for s in specs if (s.logdir / "metrics.jsonl").is_file()]
     try:
         driver.start()
-        deadline, worker = time.time() + 300, None
-        # Stop the run once it is in its training loop (its metrics are being written).
-        while time.time() < deadline and worker is None:
+        deadline, workers = time.time() + 300, []
+        # Both running runs in their training loops (metrics written), then SIGINT to one.
+        while time.time() < deadline and not (len(training()) == 2 and len(workers) == 2):
             time.sleep(1)
-            if any((s.logdir / "metrics.jsonl").is_file() for s in (first, second)):
-                worker = _training_worker()
-        assert worker is not None, "no training worker appeared"
-        os.kill(worker, signal.SIGINT)
+            workers = _training_workers()
+        assert len(workers) == 2, f"expected two training workers, found {workers}"
+        os.kill(workers[0], signal.SIGINT)
         driver.join(timeout=300)
         assert not driver.is_alive(), "the suite did not return after the stop"
     finally:
         ray.shutdown()
-    stopped = first if (first.logdir / "metrics.jsonl").is_file() else second
-    queued = second if stopped is first else first
-    assert outcome == {stopped.name: STOPPED, queued.name: NOT_STARTED}, (outcome, lines)
-    status = json.loads((stopped.logdir / "status.json").read_text())
-    assert not status["finished"] and status["step"] > 0
-    assert (stopped.logdir / "checkpoint").is_dir()
-    assert not (queued.logdir / "metrics.jsonl").exists()  # it never started
+    ran = training()
+    (queued,) = [s for s in specs if s not in ran]
+    # The signalled run and the one the pause cancelled both stopped with a checkpoint.
+    assert outcome == {**{s.name: STOPPED for s in ran}, queued.name: NOT_STARTED}, (outcome,
+                                                                                   lines)
+    for spec in ran:
+        status = json.loads((spec.logdir / "status.json").read_text())
+        assert not status["finished"] and status["step"] > 0
+        assert (spec.logdir / "checkpoint").is_dir()
     assert any("rerun the same command to resume" in line for line in lines)
 
 
