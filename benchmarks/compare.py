@@ -12,7 +12,9 @@ An arm is `NAME=AGENT[,KEY=VALUE,...]`: the agent and the config overrides that 
 (`atari`, `shapes`, `noise`, `video:DIR`). Every (env, arm, condition, seed) is one
 training run in `OUT/<arm>/<condition>/<task>/seed_<s>/`, trained on Ray like the suites
 (embedded Ray by default, `--address auto` for a cluster; finished runs are skipped,
-unfinished ones resume). Seeds are shared across conditions, which makes the design paired.
+unfinished ones resume; SIGINT to a run's worker pauses the study, see
+`benchmarks.suite.run_suite`). Seeds are shared across conditions, which makes the design
+paired.
 
 Written to OUT: `scores.json.gz` (official format, method `<arm>/<condition>`, training
 episodes), `compare.md` and `compare.png`. Final scores at the frame budget: evaluation
@@ -54,7 +56,16 @@ from benchmarks.aggregate import final_value
 from benchmarks.publish import copy_run
 from benchmarks.ray_launch import add_ray_args, init_ray
 from benchmarks.scores import Run, ScoreFileError, read_run_dir, write_scores
-from benchmarks.suite import RunSpec, SuiteError, exit_with, is_finished, plan, run_suite
+from benchmarks.suite import (
+    PAUSED_EXIT,
+    RunSpec,
+    SuiteError,
+    exit_with,
+    is_finished,
+    paused,
+    plan,
+    run_suite,
+)
 
 REPEAT = 2  # DMC's action repeat in the published protocol
 DEFAULT_ARMS = ("dreamerv3=dreamerv3", "jepa=jepa")
@@ -440,11 +451,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SuiteError as exc:
         parser.error(str(exc))
     failed: list[str] = []
+    waiting = 0
     if not args.report_only:
         init_ray(args.address, args.num_cpus)
         outcome = run_suite([s for c in cells for s in c.specs], args.cpus_per_run,
                             args.gpus_per_run)
         failed = sorted(k for k, v in outcome.items() if v.startswith("FAILED"))
+        waiting = paused(outcome)
+        if waiting:
+            print(f"paused: {waiting} runs to resume (rerun the same command)")
     out.mkdir(parents=True, exist_ok=True)
     print(report(cells, frames, out, plots=not args.no_plots))
     print(f"wrote {out / 'compare.md'}" + ("" if args.no_plots else f", {out / 'compare.png'}"))
@@ -458,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"error: publishing to {args.publish} failed: {exc}", file=sys.stderr)
             exit_with(1)
         print(f"published {len(copied)} finished runs to {args.publish}")
-    exit_with(1 if failed else 0)
+    exit_with(1 if failed else PAUSED_EXIT if waiting else 0)
 
 
 if __name__ == "__main__":

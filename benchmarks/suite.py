@@ -5,9 +5,10 @@ config is resolved here (bad overrides fail before Ray starts) and trained with
 `agents.run.train.train(cfg)` in its own Ray worker (one run per worker process), writing to
 `OUT/<task>/seed_<s>/`. Runs whose `status.json` says finished are skipped; unfinished ones
 are started again with the same logdir, which resumes them. A failed run is reported and the
-others go on. A run stopped by a signal (`pkill -INT -f ray::_train`: it checkpoints and
-exits) pauses the suite: queued runs are dropped, running ones are stopped the same way, the
-driver reports and exits, and the same command resumes everything later. At the end every
+others go on. A run stopped by a signal (SIGINT to its `ray::_train` worker: it finishes its
+step, checkpoints and exits) pauses the suite (`run_suite`): queued runs are dropped, running
+ones are stopped the same way, the driver reports and exits with status 75, and the same
+command resumes everything later. At the end every
 run's scores go to `OUT/scores.json.gz` (official format) and the aggregate table to
 `OUT/summary.md`, with plots beside it.
 """
@@ -33,6 +34,7 @@ __all__ = [
     "collect",
     "init_ray",
     "is_finished",
+    "paused",
     "plan",
     "run_suite",
     "suite_main",
@@ -100,13 +102,19 @@ def is_finished(logdir: str | Path) -> bool:
 
 # Outcomes of a paused suite (see `run_suite`): neither counts as a failure.
 STOPPED, NOT_STARTED = "stopped", "not started"
+# Exit status of a suite or comparison that paused (EX_TEMPFAIL: rerun to go on).
+PAUSED_EXIT = 75
+# Seconds a paused suite waits for its running runs' checkpoints before killing them.
+PAUSE_GRACE_S = 900.0
 
 
 def _train(cfg: Config) -> str:
     # Imported in the worker: the driver needs neither torch nor the agents.
     from agents.run.train import train
 
-    return str(train(cfg))
+    # A pause sends Ray's cancel (a SIGINT in Python) to runs the user may have signalled
+    # already: the second must not cut the checkpoint short.
+    return str(train(cfg, escalate_signals=False))
 
 
 def run_suite(
@@ -114,8 +122,17 @@ def run_suite(
     cpus_per_run: float = 1.0,
     gpus_per_run: float | None = None,
     log: Callable[[str], None] = print,
+    grace_s: float = PAUSE_GRACE_S,
 ) -> dict[str, str]:
-    """Run every unfinished spec as a Ray task (Ray must be initialised); name -> outcome."""
+    """Run every unfinished spec as a Ray task (Ray must be initialised); name -> outcome:
+    "done", "skipped (finished)", "FAILED: ...", or, once the suite pauses, "stopped" and
+    "not started".
+
+    A run the user stops with a signal (`kill -INT` on its `ray::_train` worker) checkpoints
+    and returns with `status.json` saying so; the suite then pauses: queued runs are
+    cancelled, running ones get Ray's cancel, which their signal guard takes as a stop (they
+    checkpoint too; after `grace_s` seconds any still running are killed), and the same
+    command resumes everything later."""
     import ray
 
     gpus_per_run = gpus_per_task(gpus_per_run)
@@ -135,43 +152,61 @@ def run_suite(
     total = len(pending)
     if total:
         log(f"running {total} runs ({cpus_per_run} CPU, {gpus_per_run} GPU each)")
-    pausing = False
+    paused_at: float | None = None
+
+    def pause(reason: str) -> None:
+        nonlocal paused_at
+        if paused_at is None:
+            paused_at = time.time()
+            log(f"pausing the suite ({reason}): queued runs will not start, running ones "
+                "checkpoint and stop; rerun the same command to resume")
+            for ref in pending:
+                ray.cancel(ref)
+
     while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
+        timeout = None if paused_at is None else max(paused_at + grace_s - time.time(), 0.0)
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
+        if not done:  # paused, and the grace period is over
+            for ref, (spec, _) in pending.items():
+                log(f"killing {spec.name}: no checkpoint within {grace_s:.0f} s of the pause")
+                ray.cancel(ref, force=True)
+            grace_s = float("inf")  # the killed runs come back as failures below
+            continue
         spec, start = pending.pop(done[0])
         count = total - len(pending)
         try:
             ray.get(done[0])
-        except ray.exceptions.TaskCancelledError:  # dropped by a pause (see below)
-            if is_finished(spec.logdir):
-                outcome[spec.name] = "done"
-            elif read_status(spec.logdir) is not None:  # it trained, and checkpointed
-                outcome[spec.name] = STOPPED
-            else:
-                outcome[spec.name] = NOT_STARTED
-            log(f"[{count}/{total}] {outcome[spec.name]} {spec.name}: the suite is pausing")
+        except ray.exceptions.TaskCancelledError:
+            # The pause's cancel, or the user's signal before the run's guard was set up
+            # (while it started): a stop either way, with nothing since its last checkpoint.
+            outcome[spec.name] = STOPPED if read_status(spec.logdir) else NOT_STARTED
+            log(f"[{count}/{total}] {outcome[spec.name]} {spec.name}")
+            pause(f"{spec.name} stopped while starting")
             continue
         except Exception as exc:  # a failed run is reported; the others go on
             message = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
             outcome[spec.name] = f"FAILED: {message}"
             log(f"[{count}/{total}] FAILED {spec.name}: {message}")
             continue
-        if is_finished(spec.logdir):
+        status = read_status(spec.logdir) or {}
+        if status.get("finished"):
             outcome[spec.name] = "done"
             log(f"[{count}/{total}] done {spec.name} in {time.time() - start:.0f} s")
-            continue
-        # Back unfinished: stopped by a signal, with a checkpoint. The user wants the
-        # machine back, so the suite pauses: queued runs are dropped, and running ones get
-        # Ray's cancel, a KeyboardInterrupt in their main thread, which the run's signal
-        # guard takes as a stop request (it checkpoints and returns, as on SIGINT).
-        outcome[spec.name] = STOPPED
-        log(f"[{count}/{total}] stopped {spec.name} (checkpointed); pausing the suite: "
-            "rerun the same command to resume")
-        if not pausing:
-            pausing = True
-            for ref in pending:
-                ray.cancel(ref)
+        elif status.get("stopped"):
+            outcome[spec.name] = STOPPED
+            log(f"[{count}/{total}] stopped {spec.name} at step {status.get('step')} "
+                f"({status['stopped']}; checkpointed)")
+            pause(f"{spec.name} got {status['stopped']}")
+        else:
+            outcome[spec.name] = (f"FAILED: returned unfinished at step {status.get('step')} "
+                                  "without a stop")
+            log(f"[{count}/{total}] {outcome[spec.name]} ({spec.name})")
     return outcome
+
+
+def paused(outcome: dict[str, str]) -> int:
+    """How many runs of `run_suite`'s outcome a pause left to resume."""
+    return sum(result in (STOPPED, NOT_STARTED) for result in outcome.values())
 
 
 def collect(specs: Sequence[RunSpec], method: str | None = None) -> list[Run]:
@@ -199,7 +234,8 @@ def add_common_args(parser: argparse.ArgumentParser, frames: int) -> None:
 
 
 def suite_main(args: argparse.Namespace, envs: Sequence[str], repeat: int, out: str) -> int:
-    """Plan, run on Ray, aggregate and print; returns the exit status (1 if a run failed)."""
+    """Plan, run on Ray, aggregate and print; returns the exit status (1 if a run failed,
+    else `PAUSED_EXIT` if the suite paused, else 0)."""
     out_dir = Path(args.out or out)
     specs = plan(envs, args.seeds, args.frames, repeat, out_dir, args.agent, args.size, args.sets)
     init_ray(args.address, args.num_cpus)
@@ -208,11 +244,11 @@ def suite_main(args: argparse.Namespace, envs: Sequence[str], repeat: int, out: 
     if runs:
         write_scores(runs, out_dir / "scores.json.gz")
     failed = sorted(name for name, result in outcome.items() if result.startswith("FAILED"))
-    paused = sum(result in (STOPPED, NOT_STARTED) for result in outcome.values())
+    waiting = paused(outcome)
     print(
-        f"\n{len(specs)} runs: {len(specs) - len(failed) - paused} ok, {len(failed)} failed"
+        f"\n{len(specs)} runs: {len(specs) - len(failed) - waiting} ok, {len(failed)} failed"
         + (f" ({', '.join(failed)})" if failed else "")
-        + (f", {paused} paused (rerun to resume)" if paused else "")
+        + (f", {waiting} paused (rerun to resume)" if waiting else "")
     )
     if not runs:
         print("no run wrote scores yet; nothing to aggregate")
@@ -224,7 +260,7 @@ def suite_main(args: argparse.Namespace, envs: Sequence[str], repeat: int, out: 
     text, pngs = report(runs, refs, out_dir, budget=args.frames, plots=not args.no_plots)
     print(text)
     print(f"wrote {out_dir / 'scores.json.gz'}, {out_dir / 'summary.md'} and {len(pngs)} plots")
-    return 1 if failed else 0
+    return 1 if failed else PAUSED_EXIT if waiting else 0
 
 
 def exit_with(code: int) -> None:

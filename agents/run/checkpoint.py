@@ -95,15 +95,17 @@ def _load(path: Path, weights_only: bool | None) -> Any:
 class GracefulExit:
     """Context manager turning the first SIGINT/SIGTERM/SIGHUP into ``.requested = True`` so
     the loop can finish its step, checkpoint and exit; a second signal raises
-    KeyboardInterrupt."""
+    KeyboardInterrupt, unless ``escalate=False`` (Ray workers: a suite that pauses sends its
+    running runs Ray's cancel, which Python delivers as SIGINT, possibly after the user's)."""
 
     # SIGHUP: a closed terminal or ssh session stops the run cleanly instead of killing it.
     SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
-    def __init__(self, message: bool = True) -> None:
+    def __init__(self, message: bool = True, escalate: bool = True) -> None:
         self.requested = False
         self.signal: str | None = None
         self.message = message
+        self.escalate = escalate
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> GracefulExit:
@@ -129,6 +131,8 @@ class GracefulExit:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.requested:
+            if not self.escalate:
+                return  # already stopping: the checkpoint is on its way
             raise KeyboardInterrupt(f"second {name}: stopping now")
         self.request(name)
         if self.message:

@@ -8,6 +8,7 @@ argv belongs to the CLI alone. `build_parts` makes the env, agent, replay and lo
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections import defaultdict
@@ -28,7 +29,7 @@ from agents.run.collector import Collector
 from agents.run.compat import saved_rng_state
 from agents.run.config import Config, ConfigError, save_config
 from agents.run.logger import Progress, RunLogger, open_loop_video
-from agents.run.rundir import AGENT_FILE, REPLAY, RunDir
+from agents.run.rundir import AGENT_FILE, REPLAY, STATUS, RunDir
 from agents.run.schedules import Every, Ratio
 from agents.runtime import describe_machine, seed_everything, select_device, set_malloc, set_threads
 from replay import SequenceReplay, make_sampler
@@ -185,8 +186,13 @@ def build_parts(cfg: Config, run: RunDir) -> Parts:
 class Trainer:
     """One training run over given parts; `run()` drives it to `run.steps` agent steps."""
 
-    def __init__(self, cfg: Config, run: RunDir, parts: Parts, report: Report | None = None):
+    def __init__(self, cfg: Config, run: RunDir, parts: Parts, report: Report | None = None,
+                 escalate_signals: bool = True):
         self.cfg, self.rundir, self.report_fn = cfg, run, report
+        # `status.json`'s `stopped`: the signal that ended this start early (None otherwise),
+        # how a suite tells a run the user stopped from one that returned for another reason.
+        self.stopped: str | None = None
+        self.escalate_signals = escalate_signals
         self.env, self.agent = parts.env, parts.agent
         self.replay, self.logger = parts.replay, parts.logger
         self.repeat = int(self.env.metadata.get("action_repeat", 1))
@@ -264,7 +270,7 @@ class Trainer:
         step, target = self.counters["step"], int(self.cfg.run.steps)
         self.logger.status(step=step, frames=step * self.repeat, target_steps=target,
                            finished=step >= target, updates=self.counters["updates"],
-                           cpu_s=self.counters["cpu_s"])
+                           cpu_s=self.counters["cpu_s"], stopped=self.stopped)
 
     @property
     def finished(self) -> bool:
@@ -298,7 +304,7 @@ class Trainer:
         start_cpu, start_process = c["cpu_s"], time.process_time()
         total = int(cfg.run.steps)
         progress = Progress(total, c["step"], self.repeat, every=max(cfg.run.log_every, 1))
-        with GracefulExit() as stop:
+        with GracefulExit(escalate=self.escalate_signals) as stop:
             while c["step"] < total and not stop.requested:
                 prefill = c["step"] < cfg.run.prefill
                 for ep in self.collector.collect(random_policy if prefill else train_policy, 1):
@@ -336,10 +342,13 @@ class Trainer:
                     self.open_loop_report()
                 if save_due(now):
                     self.save()
-        progress.close()
-        if start_cpu is not None:  # the last pass's updates, evaluation and report too
-            c["cpu_s"] = start_cpu + time.process_time() - start_process
-        self.save()
+            # Still inside the guard: a signal during the last save is taken as a request
+            # (or, escalating, as a second signal), not as the default KeyboardInterrupt.
+            progress.close()
+            if start_cpu is not None:  # the last pass's updates, evaluation and report too
+                c["cpu_s"] = start_cpu + time.process_time() - start_process
+            self.stopped = stop.signal if stop.requested and not self.finished else None
+            self.save()
 
     def train_step(self, batch_size: int, length: int) -> dict[str, float]:
         """One update on a replayed batch; what the update returns for the steps it trained
@@ -424,17 +433,26 @@ class Trainer:
             self.logger.video("openl", frames, c["step"])
 
 
+def _says_finished(status: Path) -> bool:
+    try:
+        return bool(json.loads(status.read_text()).get("finished"))
+    except (OSError, ValueError):
+        return False
+
+
 def train(cfg: Config, logdir: str | Path | None = None, report: Report | None = None,
-          log: Callable[[str], None] = print) -> Path:
+          log: Callable[[str], None] = print, escalate_signals: bool = True) -> Path:
     """Train (or resume) the run that `cfg` describes; returns the run directory.
 
     `report` receives a flat metrics dict (`step`, `frames`, `episode/return`,
     `eval/return`, ...) every time metrics are logged (Ray Tune hooks in here). The
-    config file is (re)written only once the run's checkpoint has loaded."""
+    config file is (re)written only once the run's checkpoint has loaded.
+    `escalate_signals=False` (suite runs on Ray): a second SIGINT/SIGTERM/SIGHUP does not
+    interrupt the checkpoint the first one asked for."""
     run = run_dir(cfg, logdir)
     changed = resume_changes(cfg, run)
     parts = build_parts(cfg, run)
-    trainer = Trainer(cfg, run, parts, report)
+    trainer = Trainer(cfg, run, parts, report, escalate_signals)
     try:
         resumed = trainer.restore(warn=log)
         save_config(cfg, run.config)
@@ -445,6 +463,8 @@ def train(cfg: Config, logdir: str | Path | None = None, report: Report | None =
             log("applied on resume: " + ", ".join(f"{k} {a!r} -> {b!r}"
                                                    for k, (a, b) in changed.items()))
         if resumed and trainer.finished:
+            if not _says_finished(run.path / STATUS):  # a budget below where it stopped
+                trainer._status()
             log(f"already finished ({step} of {total} steps); nothing to do: {run.path}")
             return run.path
         if resumed:

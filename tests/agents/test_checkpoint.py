@@ -90,6 +90,16 @@ def test_graceful_exit_first_signal_sets_flag_second_raises():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_graceful_exit_without_escalation_ignores_a_second_signal():
+    import _thread
+
+    with GracefulExit(message=False, escalate=False) as guard:
+        os.kill(os.getpid(), signal.SIGINT)
+        _thread.interrupt_main()  # how Ray's cancel reaches a task: a simulated SIGINT
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert guard.requested and guard.signal == "SIGINT"
+
+
 def test_graceful_exit_request():
     with GracefulExit(message=False) as guard:
         guard.request("time budget")

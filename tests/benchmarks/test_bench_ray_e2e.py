@@ -160,8 +160,13 @@ def _training_workers() -> list[int]:
     return found
 
 
+def _last_step(logdir: Path) -> int:
+    lines = (logdir / "metrics.jsonl").read_text().splitlines()
+    return max((json.loads(line)["step"] for line in lines if line.strip()), default=0)
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds its Ray workers through /proc")
-def test_a_run_stopped_by_a_signal_pauses_the_suite(tmp_path):
+def test_signalled_runs_pause_the_suite_with_their_progress_saved(tmp_path):
     import signal
     import threading
 
@@ -176,29 +181,34 @@ def test_a_run_stopped_by_a_signal_pauses_the_suite(tmp_path):
     init_ray(None, num_cpus=2)
     outcome: dict[str, str] = {}
     lines: list[str] = []
-    driver = threading.Thread(target=lambda: outcome.update(run_suite(specs, log=lines.append)))
+    driver = threading.Thread(target=lambda: outcome.update(run_suite(specs, log=lines.append)),
+                              daemon=True)
     training = lambda: [s for s in specs if (s.logdir / "metrics.jsonl").is_file()]
     try:
         driver.start()
         deadline, workers = time.time() + 300, []
-        # Both running runs in their training loops (metrics written), then SIGINT to one.
+        # Both running runs in their training loops (metrics written), then SIGINT to both
+        # at once, as `pkill -INT` does: the pause's cancel then reaches the second one
+        # while it is already stopping, and must not cut its checkpoint short.
         while time.time() < deadline and not (len(training()) == 2 and len(workers) == 2):
             time.sleep(1)
             workers = _training_workers()
         assert len(workers) == 2, f"expected two training workers, found {workers}"
-        os.kill(workers[0], signal.SIGINT)
+        logged = {s.name: _last_step(s.logdir) for s in training()}
+        for pid in workers:
+            os.kill(pid, signal.SIGINT)
         driver.join(timeout=300)
         assert not driver.is_alive(), "the suite did not return after the stop"
     finally:
         ray.shutdown()
     ran = training()
     (queued,) = [s for s in specs if s not in ran]
-    # The signalled run and the one the pause cancelled both stopped with a checkpoint.
     assert outcome == {**{s.name: STOPPED for s in ran}, queued.name: NOT_STARTED}, (outcome,
                                                                                    lines)
-    for spec in ran:
+    for spec in ran:  # each saved what it had done when the signal came
         status = json.loads((spec.logdir / "status.json").read_text())
-        assert not status["finished"] and status["step"] > 0
+        assert status["stopped"] == "SIGINT" and not status["finished"]
+        assert status["step"] >= logged[spec.name] > 0
         assert (spec.logdir / "checkpoint").is_dir()
     assert any("rerun the same command to resume" in line for line in lines)
 
