@@ -163,14 +163,16 @@ def run_suite(
             for ref in pending:
                 ray.cancel(ref)
 
+    killed = False
     while pending:
-        timeout = None if paused_at is None else max(paused_at + grace_s - time.time(), 0.0)
+        timeout = (None if paused_at is None or killed
+                   else max(paused_at + grace_s - time.time(), 0.0))
         done, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
         if not done:  # paused, and the grace period is over
             for ref, (spec, _) in pending.items():
                 log(f"killing {spec.name}: no checkpoint within {grace_s:.0f} s of the pause")
                 ray.cancel(ref, force=True)
-            grace_s = float("inf")  # the killed runs come back as failures below
+            killed = True  # they come back as failures below
             continue
         spec, start = pending.pop(done[0])
         count = total - len(pending)
