@@ -24,6 +24,7 @@ from world_models.encoders import (
     VECTOR_KEY,
     MultiDecoder,
     MultiEncoder,
+    PretrainedImageEncoder,
 )
 from world_models.objectives import objective_class
 from world_models.world_model import WorldModel
@@ -77,11 +78,12 @@ class DreamerV3Agent(Agent):
             settings=settings if objective.SECTION else None, discrete=self.discrete,
             diag_every=mcfg["diag_every"]).to(self.device)
         # The conv stacks (encoder, decoder, the JEPA target encoder's copy and probe
-        # decoder) over a training batch's frames, in bf16 where `conv_precision` asks.
+        # decoder) and a fine-tuned pretrained encoder over a training batch's frames, in
+        # bf16 where `conv_precision` asks.
         self.conv_bf16 = conv_stacks_bf16(config.get("conv_precision", "auto"), precision,
                                           self.device)
         for module in self.wm.modules():
-            if isinstance(module, (MultiEncoder, MultiDecoder)):
+            if isinstance(module, (MultiEncoder, MultiDecoder, PretrainedImageEncoder)):
                 module.conv_bf16 = self.conv_bf16
         self.ac = ActorCritic(self.wm.rssm.feat_dim, self.act_dim, self.discrete,
                               **config["actor_critic"]).to(self.device)

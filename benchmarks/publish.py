@@ -46,7 +46,8 @@ def _short(x: float) -> str:
 
 def method_label(config: dict[str, Any], base: str) -> str:
     """`dreamjepa:dreamerv3 1m r128 lr3e-4`: who, at which size, train ratio and lr; a run
-    that collected its data another way than with the actor says how (`... mppi`)."""
+    that collected its data another way than with the actor says how (`... mppi`), one with
+    a pretrained image encoder which and how it trained (`... jepa-encoder-frozen`)."""
     size = get_dotted(config, "size")
     ratio = get_dotted(config, "run.train_ratio")
     lr = get_dotted(config, "opt.lr")
@@ -60,6 +61,10 @@ def method_label(config: dict[str, Any], base: str) -> str:
     behavior = get_dotted(config, "run.behavior")
     if behavior and behavior != "actor":
         parts.append(str(behavior))
+    kind = get_dotted(config, "model.encoder.kind")
+    if kind and kind != "cnn":  # jepa:PATH or hf:ID; the path is the machine's, not kept
+        mode = get_dotted(config, "model.encoder.mode") or "frozen"
+        parts.append(f"{str(kind).split(':')[0]}-encoder-{mode}")
     return " ".join(parts)
 
 

@@ -22,10 +22,12 @@ walker-like) or 64x64x3 pixels, and the model size of the peer implementation
 (NM512/dreamerv3-torch: deter 512, hidden 512, 32 x 32 latents, 512 units, CNN depth 32),
 also with stride-2 convs as the peer's CNN has (`peer-pixels-strided`). Rows named `jepa-*`
 time the JEPA agent (no pixel decoder in the update) at the same size, for the jepa vs
-dreamerv3 comparison. `all` is every row but `peer-state`. `collect` times `dmc:walker-walk`
-(state) with 4 envs and the 1m agent's policy. `--set` applies config overrides to every
-model row, e.g. `--set model.encoder.strided=true --set model.decoder.strided=true` to time
-the strided CNN that the CPU pixel runs use.
+dreamerv3 comparison. `vit-finetune-1m-pixels-strided` replaces the CNN encoder by a
+fine-tuned tiny JEPA ViT (`--encoder jepa:PATH --encoder-mode finetune`; random weights,
+written to a temporary file). `all` is every row but `peer-state` and the ViT row.
+`collect` times `dmc:walker-walk` (state) with 4 envs and the 1m agent's policy. `--set`
+applies config overrides to every model row, e.g. `--set model.encoder.strided=true --set
+model.decoder.strided=true` to time the strided CNN that the CPU pixel runs use.
 
 `--parts` adds, for every pixel row, the image encoder (forward and backward over the
 batch's B x T uint8 frames) and the image decoder (forward, the image loss, backward) alone,
@@ -37,8 +39,10 @@ peaks (small-channel convs are bound by memory, not arithmetic).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -86,6 +90,7 @@ class Row:
     pixels: bool
     sets: tuple[str, ...] = ()
     agent: str = "dreamerv3"
+    vit: str = ""  # a ViT preset: the image encoder is a fine-tuned JEPA ViT of that size
 
 
 ROWS: dict[str, Row] = {
@@ -102,6 +107,9 @@ ROWS: dict[str, Row] = {
     # The JEPA study's setting (issue 35): beside 1m-pixels-strided, equal size and CNN.
     "jepa-1m-pixels-strided": Row("1m", True, STRIDED_SETS, agent="jepa"),
     "jepa-12m-pixels": Row("12m", True, agent="jepa"),
+    # `--encoder jepa:PATH --encoder-mode finetune` (issue 34's agent run): the pretrained
+    # ViT's forward and backward over every frame of a batch, in place of the CNN encoder.
+    "vit-finetune-1m-pixels-strided": Row("1m", True, STRIDED_SETS, vit="tiny"),
 }
 COLLECT = "collect"
 # The CPU flags oneDNN and inductor pick their kernels by (fp32 FMA width, bf16, AMX).
@@ -150,9 +158,23 @@ def parse_modes(text: str) -> list[str]:
     return modes
 
 
+@functools.cache
+def vit_encoder_file(preset: str) -> str:
+    """A randomly initialised JEPA ViT of `preset` saved as an encoder file (what
+    `jepa-pretrain` writes; the weights' values do not change an update's time)."""
+    from world_models.vit_jepa import ViT, make_config, save_encoder
+
+    path = os.path.join(tempfile.mkdtemp(prefix="throughput-vit-"), "encoder.pt")
+    save_encoder(path, ViT(make_config(preset, image_shape=IMAGE)))
+    return path
+
+
 def build_agent(row: Row, device: torch.device, precision: str,
                 sets: Sequence[str] = (), compile: bool = False) -> DreamerV3Agent:
     spec = "dmc:walker-walk-pixels" if row.pixels else "dmc:walker-walk"
+    if row.vit:
+        sets = [f"model.encoder.kind=jepa:{vit_encoder_file(row.vit)}",
+                "model.encoder.mode=finetune", *sets]
     cfg = load_config(spec, size=row.size, agent=row.agent, sets=[*row.sets, *sets])
     obs_space, act_space = spaces(row.pixels)
     return make_agent(row.agent, obs_space, act_space, cfg, device=device,

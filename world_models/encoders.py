@@ -106,6 +106,7 @@ class PretrainedImageEncoder(nn.Module):
         super().__init__()
         self.image = image
         self.cache = bool(cache)
+        self.conv_bf16 = False  # set by the agent (config `conv_precision`); see embed_images
         self.vector = None
         self.out_dim = image.out_dim
         if VECTOR_KEY in obs_shapes:
@@ -113,15 +114,27 @@ class PretrainedImageEncoder(nn.Module):
             self.out_dim += self.vector.out_dim
 
     @property
+    def finetuned(self) -> bool:
+        """Whether the image encoder trains with the agent (`--encoder-mode finetune`)."""
+        return any(p.requires_grad for p in self.image.parameters())
+
+    @property
     def cached_dim(self) -> int:
         """Width of the image embedding replay may keep (frozen), 0 when it changes as the
         agent trains (fine-tuned)."""
-        frozen = not any(p.requires_grad for p in self.image.parameters())
-        return int(self.image.out_dim) if frozen and self.cache else 0
+        return int(self.image.out_dim) if self.cache and not self.finetuned else 0
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Image embeddings [..., out_dim] (float) of uint8 frames [..., H, W, C]."""
-        return self.image({IMAGE_KEY: images}).float()
+        """Image embeddings [..., out_dim] (float) of uint8 frames [..., H, W, C].
+
+        A fine-tuned encoder runs forward and backward over every frame of each training
+        batch (a tiny ViT: ~110 GFLOP forward for 1,024 frames, most of the update), so it
+        takes bf16 where the conv stacks do. A frozen one stays fp32: it embeds each frame
+        once, and the embedding replay keeps is then the same however it was computed."""
+        frames = images.reshape(-1, *images.shape[-3:]).shape[0]
+        with conv_precision(self.conv_bf16 and self.finetuned and self.training,
+                            frames, images.device):
+            return self.image({IMAGE_KEY: images}).float()
 
     def forward(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         # A batch that carries stored embeddings (every one valid: the agent fills the

@@ -105,7 +105,7 @@ def test_old_run_config_with_top_level_encoder_section_loads(tmp_path):
     assert Config.from_yaml(path).model.encoder.kind == "cnn"
 
 
-def _agent(encoder_file, agent="dreamerv3", mode="frozen", sets=()):
+def _agent(encoder_file, agent="dreamerv3", mode="frozen", sets=(), precision="fp32"):
     import gymnasium as gym
     import numpy as np
 
@@ -116,7 +116,7 @@ def _agent(encoder_file, agent="dreamerv3", mode="frozen", sets=()):
         "env.options.obs=pixels", "compile=off", "precision=fp32", "threads=1", *sets])
     space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)})
     return make_agent(agent, space, gym.spaces.Box(-1, 1, (1,)), cfg, device="cpu",
-                      precision="fp32", compile=False)
+                      precision=precision, compile=False)
 
 
 def _batch(agent, B=2, T=6, seed=0):
@@ -200,3 +200,45 @@ def test_frozen_encoder_run_saved_before_embeddings_resumes(tmp_path, encoder_fi
     out = capsys.readouterr().out
     assert "resuming from step 120 of 160" in out and f"holds no {EMBED_KEY}" in out
     assert json.loads((tmp_path / "run" / "status.json").read_text())["step"] == 160
+
+
+def test_finetuned_encoder_takes_bf16_on_training_batches_as_the_conv_stacks_do(encoder_file):
+    # conv_precision=bf16 (auto on CPUs with native bf16): a fine-tuned ViT's forward and
+    # backward over a training batch run in bf16, outputs and gradients stay fp32 and close
+    # to fp32's; acting-size calls and frozen encoders (each frame embedded once, the
+    # embedding kept in replay) stay fp32.
+    from world_models.encoders import CONV_BF16_MIN_FRAMES
+
+    frames = torch.randint(0, 256, (CONV_BF16_MIN_FRAMES, 64, 64, 3), dtype=torch.uint8)
+    dtypes: list[torch.dtype] = []
+    for mode in ("finetune", "frozen"):
+        agent = _agent(encoder_file, mode=mode, sets=["conv_precision=bf16"], precision="bf16")
+        enc = agent.wm.encoder
+        assert agent.conv_bf16 and enc.conv_bf16  # the agent hands the setting down
+        fp32 = _agent(encoder_file, mode=mode, sets=["conv_precision=bf16"])
+        assert not fp32.wm.encoder.conv_bf16  # an fp32 update keeps fp32 everywhere
+        dtypes.clear()
+        linears = [m for m in enc.image.modules() if isinstance(m, torch.nn.Linear)]
+        hooks = [m.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+                 for m in linears]
+
+        def run(count: int, bf16: bool, enc=enc):
+            enc.conv_bf16 = bf16
+            enc.zero_grad(set_to_none=True)
+            emb = enc.embed_images(frames[:count])
+            if enc.finetuned:
+                emb.square().mean().backward()
+            return emb
+
+        ref = run(len(frames), False)
+        dtypes.clear()
+        out = run(len(frames), True)
+        assert out.dtype == torch.float32
+        expected = torch.bfloat16 if mode == "finetune" else torch.float32
+        assert linears and set(dtypes) == {expected}
+        assert (out - ref).norm() / ref.norm() < (2e-2 if mode == "finetune" else 1e-6)
+        dtypes.clear()
+        run(4, True)  # acting: a frame per env
+        assert set(dtypes) == {torch.float32}
+        for h in hooks:
+            h.remove()

@@ -169,6 +169,12 @@ def test_publish_keeps_small_files_and_score_files(tmp_path):
     planned = publish.publish(_our_run(tmp_path / "c", [(1000, 9.0)], sets=(
         "run.train_ratio=128", "opt.lr=3e-4", "run.behavior=mppi")), scores)
     assert planned.name == "dreamjepa-dreamerv3-1m-r128-lr3e-4-mppi-seed0"
+    # With a pretrained encoder: its kind and mode (not the machine's path) in the method.
+    for mode in ("frozen", "finetune"):
+        encoded = publish.publish(_our_run(tmp_path / mode, [(1000, 7.0)], sets=(
+            "run.train_ratio=128", "opt.lr=3e-4", "model.encoder.kind=jepa:/x/encoder.pt",
+            f"model.encoder.mode={mode}")), scores)
+        assert encoded.name == f"dreamjepa-dreamerv3-1m-r128-lr3e-4-jepa-encoder-{mode}-seed0"
     # The folder and the score file read back as the same runs.
     from_dirs = {(r.method, tuple(r.xs)) for r in read_scores(scores / "dmc_proprio")}
     from_file = {(r.method, tuple(r.xs)) for r in read_scores(

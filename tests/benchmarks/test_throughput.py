@@ -41,6 +41,28 @@ def test_tiny_rows_print_agent_params_and_seconds(capsys):
     assert "CPU " in out and "flags:" in out
 
 
+def test_vit_row_times_a_finetuned_pretrained_encoder(capsys):
+    # The ViT row is the CNN row with `--encoder jepa:PATH --encoder-mode finetune`: the
+    # encoder trains with the agent, so every update runs it forward and backward.
+    import torch
+
+    from benchmarks.throughput import build_agent
+
+    row, cnn = ROWS["vit-finetune-1m-pixels-strided"], ROWS["1m-pixels-strided"]
+    assert (row.size, row.pixels, row.sets) == (cnn.size, cnn.pixels, cnn.sets)
+    assert "vit-finetune-1m-pixels-strided" not in parse_rows("all")
+    encoder = build_agent(row, torch.device("cpu"), "fp32").wm.encoder
+    assert encoder.finetuned and encoder.cached_dim == 0
+    main(["--rows", "vit-finetune-1m-pixels-strided", "--batch", "2", "--length", "4",
+          "--updates", "1", "--warmup", "0", "--policy-calls", "1", "--threads", "1",
+          "--device", "cpu", "--modes", "eager", "--parts"])
+    out = capsys.readouterr().out
+    cells = [c.strip() for c in next(ln for ln in out.splitlines()
+                                     if ln.startswith("| vit-finetune")).split("|")[1:-1]]
+    assert cells[1:3] == ["dreamerv3", "pixels"] and float(cells[8]) > 0
+    assert "| vit-finetune-1m-pixels-strided | encoder | eager |" in out
+
+
 def test_parts_time_the_image_encoder_and_decoder_alone(capsys):
     main(["--rows", "1m-state,1m-pixels", "--batch", "2", "--length", "4", "--updates", "1",
           "--warmup", "0", "--policy-calls", "1", "--threads", "1", "--device", "cpu",

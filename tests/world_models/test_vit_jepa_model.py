@@ -320,3 +320,29 @@ def test_action_conditioned_jepa_learns_to_read_the_actions():
         wrong = float(m.loss(clip, torch.Generator().manual_seed(7),
                              actions=acts[torch.randperm(256, generator=g)])["loss/pred"])
     assert true < 0.8 * wrong, (true, wrong)
+
+
+def test_short_sequences_attend_through_the_math_kernel_on_cpu():
+    # A CPU block over <= 64 tokens takes SDPA's math kernel (faster there; see
+    # MATH_ATTENTION_MAX_TOKENS), longer sequences torch's choice; both compute the same
+    # attention, and gradients flow.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from world_models.vit_jepa.vit import MATH_ATTENTION_MAX_TOKENS, transformer
+
+    torch.manual_seed(0)
+    blocks = transformer(16, 1, 2, 2.0).train()
+    flash_on: list[bool] = []
+    blocks.layers[0].self_attn.register_forward_pre_hook(
+        lambda m, args: flash_on.append(torch.backends.cuda.flash_sdp_enabled()))
+    limit = MATH_ATTENTION_MAX_TOKENS
+    for tokens, flash in [(limit, False), (limit + 1, True)]:
+        x = torch.randn(3, tokens, 16, requires_grad=True)
+        out = blocks(x)
+        assert flash_on.pop() == flash
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # the kernel torch picks on a CPU
+            ref = blocks(x)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        out.square().mean().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+    assert torch.backends.cuda.flash_sdp_enabled()  # the setting is restored after a call

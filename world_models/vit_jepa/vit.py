@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 PRESETS: dict[str, dict[str, int]] = {
     # tiny trains on a 2-core CPU in minutes; small/base follow the usual ViT-S/B widths.
@@ -103,9 +104,28 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int, int]) -> Tensor:
     return torch.cat(parts, dim=1).float()
 
 
+# Token counts up to which a CPU block's attention takes SDPA's math kernel (batched
+# matmuls + softmax) instead of the flash kernel. At 64 tokens (a 64x64 frame in 8x8
+# patches), one thread, AVX512-BF16 EPYC, tiny ViT forward + backward over 512 frames
+# (twenty-fourth session): compiled bf16 2.08 s vs 3.15 s, eager bf16 2.34 vs 2.66,
+# compiled / eager fp32 4.00 / 3.37 vs 4.01 / 3.47. At 256 tokens (patch 4) eager flash is
+# faster (2.66 s vs 3.44 bf16), so longer sequences keep torch's choice.
+MATH_ATTENTION_MAX_TOKENS = 64
+
+
+class _Block(nn.TransformerEncoderLayer):
+    """torch's encoder layer; short sequences on a CPU attend through SDPA's math kernel."""
+
+    def forward(self, src: Tensor, *args, **kwargs) -> Tensor:
+        if src.device.type == "cpu" and src.shape[-2] <= MATH_ATTENTION_MAX_TOKENS:
+            with sdpa_kernel(SDPBackend.MATH):
+                return super().forward(src, *args, **kwargs)
+        return super().forward(src, *args, **kwargs)
+
+
 def transformer(width: int, depth: int, heads: int, mlp_ratio: float) -> nn.TransformerEncoder:
     """Pre-norm GELU transformer stack (torch's own layers, no dropout)."""
-    layer = nn.TransformerEncoderLayer(
+    layer = _Block(
         width,
         heads,
         dim_feedforward=int(width * mlp_ratio),
