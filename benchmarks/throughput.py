@@ -158,13 +158,17 @@ def parse_modes(text: str) -> list[str]:
     return modes
 
 
+_VIT_DIRS: list[tempfile.TemporaryDirectory] = []  # removed when the process exits
+
+
 @functools.cache
 def vit_encoder_file(preset: str) -> str:
     """A randomly initialised JEPA ViT of `preset` saved as an encoder file (what
     `jepa-pretrain` writes; the weights' values do not change an update's time)."""
     from world_models.vit_jepa import ViT, make_config, save_encoder
 
-    path = os.path.join(tempfile.mkdtemp(prefix="throughput-vit-"), "encoder.pt")
+    _VIT_DIRS.append(tempfile.TemporaryDirectory(prefix="throughput-vit-"))
+    path = os.path.join(_VIT_DIRS[-1].name, "encoder.pt")
     save_encoder(path, ViT(make_config(preset, image_shape=IMAGE)))
     return path
 
