@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (rerun to resume)")
     p.add_argument("--objective", default="jepa", help=f"{' | '.join(PRETRAIN_OBJECTIVES)}")
     p.add_argument("--preset", default="tiny", help="encoder size: tiny, small, base")
-    p.add_argument("--steps", type=int, default=STEPS)
+    p.add_argument("--steps", type=int, default=STEPS,
+                   help="training steps; 0 writes the untrained encoder (seeded by --seed), "
+                        "the random-ViT control for probes and agent runs")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=LR, help="peak learning rate")
     p.add_argument("--frames-per-clip", type=int, default=1, help="1 (images) or 2/4 (tubelets)")
@@ -175,8 +177,10 @@ def _get_frames(args: argparse.Namespace, out: Path
 
 def check_args(args: argparse.Namespace) -> None:
     """Bad flags fail before any frame is collected or file written."""
-    if args.steps < 1 or args.batch < 1 or args.frames < 1:
-        raise PretrainError("--steps, --batch and --frames must be positive")
+    if args.steps < 0 or args.batch < 1 or args.frames < 1:
+        raise PretrainError(f"--steps {args.steps}, --batch {args.batch}, --frames "
+                            f"{args.frames}: --steps must be >= 0 (0: the untrained "
+                            "encoder), --batch and --frames positive")
     if args.batch < 2:
         raise PretrainError(f"--batch {args.batch}; needs >= 2 (the regulariser works on "
                             "the batch's distribution)")

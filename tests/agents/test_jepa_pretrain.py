@@ -83,6 +83,27 @@ def test_mae_encoder_loads_as_an_agent_encoder(frame_folder, tmp_path):
     assert enc({"image": torch.zeros(2, 64, 64, 3, dtype=torch.uint8)}).shape == (2, 128)
 
 
+def test_zero_steps_write_the_untrained_encoder_as_a_random_control(frame_folder, tmp_path):
+    # `--steps 0`: the encoder as initialised from --seed (what the probe calls `random`),
+    # in the same file format, so an agent run can take a random ViT as its control.
+    from world_models.vit_jepa import ViT, make_config
+
+    out = tmp_path / "random"
+    main(["--source", f"folder:{frame_folder}", "--out", str(out), *ARGS, "--steps", "0",
+          "--seed", "3"])
+    blob = torch.load(out / "encoder.pt", weights_only=True)
+    assert blob["train"]["steps"] == 0 and "collapse/rankme" in blob["train"]
+    torch.manual_seed(3)  # as the pretrainer seeds before building its model
+    fresh = ViT(make_config("tiny"))
+    for k, v in fresh.state_dict().items():
+        torch.testing.assert_close(blob["state_dict"][k], v)
+    main(["--source", f"folder:{frame_folder}", "--out", str(out), *ARGS, "--steps", "0",
+          "--seed", "3"])  # a rerun finds its checkpoint at step 0 and rewrites the same
+    with pytest.raises(SystemExit, match="--steps must be >= 0"):
+        main(["--source", f"folder:{frame_folder}", "--out", str(tmp_path / "x"), *ARGS,
+              "--steps", "-1"])
+
+
 def test_bad_source_is_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="allowed: random, run:LOGDIR, folder:DIR"):
         main(["--source", "s3:bucket", "--out", str(tmp_path), *ARGS])
