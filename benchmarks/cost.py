@@ -326,7 +326,7 @@ def agent_main(args: argparse.Namespace, out=print) -> None:
 def batch_for(agent, B: int, T: int) -> dict:
     """A synthetic [B, T] replay batch with the agent's observation keys and action width
     (and, for a frozen encoder, the embeddings replay keeps)."""
-    from benchmarks.throughput import synthetic_batch
+    from benchmarks.throughput_rows import synthetic_batch
 
     batch = synthetic_batch(False, B, T)
     del batch["vector"]

@@ -32,7 +32,7 @@ import torch
 
 from agents.compiled import configure_dynamo, resolve_compile
 from agents.run.cli_args import ArgParser
-from benchmarks.throughput import IMAGE, ROWS, build_agent
+from benchmarks.throughput_rows import IMAGE, ROWS, build_agent
 from world_models.encoders import IMAGE_KEY, MultiDecoder
 from world_models.nets import UpsampleConv2d, ZeroInsertConvTranspose2d
 

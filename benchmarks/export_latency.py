@@ -23,7 +23,7 @@ import torch
 
 from agents.run.cli_args import ArgParser
 from agents.run.export import ExportedPolicy, export_policy
-from benchmarks.throughput import ROWS, build_agent, one_obs
+from benchmarks.throughput_rows import ROWS, build_agent, one_obs
 
 
 def median_ms(step: Callable[[], object], calls: int, warmup: int = 20) -> float:

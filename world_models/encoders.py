@@ -11,6 +11,7 @@ learning rate; empty for encoders trained from scratch).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -131,7 +132,7 @@ class PretrainedImageEncoder(nn.Module):
         batch (a tiny ViT: ~110 GFLOP forward for 1,024 frames, most of the update), so it
         takes bf16 where the conv stacks do. A frozen one stays fp32: it embeds each frame
         once, and the embedding replay keeps is then the same however it was computed."""
-        frames = images.reshape(-1, *images.shape[-3:]).shape[0]
+        frames = math.prod(images.shape[:-3])
         with conv_precision(self.conv_bf16 and self.finetuned and self.training,
                             frames, images.device):
             return self.image({IMAGE_KEY: images}).float()

@@ -1,6 +1,7 @@
 import pytest
 
-from benchmarks.throughput import ROWS, BenchmarkArgError, main, parse_modes, parse_rows
+from benchmarks.throughput import BenchmarkArgError, main, parse_modes, parse_rows
+from benchmarks.throughput_rows import ROWS
 
 
 def test_parse_rows_all_and_errors():
@@ -46,7 +47,7 @@ def test_vit_row_times_a_finetuned_pretrained_encoder(capsys):
     # encoder trains with the agent, so every update runs it forward and backward.
     import torch
 
-    from benchmarks.throughput import build_agent
+    from benchmarks.throughput_rows import build_agent
 
     row, cnn = ROWS["vit-finetune-1m-pixels-strided"], ROWS["1m-pixels-strided"]
     assert (row.size, row.pixels, row.sets) == (cnn.size, cnn.pixels, cnn.sets)
@@ -103,7 +104,8 @@ def test_the_bf16_conv_mode_sets_conv_precision():
     import torch
 
     from agents.runtime import cpu_has_bf16
-    from benchmarks.throughput import build_agent, mode_label, mode_sets
+    from benchmarks.throughput import mode_label, mode_sets
+    from benchmarks.throughput_rows import build_agent
 
     assert mode_sets("fast-convbf16", ["a=1"]) == ["a=1", "conv_precision=bf16"]
     assert mode_sets("fast-convfp32", ["a=1"]) == ["a=1", "conv_precision=fp32"]
