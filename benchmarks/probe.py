@@ -20,9 +20,12 @@ with the same loop (agents/pretrain/pretrainer.py) and batch:
   linear from one to the other over training; both 0 make the target the online encoder
   under a stop-gradient), `pred_depth=D` (predictor blocks), `targets=N` and
   `target_scale=LO-HI` (the mask: N target blocks, each LO-HI of the frame; I-JEPA's 4 and
-  0.15-0.2); e.g. `jepa:horizon=2:actions`.
+  0.15-0.2), `shared_masks=1` (one mask for the whole batch, so the regulariser on the
+  pooled context sees the frames vary, not the mask); e.g. `jepa:horizon=2:actions`.
 
-`--patch 4` trains and probes every encoder (random included) with 4x4-pixel patches.
+`--patch 4` trains and probes every encoder (random included) with 4x4-pixel patches;
+`--input-norm channel|pixel` gives every encoder inputs standardised with the frames' mean
+and std per colour channel or per pixel (`center`, the default: x / 255 - 0.5).
 
 `--budget equal-cpu` gives every trained encoder the CPU-seconds JEPA spends in `--steps`
 steps (JEPA trains first and its measured CPU-seconds are the budget; each other objective's
@@ -73,8 +76,10 @@ from benchmarks.probe_results import (
 from benchmarks.ridge_probe import ridge_probe, split_groups
 from world_models.diagnostics import collapse_metrics
 from world_models.vit_jepa import (
+    INPUT_NORMS,
     ViT,
     ViTConfig,
+    fit_input_stats,
     make_config,
     parse_pool,
     pool_tokens,
@@ -98,7 +103,8 @@ JEPA_OPTIONS = {"horizon": int, "context": str, "target_norm": str, "token_weigh
                 "target_layers": int, "reg": str, "reg_weight": float, "ema_start": float,
                 "ema_end": float, "pred_depth": int}
 # `jepa:` options of the mask geometry (MaskConfig fields), set on the built model.
-MASK_OPTIONS = {"targets": ("num_targets", int), "target_scale": ("target_scale", scale_range)}
+MASK_OPTIONS = {"targets": ("num_targets", int), "target_scale": ("target_scale", scale_range),
+                "shared_masks": ("shared", lambda v: bool(int(v)))}
 
 
 def parse_encoder(name: str, action_dim: int = 1) -> tuple[str, int, dict]:
@@ -192,11 +198,16 @@ def clip_index(episodes: np.ndarray, fpc: int, t: np.ndarray) -> np.ndarray:
     return np.maximum(t[:, None] + np.arange(-fpc + 1, 1)[None], first[:, None])
 
 
-def build_encoder_model(name: str, data: dict[str, np.ndarray], patch: int = 8) -> torch.nn.Module:
-    """The pretraining model of one `--encoders` name for these frames (and their actions)."""
+def build_encoder_model(name: str, data: dict[str, np.ndarray], vit: dict | None = None
+                        ) -> torch.nn.Module:
+    """The pretraining model of one `--encoders` name for these frames (and their actions);
+    `vit`: ViTConfig overrides of every encoder (patch, input_norm), whose input statistics
+    come from these frames."""
     objective, fpc, options = parse_encoder(name, data["actions"].shape[1])
-    cfg = make_config("tiny", tuple(data["frames"].shape[1:]), fpc, patch=patch)
-    return build_jepa_or_baseline(objective, cfg, options)
+    cfg = make_config("tiny", tuple(data["frames"].shape[1:]), fpc, **(vit or {}))
+    model = build_jepa_or_baseline(objective, cfg, options)
+    fit_input_stats(model, data["frames"])
+    return model
 
 
 def build_jepa_or_baseline(objective: str, cfg: ViTConfig, options: dict) -> torch.nn.Module:
@@ -227,9 +238,9 @@ def _batch(model: torch.nn.Module, data: dict[str, np.ndarray], starts: np.ndarr
 
 
 def cpu_per_step(name: str, data: dict[str, np.ndarray], batch: int, device: torch.device,
-                 steps: int = 5, patch: int = 8) -> float:
+                 steps: int = 5, vit: dict | None = None) -> float:
     """CPU-seconds per training step of a throw-away model of this encoder kind."""
-    model = build_encoder_model(name, data, patch).to(device)
+    model = build_encoder_model(name, data, vit).to(device)
     trainer = Pretrainer(model, 100)
     gen = torch.Generator().manual_seed(12345)
     batch_args = _batch(model, data, training_starts(name, data, model), batch, gen, device)
@@ -242,14 +253,14 @@ def cpu_per_step(name: str, data: dict[str, np.ndarray], batch: int, device: tor
 
 def train_encoder(name: str, data: dict[str, np.ndarray], steps: int | None, batch: int,
                   lr: float, seed: int, device: torch.device, cpu_budget: float | None = None,
-                  patch: int = 8) -> tuple[ViT, dict[str, float]]:
+                  vit: dict | None = None) -> tuple[ViT, dict[str, float]]:
     """Train one encoder kind on `data` (frames, episodes, actions); returns (encoder,
     {"steps", "cpu_s"}). With `cpu_budget`, the step count is the budget over this
     objective's measured CPU-seconds per step."""
     if cpu_budget is not None:
-        steps = max(1, int(cpu_budget / cpu_per_step(name, data, batch, device, patch=patch)))
+        steps = max(1, int(cpu_budget / cpu_per_step(name, data, batch, device, vit=vit)))
     torch.manual_seed(seed)
-    model = build_encoder_model(name, data, patch).to(device)
+    model = build_encoder_model(name, data, vit).to(device)
     starts = training_starts(name, data, model)
     trainer = Pretrainer(model, steps, lr=lr)
     t0, w0 = time.process_time(), time.time()
@@ -311,6 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoders", default=",".join(ENCODERS),
                    help=f"comma-separated, from {', '.join(ENCODERS)} and jepa:OPTION:...")
     p.add_argument("--patch", type=int, default=8, help="ViT patch size of every encoder")
+    p.add_argument("--input-norm", default="center", choices=INPUT_NORMS,
+                   help="input scaling of every encoder: center (x/255 - 0.5), or standardised "
+                   "with the frames' mean and std per channel or per pixel")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--stack", type=int, default=3, help="frames stacked for the qvel probe")
     p.add_argument("--pool", default="mean",
@@ -344,6 +358,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         torch.set_num_threads(threads)  # callers in the same process keep their setting
 
 
+def vit_overrides(args: argparse.Namespace) -> dict:
+    """The ViTConfig settings the command line gives every encoder."""
+    return {"patch": args.patch, "input_norm": getattr(args, "input_norm", "center")}
+
+
 def _parse(args: argparse.Namespace) -> tuple[list[str], list[int], dict[str, int]]:
     if not args.env.startswith("dmc:"):
         raise SystemExit(f"probe: error: --env {args.env!r}; only dmc:DOMAIN-TASK has qpos/qvel")
@@ -354,14 +373,15 @@ def _parse(args: argparse.Namespace) -> tuple[list[str], list[int], dict[str, in
         raise SystemExit(f"probe: error: --encoders {args.encoders!r}; allowed: "
                          f"{', '.join(ENCODERS)} or jepa:OPTION[:OPTION...]")
     try:
-        make_config("tiny", patch=args.patch)
+        make_config("tiny", **vit_overrides(args))
     except ValueError as err:
         raise SystemExit(f"probe: error: --patch: {err}") from None
     for name in (n for n in names if n != "random"):
         try:
             objective, fpc, options = parse_encoder(name)
             model = build_jepa_or_baseline(
-                objective, make_config("tiny", frames_per_clip=fpc, patch=args.patch), options)
+                objective, make_config("tiny", frames_per_clip=fpc, **vit_overrides(args)),
+                options)
             if hasattr(model, "mask_cfg"):  # targets that leave no context fail here, not later
                 sample_masks(args.batch, model.vit_cfg.grid, model.mask_cfg, torch.Generator())
         except ValueError as err:
@@ -416,17 +436,18 @@ def run(args: argparse.Namespace) -> dict:
                 budget = kept[0]
             else:  # no JEPA row: its estimated cost at --steps
                 budget = args.steps * cpu_per_step("jepa", data, args.batch, device,
-                                                   patch=args.patch)
+                                                   vit=vit_overrides(args))
         for name in todo:
             if name == "random":
                 torch.manual_seed(seed)
                 vit = ViT(make_config("tiny", tuple(data["frames"].shape[1:]),
-                                      patch=args.patch)).to(device)
+                                      **vit_overrides(args))).to(device)
+                fit_input_stats(vit, data["frames"])
                 cost = {"steps": 0, "cpu_s": 0.0}
             else:
                 own = budget if name != "jepa" else None  # JEPA sets the budget
                 vit, cost = train_encoder(name, data, None if own else args.steps, args.batch,
-                                          args.lr, seed, device, own, patch=args.patch)
+                                          args.lr, seed, device, own, vit_overrides(args))
                 if name == "jepa" and args.budget == "equal-cpu":
                     budget = cost["cpu_s"]
             # The token-variance split does not depend on the pooling: once per encoder.

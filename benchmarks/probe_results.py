@@ -43,17 +43,21 @@ def markdown_table(summary: dict[str, dict[str, float]], title: str) -> str:
 
 
 # What makes two probe runs' rows comparable: the same frames, budget and probe.
-SETTINGS = ("env", "frames", "steps", "budget", "batch", "lr", "patch", "stack", "time_limit",
-            "fast_render", "data_seed")
+SETTINGS = ("env", "frames", "steps", "budget", "batch", "lr", "patch", "input_norm", "stack",
+             "time_limit", "fast_render", "data_seed")
+# What a setting was in files written before it existed.
+OLD_DEFAULTS = {"input_norm": "center"}
 
 
 def title(config: dict, per_seed: dict[str, list[dict]]) -> str:
     seeds = sorted({r["seed"] for rows in per_seed.values() for r in rows})
     pools = sorted({row.split(" ", 1)[1] if " " in row else "mean" for row in per_seed},
                    key=lambda p: (p != "mean", p))
+    norm = config.get("input_norm", "center")
+    inputs = "" if norm == "center" else f"inputs standardised per {norm}, "
     return (f"{config['env']}: {config['frames']} random-policy frames, batch "
             f"{config['batch']}, {config['budget']} (JEPA {config['steps']} steps), tiny ViT, "
-            f"patch {config['patch']}, seeds {','.join(map(str, seeds))}, "
+            f"patch {config['patch']}, {inputs}seeds {','.join(map(str, seeds))}, "
             f"pool {','.join(pools)}")
 
 
@@ -69,7 +73,7 @@ def _read(path: Path) -> dict:
 
 def _mismatch(a: dict, b: dict) -> str | None:
     for key in SETTINGS:
-        if a.get(key) != b.get(key):
+        if a.get(key, OLD_DEFAULTS.get(key)) != b.get(key, OLD_DEFAULTS.get(key)):
             return f"--{key.replace('_', '-')} {a.get(key)!r} vs {b.get(key)!r}"
     return None
 

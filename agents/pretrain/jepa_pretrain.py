@@ -46,7 +46,7 @@ from agents.run.logger import RunLogger
 from agents.run.rundir import atomic_open
 from agents.runtime import select_device
 from world_models.diagnostics import collapse_metrics, eigen_spectrum
-from world_models.vit_jepa import make_config, save_encoder
+from world_models.vit_jepa import INPUT_NORMS, fit_input_stats, make_config, save_encoder
 from world_models.vit_jepa.model import CONTEXTS, REGULARIZERS, TARGET_NORMS, TOKEN_WEIGHTS
 
 # Default budget: 2,000 steps x batch 64; the tiny ViT runs ~1.6 steps/s on one core of this
@@ -54,7 +54,7 @@ from world_models.vit_jepa.model import CONTEXTS, REGULARIZERS, TARGET_NORMS, TO
 STEPS, LR = 2000, 1e-3
 # Architecture and objective flags added after the first release (issue 34).
 LATER_OPTIONS = ("patch", "horizon", "context", "action_cond", "target_norm", "token_weight",
-                 "target_layers")
+                 "target_layers", "input_norm")
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "covariance x 1/25)")
     p.add_argument("--patch", type=int, default=8, help="ViT patch size in pixels (8: an 8x8 "
                    "token grid on 64x64 frames; 4: 16x16)")
+    p.add_argument("--input-norm", default="center", choices=INPUT_NORMS,
+                   help="input pixels: center (x/255 - 0.5), or standardised with the training "
+                   "frames' mean and std per channel or per pixel (saved with the encoder)")
     p.add_argument("--horizon", type=int, default=0,
                    help="JEPA: predict the clip this many frames later (0: the same clip)")
     p.add_argument("--context", default="masked",
@@ -139,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--holdout", type=int, default=512, help="held-out frames for diagnostics")
     return p
+
+
+def vit_options(args: argparse.Namespace) -> dict:
+    """ViTConfig fields from the flags, beside the preset's widths."""
+    return {"patch": args.patch, "input_norm": args.input_norm}
 
 
 def jepa_options(args: argparse.Namespace, action_dim: int = 1) -> dict:
@@ -185,14 +193,15 @@ def check_args(args: argparse.Namespace) -> None:
         raise PretrainError(f"--batch {args.batch}; needs >= 2 (the regulariser works on "
                             "the batch's distribution)")
     try:  # an unknown preset or a patch that does not tile 64x64 frames names what is allowed
-        make_config(args.preset, patch=args.patch)
+        make_config(args.preset, **vit_options(args))
     except ValueError as err:
         raise PretrainError(str(err)) from None
-    set_flags = [f"--{k.replace('_', '-')}" for k in changed_later_options(args) if k != "patch"]
+    set_flags = [f"--{k.replace('_', '-')}" for k in changed_later_options(args)
+                 if k not in ("patch", "input_norm")]
     if args.objective != "jepa" and set_flags:
         raise PretrainError(f"{', '.join(set_flags)} apply to --objective jepa only, not "
                             f"{args.objective}")
-    build_objective(args.objective, make_config(args.preset, patch=args.patch), args.reg,
+    build_objective(args.objective, make_config(args.preset, **vit_options(args)), args.reg,
                     args.reg_weight, **jepa_options(args))
     if args.action_cond and args.source.startswith("folder:"):
         raise PretrainError("--action-cond needs actions: --source random or run:LOGDIR, "
@@ -243,11 +252,12 @@ def run(args: argparse.Namespace) -> dict:
     train_eps = episodes[: len(frames) - n_hold]
     try:
         vit_cfg = make_config(args.preset, tuple(frames.shape[1:]), args.frames_per_clip,
-                              patch=args.patch)
+                              **vit_options(args))
     except ValueError as err:
         raise PretrainError(str(err)) from None
     model = build_objective(args.objective, vit_cfg, args.reg, args.reg_weight,
                             **jepa_options(args, 0 if actions is None else actions.shape[1]))
+    fit_input_stats(model, frames[: len(frames) - n_hold])  # a resumed checkpoint's replace them
     model = model.to(device)
     starts = clip_starts(train_eps, model.clip_frames)
     if len(starts) == 0:

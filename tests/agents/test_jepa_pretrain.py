@@ -219,3 +219,22 @@ def test_collapse_stop_keeps_the_best_encoder_and_a_rerun_stays_stopped(frame_fo
     lines = (out / "metrics.jsonl").read_text()
     main(["--out", str(out), *src, "--on-collapse", "stop"])
     assert (out / "metrics.jsonl").read_text() == lines
+
+
+def test_input_norm_flag_fits_the_training_frames_and_is_kept_in_the_encoder(frame_folder,
+                                                                              tmp_path):
+    from world_models.vit_jepa import read_encoder_file
+
+    out = tmp_path / "pixel"
+    main(["--source", f"folder:{frame_folder}", "--out", str(out), *ARGS,
+          "--input-norm", "pixel"])
+    vit, meta = read_encoder_file(out / "encoder.pt")
+    assert meta["vit"]["input_norm"] == "pixel" and vit.in_mean.shape == (64, 64, 3)
+    frames = np.load(out / "frames.npy")
+    frames = frames[: len(frames) - min(8, len(frames) // 5)]  # held-out frames: not fitted
+    torch.testing.assert_close(vit.in_mean.double(), torch.from_numpy(frames / 255).mean(0),
+                               rtol=0, atol=1e-6)
+    enc = load_encoder(f"jepa:{out / 'encoder.pt'}", (64, 64, 3))
+    assert enc({"image": torch.zeros(2, 64, 64, 3, dtype=torch.uint8)}).shape == (2, 128)
+    with pytest.raises(SystemExit, match="was written with"):  # a resume must keep it
+        main(["--source", f"folder:{frame_folder}", "--out", str(out), *ARGS])

@@ -187,6 +187,24 @@ def test_temporal_jepa_rows_at_patch_16(tmp_path):
             main(bad)
 
 
+def test_standardised_inputs_for_every_encoder_and_old_files_read_as_center(tmp_path, capsys):
+    assert parse_encoder("jepa:shared_masks=1")[2] == {"shared_masks": True}
+    common = ["--frames", "120", "--time-limit", "60", "--steps", "2", "--batch", "4",
+              "--fast-render", "--threads", "1", "--out", str(tmp_path)]
+    summary = main([*common, "--encoders", "random,jepa:shared_masks=1", "--input-norm", "pixel"])
+    assert all(np.isfinite(s["pos_r2"]) for s in summary.values())
+    assert "inputs standardised per pixel" in (tmp_path / "probe.md").read_text()
+    with pytest.raises(SystemExit, match="--input-norm 'pixel' vs 'center'"):
+        main([*common, "--encoders", "random"])
+    saved = json.loads((tmp_path / "probe.json").read_text())
+    del saved["config"]["input_norm"]  # a file from before the flag: its inputs were centred
+    (tmp_path / "probe.json").write_text(json.dumps(saved))
+    main([*common, "--encoders", "random"])
+    with pytest.raises(SystemExit):
+        main(["--input-norm", "imagenet"])
+    assert "--input-norm: invalid choice: 'imagenet'" in capsys.readouterr().err
+
+
 def test_token_variance_splits_into_position_frame_and_local():
     from types import SimpleNamespace
 

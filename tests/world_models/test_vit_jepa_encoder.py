@@ -126,3 +126,36 @@ def test_vjepa2_finetune_trains_through_the_encoder(tmp_path):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in tuned)
     frozen = make_encoder({"image": (32, 32, 3)}, f"hf:{tmp_path / 'vjepa2'}", "frozen")
     assert frozen.pretrained_parameters() == []
+
+
+@pytest.mark.parametrize("norm", ["channel", "pixel"])
+def test_standardised_inputs_fit_the_frames_and_travel_with_the_file(norm, tmp_path):
+    """`input_norm` channel / pixel scales each input by the pretraining frames' statistics,
+    kept in the encoder file; a file from before the setting reads as `center`."""
+    from world_models.vit_jepa import ConfigError, ViTConfig, fit_input_stats
+
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (64, 64, 64, 3), dtype=torch.uint8, generator=gen)
+    frames[:, :8] = 7  # a band of pixels no frame changes
+    vit = ViT(make_config("tiny", width=32, depth=1, heads=2, input_norm=norm))
+    fit_input_stats(vit, frames.numpy())
+    x = frames.double() / 255
+    dims = (0, 1, 2) if norm == "channel" else (0,)
+    torch.testing.assert_close(vit.in_mean.double(), x.mean(dims), rtol=0, atol=1e-6)
+    if norm == "pixel":
+        assert torch.all(vit.in_std[:8] == 0.05)  # the floor, not 1 / 0
+    # The patch embedding sees standardised pixels: the frames' mean maps to its bias alone.
+    mean_frame = (vit.in_mean * 255).expand(1, 1, 64, 64, 3)
+    tokens = vit.tokens(mean_frame) - vit.pos
+    torch.testing.assert_close(tokens, vit.patch_embed.bias.expand_as(tokens), rtol=0,
+                               atol=1e-4)
+    path = tmp_path / "encoder.pt"
+    save_encoder(path, vit)
+    back, meta = read_encoder_file(path)
+    assert meta["vit"]["input_norm"] == norm
+    torch.testing.assert_close(back.in_std, vit.in_std)
+    old = {k: v for k, v in meta["vit"].items() if k != "input_norm"}
+    assert ViTConfig.from_dict(old).input_norm == "center"
+    assert not hasattr(ViT(ViTConfig.from_dict(old)), "in_mean")
+    with pytest.raises(ConfigError, match="allowed: center, channel, pixel"):
+        make_config("tiny", input_norm="imagenet")

@@ -51,3 +51,11 @@ def test_masks_are_tubes_across_time():
             first, second = t[t < 64], t[t >= 64] - 64
             assert torch.equal(first, second)
             assert not set(t.tolist()) & c
+
+
+def test_shared_masks_give_every_sample_the_same_positions():
+    gen = torch.Generator().manual_seed(3)
+    ctx, tgt = sample_masks(6, (1, 8, 8), MaskConfig(shared=True), gen)
+    assert ctx.shape[0] == 6 and tgt.shape[:2] == (6, 4)
+    assert all(torch.equal(ctx[b], ctx[0]) and torch.equal(tgt[b], tgt[0]) for b in range(6))
+    assert not set(tgt[0].flatten().tolist()) & set(ctx[0].tolist())

@@ -13,9 +13,18 @@ from world_models.vit_jepa.encoder import (
 )
 from world_models.vit_jepa.masking import MaskConfig, sample_masks
 from world_models.vit_jepa.model import JEPA, JEPAConfig, Predictor
-from world_models.vit_jepa.vit import PRESETS, ConfigError, ViT, ViTConfig, make_config
+from world_models.vit_jepa.vit import (
+    INPUT_NORMS,
+    PRESETS,
+    ConfigError,
+    ViT,
+    ViTConfig,
+    fit_input_stats,
+    make_config,
+)
 
 __all__ = [
+    "INPUT_NORMS",
     "PRESETS",
     "ConfigError",
     "EncoderSpecError",
@@ -27,6 +36,7 @@ __all__ = [
     "VJEPA2Encoder",
     "ViT",
     "ViTConfig",
+    "fit_input_stats",
     "load_encoder",
     "make_config",
     "parse_pool",

@@ -19,6 +19,10 @@ class MaskConfig:
     context_scale: tuple[float, float] = (0.85, 1.0)
     min_context: int = 4
     max_tries: int = 20
+    # One mask for the whole batch instead of one per sample: every sample's pooled context
+    # then covers the same positions, so what varies over the batch (what the regulariser
+    # on the pooled context sees) is the frames, not where each sample's context lay.
+    shared: bool = False
 
     def __post_init__(self) -> None:
         if self.num_targets < 1:
@@ -73,6 +77,9 @@ def sample_masks(
     subsampled to the batch minimum so the batch stacks without padding.
     """
     gen = gen if gen is not None else torch.Generator().manual_seed(int(torch.randint(2**31, ())))
+    if cfg.shared and batch > 1:
+        ctx_idx, tgt_idx = sample_masks(1, grid, cfg, gen)
+        return ctx_idx.expand(batch, -1), tgt_idx.expand(batch, -1, -1)
     t, gh, gw = grid
     hw = (gh, gw)
     tsize = _block_size(gen, hw, cfg.target_scale, cfg.target_aspect)

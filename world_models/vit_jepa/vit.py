@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -15,6 +16,18 @@ PRESETS: dict[str, dict[str, int]] = {
     "small": {"width": 384, "depth": 8, "heads": 6},
     "base": {"width": 768, "depth": 12, "heads": 12},
 }
+
+
+# How a ViT scales its input pixels (x in [0, 1]): `center` subtracts 0.5, what every
+# encoder file before issue 34's input finding used; `channel` and `pixel` standardise with
+# the mean and std of the pretraining frames, per colour channel or per pixel and channel
+# (`fit_input_stats`; the statistics are buffers saved with the weights). On camera-tracked
+# DMC frames most pixels barely change between frames, so with `center` a patch's content
+# varies ~16x less than its sin-cos position embedding and the tokens are mostly position.
+INPUT_NORMS = ("center", "channel", "pixel")
+# Floor of a pixel's std under `pixel`: a pixel the frames never changed is scaled as one
+# that moves by 5% of the range, not blown up when it does change in an agent's frames.
+MIN_PIXEL_STD = 0.05
 
 
 class ConfigError(ValueError):
@@ -34,6 +47,7 @@ class ViTConfig:
     frames_per_clip: int = 1
     tubelet: int = 1
     pos_embed: str = "sincos"  # "sincos" (fixed) or "learned"
+    input_norm: str = "center"  # INPUT_NORMS; files saved without it are "center"
 
     def __post_init__(self) -> None:
         h, w, _ = self.image_shape
@@ -47,6 +61,9 @@ class ViTConfig:
             raise ConfigError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.pos_embed not in ("sincos", "learned"):
             raise ConfigError(f"pos_embed {self.pos_embed!r}; allowed: 'sincos', 'learned'")
+        if self.input_norm not in INPUT_NORMS:
+            raise ConfigError(f"input_norm {self.input_norm!r}; allowed: "
+                              + ", ".join(INPUT_NORMS))
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -153,6 +170,11 @@ class ViT(nn.Module):
             self.pos = nn.Parameter(pos.clone())
         else:
             self.register_buffer("pos", pos, persistent=False)
+        if cfg.input_norm != "center":
+            h, w, c = cfg.image_shape
+            shape = (c,) if cfg.input_norm == "channel" else (h, w, c)
+            self.register_buffer("in_mean", torch.full(shape, 0.5))
+            self.register_buffer("in_std", torch.ones(shape))
         self.blocks = transformer(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio)
         self.norm = nn.LayerNorm(cfg.width)
         self.apply(_init_weights)
@@ -163,7 +185,11 @@ class ViT(nn.Module):
 
     def tokens(self, clip: Tensor) -> Tensor:
         """Patch-embed a clip [B, T, H, W, C] to tokens [B, N, width] with positions added."""
-        x = clip.float() / 255.0 - 0.5
+        x = clip.float() / 255.0
+        if self.cfg.input_norm == "center":
+            x = x - 0.5
+        else:
+            x = (x - self.in_mean) / self.in_std
         x = x.permute(0, 4, 1, 2, 3)  # B, C, T, H, W
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         return x + self.pos
@@ -186,6 +212,25 @@ class ViT(nn.Module):
             x = block(x)
             outs.append(x)
         return outs
+
+
+@torch.no_grad()
+def fit_input_stats(model: nn.Module, frames: Tensor | np.ndarray, limit: int = 4096) -> None:
+    """Set the input statistics of every ViT in `model` (online and EMA encoders alike)
+    whose `input_norm` needs them, from frames [N, H, W, C] in [0, 255] (up to `limit`
+    of them, evenly spaced)."""
+    vits = [m for m in model.modules() if isinstance(m, ViT) and m.cfg.input_norm != "center"]
+    if not vits:
+        return
+    frames = frames[:: max(1, len(frames) // limit)]  # before any copy: may be a memmap
+    frames = torch.from_numpy(np.array(frames, dtype=np.float64)) / 255.0
+    for vit in vits:
+        dims = (0, 1, 2) if vit.cfg.input_norm == "channel" else (0,)
+        mean, std = frames.mean(dims), frames.std(dims, correction=0)
+        if vit.cfg.input_norm == "pixel":
+            std = std.clamp_min(MIN_PIXEL_STD)
+        vit.in_mean.copy_(mean.to(vit.in_mean))
+        vit.in_std.copy_(std.clamp_min(1e-3).to(vit.in_std))
 
 
 def gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
