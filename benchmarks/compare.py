@@ -26,7 +26,10 @@ distracted condition the share of the clean score kept (mean distracted / mean c
 
 `--publish DIR` copies every finished run's small files (config, score files, machines and a
 `run.json`, as `benchmarks.publish` does; no checkpoint or replay) to
-`DIR/<arm>/<condition>/<task>/seed_<s>/` and writes the report there too. A folder given
+`DIR/<arm>/<condition>/<task>/seed_<s>/` and writes the report there too. Runs that DIR
+already holds as finished are not trained again: their files are copied into OUT first,
+so a study resumed on a fresh machine (OUT gone, the repository's `scores/` kept) trains
+only what is missing. A folder given
 with `--report-only` is read as such a layout, so the tables rebuild on a fresh clone
 without the command that trained the runs.
 
@@ -41,6 +44,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -53,7 +57,8 @@ import yaml
 from agents.run.cli_args import ArgParser, add_set_arg
 from agents.run.config import get_dotted
 from benchmarks.aggregate import final_value
-from benchmarks.publish import copy_run
+from agents.run.rundir import STATUS
+from benchmarks.publish import RUN_INFO, copy_run
 from benchmarks.ray_launch import add_ray_args, init_ray
 from benchmarks.scores import Run, ScoreFileError, read_run_dir, write_scores
 from benchmarks.suite import (
@@ -206,6 +211,37 @@ def publish_cells(cells: Sequence[Cell], dest: str | Path) -> list[Path]:
                 {"rows": FINAL_ROWS, "metrics": final_metrics(spec.logdir)}, indent=1) + "\n")
             copied.append(target)
     return copied
+
+
+def adopt_published(cells: Sequence[Cell], published: str | Path) -> list[Path]:
+    """Count a run that `published` (a `--publish` folder) holds as finished as finished
+    here too: copy its small files into the run's folder and write a `status.json` that
+    says so, so that a study resumed on a fresh machine (its run folders gone, the
+    repository's `scores/` kept) trains only what no machine finished. A run finished here
+    already is left alone. Returns the folders adopted."""
+    adopted = []
+    for cell in cells:
+        for spec in cell.specs:
+            logdir = Path(spec.logdir)
+            if is_finished(logdir):
+                continue
+            source = Path(published) / cell.arm / logdir.parents[1].name / spec.task / \
+                f"seed_{spec.seed}"
+            info_file = source / RUN_INFO
+            if not info_file.is_file():
+                continue
+            info = json.loads(info_file.read_text())
+            if not info.get("finished"):
+                continue
+            logdir.mkdir(parents=True, exist_ok=True)
+            for path in source.iterdir():
+                if path.is_file():
+                    shutil.copyfile(path, logdir / path.name)
+            (logdir / STATUS).write_text(json.dumps({
+                "finished": True, "frames": info.get("frames"), "updates": info.get("updates"),
+                "cpu_s": info.get("cpu_s"), "adopted_from": str(source)}, indent=1) + "\n")
+            adopted.append(logdir)
+    return adopted
 
 
 def final_scores(cell: Cell, frames: int, evals: bool, seeds: Sequence[int] | None = None,
@@ -450,6 +486,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 out.resolve(), args.size, args.sets)
     except SuiteError as exc:
         parser.error(str(exc))
+    if args.publish and Path(args.publish).is_dir():
+        adopted = adopt_published(cells, args.publish)
+        if adopted:
+            print(f"{len(adopted)} runs finished in {args.publish} count as finished here "
+                  "(their files copied in)")
     failed: list[str] = []
     waiting = 0
     if not args.report_only:

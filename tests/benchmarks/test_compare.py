@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from benchmarks.compare import (
+    adopt_published,
     main,
     mean_score,
     parse_arm,
@@ -16,7 +17,7 @@ from benchmarks.compare import (
     prediction_table,
     stratified_bootstrap,
 )
-from benchmarks.suite import SuiteError
+from benchmarks.suite import SuiteError, is_finished
 
 ENV = "dmc:cartpole-balance-pixels"
 
@@ -160,6 +161,40 @@ def test_publish_copies_finished_runs_and_the_folder_reports_alone(tmp_path, cap
     assert "| a | clean | 1 | 0." not in table
     with gzip.open(pub / "scores.json.gz", "rt") as f:
         assert len(json.load(f)) == 5
+
+
+def test_a_fresh_machine_trains_only_what_the_published_folder_lacks(tmp_path, capsys):
+    # A study resumed on a fresh machine: its OUT is gone, the repository's published folder
+    # holds b/clean/seed_0 finished and a/clean/seed_0 unfinished (no such run is published).
+    arms = ["a=dreamerv3", "b=jepa"]
+    out, pub = tmp_path / "fresh", tmp_path / "scores" / "study"
+    cells = plan_comparison([ENV], [parse_arm(a) for a in arms], ["clean"], 1, 1000,
+                            out.resolve())
+    done_run = pub / "b" / "clean" / "dmc_cartpole_balance" / "seed_0"
+    _write(done_run, [{"frames": 1000, "return": 250.0}], "scores.jsonl")
+    _write(done_run, [{"frames": 1000, "return": 300.0}], "eval_scores.jsonl")
+    (done_run / "run.json").write_text(json.dumps(
+        {"finished": True, "frames": 1000, "updates": 7, "cpu_s": 9.0, "wall_s": 5.0}))
+    half_run = pub / "a" / "clean" / "dmc_cartpole_balance" / "seed_0"
+    _write(half_run, [{"frames": 500, "return": 1.0}], "scores.jsonl")
+    (half_run / "run.json").write_text(json.dumps({"finished": False, "frames": 500}))
+    for run, cell in ((done_run, cells[1]), (half_run, cells[0])):
+        (run / "config.yaml").write_text(yaml.safe_dump(cell.specs[0].config.to_dict()))
+    assert [str(p) for p in adopt_published(cells, pub)] == [
+        str(out.resolve() / "b" / "clean" / "dmc_cartpole_balance" / "seed_0")]
+    b_run, a_run = cells[1].specs[0].logdir, cells[0].specs[0].logdir
+    assert is_finished(b_run) and not is_finished(a_run) and not a_run.exists()
+    assert json.loads((b_run / "status.json").read_text())["updates"] == 7
+    # Adopting twice changes nothing; the report counts the adopted run as finished.
+    assert adopt_published(cells, pub) == []
+    with pytest.raises(SystemExit):
+        main(["--env", ENV, "--arm", arms[0], "--arm", arms[1], "--conditions", "clean",
+              "--seeds", "1", "--frames", "1000", "--out", str(out), "--report-only",
+              "--no-plots", "--publish", str(pub)])
+    text = capsys.readouterr().out
+    assert "| b | clean | 1/1 | 300.0 [300.0, 300.0] | - | 250.0 [250.0, 250.0] | - |" in text
+    assert "published 1 finished runs" in text
+    assert json.loads((done_run / "run.json").read_text())["wall_s"] == 5.0
 
 
 def test_study_folder_bad_forms(tmp_path, capsys):
