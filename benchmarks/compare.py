@@ -56,8 +56,8 @@ import yaml
 
 from agents.run.cli_args import ArgParser, add_set_arg
 from agents.run.config import get_dotted
-from benchmarks.aggregate import final_value
 from agents.run.rundir import STATUS
+from benchmarks.aggregate import final_value
 from benchmarks.publish import RUN_INFO, copy_run
 from benchmarks.ray_launch import add_ray_args, init_ray
 from benchmarks.scores import Run, ScoreFileError, read_run_dir, write_scores
