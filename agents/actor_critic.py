@@ -10,8 +10,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from world_models.dists import BoundedNormal, OneHotCategorical, TwoHot, symexp_bins
-from world_models.nets import mlp
+from world_models.dists import BoundedNormal, OneHotCategorical, TwoHot
+from world_models.nets import TwoHotHead, mlp
 
 
 def lambda_return(
@@ -77,17 +77,12 @@ class Policy(nn.Module):
         return BoundedNormal(out, self.minstd, self.maxstd)
 
 
-class Value(nn.Module):
-    """Critic: two-hot symexp distribution over returns."""
+class Value(TwoHotHead):
+    """Critic: two-hot symexp distribution over returns (three hidden layers by default)."""
 
     def __init__(self, feat_dim: int, layers: int = 3, units: int = 1024, bins: int = 255,
                  outscale: float = 0.0):
-        super().__init__()
-        self.net = mlp(feat_dim, layers, units, bins, outscale=outscale)
-        self.register_buffer("bins", symexp_bins(bins, -20.0, 20.0), persistent=False)
-
-    def forward(self, feat: torch.Tensor) -> TwoHot:
-        return TwoHot(self.net(feat), bins=self.bins)
+        super().__init__(feat_dim, layers, units, bins, outscale)
 
 
 class ActorCritic(nn.Module):

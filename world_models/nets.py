@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from world_models.dists import TwoHot, symexp_bins
+
 
 def init_trunc_normal_(weight: torch.Tensor, fan_in: int, scale: float = 1.0) -> None:
     """Fan-in variance scaling with a truncated normal, the weights then multiplied by
@@ -222,6 +224,22 @@ def mlp(
     if out is not None:
         mods.append(Linear(inp, out, outscale=outscale))
     return nn.Sequential(*mods)
+
+
+class TwoHotHead(nn.Module):
+    """An MLP to a two-hot symexp distribution over 255 bins in [-20, 20] (symlog space),
+    zero-initialised output by default so it predicts 0 first: the reward head and the
+    critic. The bins are a buffer outside checkpoints: built inside a compiled graph they
+    would be recomputed for every element that reads them."""
+
+    def __init__(self, feat_dim: int, layers: int = 1, units: int = 1024, bins: int = 255,
+                 outscale: float = 0.0):
+        super().__init__()
+        self.net = mlp(feat_dim, layers, units, bins, outscale=outscale)
+        self.register_buffer("bins", symexp_bins(bins, -20.0, 20.0), persistent=False)
+
+    def forward(self, feat: torch.Tensor) -> TwoHot:
+        return TwoHot(self.net(feat), bins=self.bins)
 
 
 def conv_stack(

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from world_models.diagnostics import distinct_rows, latent_diagnostics
-from world_models.dists import Bernoulli, TwoHot, symexp_bins
+from world_models.dists import Bernoulli
 from world_models.encoders import MultiDecoder, make_encoder
-from world_models.nets import mlp
+from world_models.nets import TwoHotHead, mlp
 from world_models.objectives import OBJECTIVES, ObjectiveContext, objective_class
 from world_models.rssm import RSSM, State
 
@@ -19,17 +19,9 @@ from world_models.rssm import RSSM, State
 SHARED_TERMS = {"dyn": "dyn", "rep": "rep", "rew": "rew", "con": "con"}
 
 
-class RewardHead(nn.Module):
-    """Two-hot symexp head (255 bins); zero-initialised output so it predicts 0 first."""
-
-    def __init__(self, feat_dim: int, layers: int = 1, units: int = 1024, bins: int = 255,
-                 outscale: float = 0.0):
-        super().__init__()
-        self.net = mlp(feat_dim, layers, units, bins, outscale=outscale)
-        self.register_buffer("bins", symexp_bins(bins, -20.0, 20.0), persistent=False)
-
-    def forward(self, feat: torch.Tensor) -> TwoHot:
-        return TwoHot(self.net(feat), bins=self.bins)
+class RewardHead(TwoHotHead):
+    """Two-hot symexp reward head (255 bins, one hidden layer by default); zero-initialised
+    output so it predicts 0 first."""
 
 
 class ContinueHead(nn.Module):
