@@ -26,7 +26,8 @@ distracted condition the share of the clean score kept (mean distracted / mean c
 
 `--publish DIR` copies every finished run's small files (config, score files, machines and a
 `run.json`, as `benchmarks.publish` does; no checkpoint or replay) to
-`DIR/<arm>/<condition>/<task>/seed_<s>/` and writes the report there too. Runs that DIR
+`DIR/<arm>/<condition>/<task>/seed_<s>/` (each run as it finishes, the rest at the end)
+and writes the report there too. Runs that DIR
 already holds as finished are not trained again: their files are copied into OUT first,
 so a study resumed on a fresh machine (OUT gone, the repository's `scores/` kept) trains
 only what is missing. A folder given
@@ -198,19 +199,20 @@ def study_frames(cells: Sequence[Cell]) -> int:
 
 def publish_cells(cells: Sequence[Cell], dest: str | Path) -> list[Path]:
     """Copy each finished run of `cells` to `dest/<arm>/<condition>/<task>/seed_<s>/`."""
-    copied = []
-    for cell in cells:
-        for spec in cell.specs:
-            if not is_finished(spec.logdir):
-                continue
-            # The condition's folder name as the study wrote it (`video:DIR` -> `video-DIR`).
-            condition = Path(spec.logdir).parents[1].name
-            target = Path(dest) / cell.arm / condition / spec.task / f"seed_{spec.seed}"
-            copy_run(spec.logdir, target, f"{cell.arm}/{cell.condition}")
-            (target / FINAL_METRICS).write_text(json.dumps(
-                {"rows": FINAL_ROWS, "metrics": final_metrics(spec.logdir)}, indent=1) + "\n")
-            copied.append(target)
-    return copied
+    return [publish_run(cell, spec, dest) for cell in cells for spec in cell.specs
+            if is_finished(spec.logdir)]
+
+
+def publish_run(cell: Cell, spec: RunSpec, dest: str | Path) -> Path:
+    """Copy one finished run's small files (and its metrics' final values) to
+    `dest/<arm>/<condition>/<task>/seed_<s>/`; returns that folder."""
+    # The condition's folder name as the study wrote it (`video:DIR` -> `video-DIR`).
+    condition = Path(spec.logdir).parents[1].name
+    target = Path(dest) / cell.arm / condition / spec.task / f"seed_{spec.seed}"
+    copy_run(spec.logdir, target, f"{cell.arm}/{cell.condition}")
+    (target / FINAL_METRICS).write_text(json.dumps(
+        {"rows": FINAL_ROWS, "metrics": final_metrics(spec.logdir)}, indent=1) + "\n")
+    return target
 
 
 def adopt_published(cells: Sequence[Cell], published: str | Path) -> list[Path]:
@@ -495,8 +497,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     waiting = 0
     if not args.report_only:
         init_ray(args.address, args.num_cpus)
+        on_done = None
+        if args.publish:  # each run as it finishes: the machine may end before the study
+            cell_of = {spec.name: cell for cell in cells for spec in cell.specs}
+            def on_done(spec: RunSpec) -> None:
+                print(f"published {publish_run(cell_of[spec.name], spec, args.publish)}")
         outcome = run_suite([s for c in cells for s in c.specs], args.cpus_per_run,
-                            args.gpus_per_run)
+                            args.gpus_per_run, on_done=on_done)
         failed = sorted(k for k, v in outcome.items() if v.startswith("FAILED"))
         waiting = paused(outcome)
         if waiting:

@@ -123,10 +123,13 @@ def run_suite(
     gpus_per_run: float | None = None,
     log: Callable[[str], None] = print,
     grace_s: float = PAUSE_GRACE_S,
+    on_done: Callable[[RunSpec], None] | None = None,
 ) -> dict[str, str]:
     """Run every unfinished spec as a Ray task (Ray must be initialised); name -> outcome:
     "done", "skipped (finished)", "FAILED: ...", or, once the suite pauses, "stopped" and
-    "not started".
+    "not started". `on_done(spec)` is called as each run finishes (a study publishes it
+    then, so a machine that ends before the suite does keeps its finished runs); an error
+    it raises is logged and the suite goes on.
 
     A run the user stops with a signal (`kill -INT` on its `ray::_train` worker) checkpoints
     and returns with `status.json` saying so; the suite then pauses: queued runs are
@@ -194,6 +197,11 @@ def run_suite(
         if status.get("finished"):
             outcome[spec.name] = "done"
             log(f"[{count}/{total}] done {spec.name} in {time.time() - start:.0f} s")
+            if on_done is not None:
+                try:
+                    on_done(spec)
+                except Exception as exc:  # noqa: BLE001 - the runs matter more than the hook
+                    log(f"warning: after {spec.name} finished: {exc}")
         elif status.get("stopped"):
             outcome[spec.name] = STOPPED
             log(f"[{count}/{total}] stopped {spec.name} at step {status.get('step')} "

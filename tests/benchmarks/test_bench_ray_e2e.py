@@ -120,12 +120,19 @@ def test_failed_run_is_reported_and_the_others_go_on(tmp_path):
         "run.steps": bad.steps, "logdir": str(bad.logdir), "env.options.no_such_key": 1})
     os.environ.setdefault("MUJOCO_GL", "egl")
     init_ray(None, num_cpus=2)
+    published: list[str] = []
+
+    def on_done(spec):  # a study's publishing hook; a failure in it stops nothing
+        published.append(spec.name)
+        raise OSError("disk full")
+
     try:
         lines: list[str] = []
-        outcome = run_suite([bad, good], log=lines.append)
+        outcome = run_suite([bad, good], log=lines.append, on_done=on_done)
     finally:
         ray.shutdown()
-    assert outcome[good.name] == "done"
+    assert outcome[good.name] == "done" and published == [good.name]
+    assert f"warning: after {good.name} finished: disk full" in lines
     assert outcome[bad.name].startswith("FAILED") and "no_such_key" in outcome[bad.name]
     assert any(line.startswith("[") and "FAILED dmc_walker_stand" in line for line in lines)
     assert json.loads((good.logdir / "status.json").read_text())["finished"]
