@@ -56,7 +56,7 @@ _GL_SUITES = frozenset({"dmc", "gym"})
 
 def _dmc_preset(task: str, options: Mapping[str, Any]) -> str:
     pixels = str(options.get("obs", "")).lower() in ("pixels", "both")
-    return "dmc_vision" if pixels or task.endswith("-pixels") else "dmc_proprio"
+    return "dmc_vision" if pixels or task.endswith(("-pixels", "-both")) else "dmc_proprio"
 
 
 # Suite name -> the domain preset (agents/run/configs/domains.yaml) its runs start from: a name,

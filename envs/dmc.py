@@ -224,7 +224,12 @@ def make_env(task: str, *, suite: str = "dmc", **options: Any) -> gym.Env:
     domain, name, suffix_obs = _parse_task(task)
     opts = check_options(suite, options, DEFAULTS)
     if suffix_obs is not None:
-        if "obs" in options and options["obs"] != suffix_obs:
+        # An `obs` option that says otherwise is an error, except `pixels` under `-both`:
+        # the pixel preset's value (dmc_vision, which `-both` specs get), which `-both`
+        # extends with the state vector.
+        agrees = options.get("obs") in (suffix_obs, None) or (
+            suffix_obs == "both" and options["obs"] == "pixels")
+        if "obs" in options and not agrees:
             raise EnvSpecError(
                 f"spec suffix '-{suffix_obs}' conflicts with option obs={options['obs']!r}"
             )

@@ -13,6 +13,7 @@ def test_domain_for():
     assert domain_for("dmc:walker-walk", {"obs": "pixels"}) == "dmc_vision"
     assert domain_for("dmc:walker-walk", {"obs": "both"}) == "dmc_vision"
     assert domain_for("dmc:walker-walk-pixels", {}) == "dmc_vision"
+    assert domain_for("dmc:walker-walk-both", {}) == "dmc_vision"
     assert domain_for("atari:pong", {}) == "atari"
     assert domain_for("atari100k:pong", {}) == "atari100k"
     assert domain_for("minigrid:MiniGrid-DoorKey-5x5-v0", {}) == "minigrid"

@@ -25,6 +25,8 @@ def closing():
         ("dmc:cartpole-balance", {}, {"vector"}),
         ("dmc:walker-walk-pixels", {}, {"image"}),
         ("dmc:ball_in_cup-catch", {"obs": "both", "fast_render": True}, {"image", "vector"}),
+        # `-both` specs get the pixel preset, whose obs=pixels the suffix extends.
+        ("dmc:walker-walk-both", {"obs": "pixels", "fast_render": True}, {"image", "vector"}),
     ],
 )
 def test_check_env_and_contract(spec, options, keys, closing):

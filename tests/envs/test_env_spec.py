@@ -19,6 +19,8 @@ from envs.core import check_options
         ("dmc:walker-walk", {"colour": 1}, "valid options: ['camera', 'distractor', 'fast_render'"),
         ("dmc:walker-walk", {"obs": "rgb"}, "allowed: ['pixels', 'state', 'both']"),
         ("dmc:walker-walk-pixels", {"obs": "state"}, "conflicts"),
+        ("dmc:walker-walk-both", {"obs": "state"}, "conflicts"),
+        ("dmc:walker-walk-pixels", {"obs": "both"}, "conflicts"),
         ("dmc:walker-walk", {"repeat": 0}, "integer >= 1"),
         ("dmc:walker-walk", {"size": "big"}, "expected (height, width)"),
         ("dmc:walker-walk", {"camera": 9}, "allowed: -1 (free) to 1"),
