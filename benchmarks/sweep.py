@@ -66,6 +66,14 @@ class Dist:
             return tune.loguniform(*self.args)
         return tune.randint(*self.args)
 
+    def extremes(self) -> tuple[Any, ...]:
+        """The values a trial can take that are furthest apart (every choice; the bounds of
+        a range, randint's high one exclusive), to check against the config schema."""
+        if self.kind == "choice":
+            return self.args
+        lo, hi = self.args
+        return (lo, hi - 1) if self.kind == "randint" else (lo, hi)
+
 
 def _bounds(kind: str, args: list[Any], text: str) -> tuple[Any, Any]:
     if len(args) != 2 or not all(isinstance(a, int | float) for a in args):
@@ -210,6 +218,12 @@ def _check(args: argparse.Namespace) -> tuple[dict[str, Dist], dict[str, Any]]:
         load_config(**request)
     except ValueError as err:  # ConfigError, or EnvSpecError for a bad --env
         raise SweepSpecError(str(err)) from None
+    for key, dist in params.items():  # a mistyped key or a value out of range fails here too
+        for value in dist.extremes():
+            try:
+                load_config(**request, overrides={key: value})
+            except ValueError as err:
+                raise SweepSpecError(f"--param {key}: {err}") from None
     return params, request
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
 from agents.run.config import ConfigError, load_config, nest
 from benchmarks.sweep import Dist, SweepSpecError, parse_param, trials_table, write_best
+from benchmarks.sweep import main as sweep_main
 
 
 def test_parse_distributions():
@@ -71,3 +74,19 @@ def test_trials_table():
     lines = trials_table(rows, ["opt.lr"], "episode/return").splitlines()
     assert lines[0].split() == ["trial", "status", "opt.lr", "step", "episode/return"]
     assert lines[1].split() == ["a_00000", "ok", "0.0001235", "300", "21.5"]
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ("opt.lrr=loguniform(1e-5,1e-3)", "--param opt.lrr: .*did you mean 'opt.lr'"),
+        ("opt.lr=uniform(-1,1e-3)", "--param opt.lr: "),
+        ("run.train_ratio=choice(128,0)", "--param run.train_ratio: "),
+    ],
+)
+def test_a_param_the_config_refuses_fails_before_ray_starts(param, message, capsys):
+    with pytest.raises(SystemExit):
+        sweep_main(["--env", "gym:CartPole-v1", "--param", param, "--samples", "1"])
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Ray" not in err
