@@ -59,8 +59,20 @@ def load_entry_point(entry: str | type) -> type:
     return entry
 
 
+def _load_plugin_agents() -> None:
+    """Agents that installed packages declare under the entry-point group `dreamjepa.agents`
+    (`mine = "my_pkg.agent:MyAgent"`), so `dreamer-run --agent mine` finds them in a fresh
+    process (a `register` call lasts only for the process that makes it)."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="dreamjepa.agents"):
+        AGENTS.setdefault(ep.name, ep.value)
+
+
 def agent_class(name: str) -> type[Agent]:
     """The class registered as `name`, importing its module on first use."""
+    if name not in AGENTS:
+        _load_plugin_agents()
     if name not in AGENTS:
         raise UnknownAgentError(f"unknown agent '{name}'; available: {', '.join(sorted(AGENTS))}")
     return load_entry_point(AGENTS[name])
@@ -82,6 +94,14 @@ class Agent(ABC):
     # latent state beside every replayed step; a training batch is then `replay_context`
     # steps longer, its first steps only give the stored state to start from.
     replay_context: int = 0
+    step: int = 0  # updates trained so far (`dreamer-eval` reports it); an agent counts them
+
+    def set_behavior(self, name: str, **settings: Any) -> None:
+        """Act with behaviour `name` from now on (`dreamer-eval --behavior`, the planning
+        benchmark). An agent that acts only through its own `policy` takes `actor`."""
+        if name != "actor" or settings:
+            raise ValueError(f"agent {type(self).__name__} acts with its own policy only "
+                             f"(behavior 'actor'), not {name!r}")
 
     @abstractmethod
     def policy(self, obs: Mapping[str, np.ndarray], carry: Any, mode: str = "train"

@@ -194,6 +194,47 @@ def test_registry_names_and_user_entry_points():
         AGENTS.pop("mine2", None)
 
 
+def test_plugin_agents_from_entry_points_and_the_base_class_defaults(monkeypatch):
+    # A package declares `[project.entry-points."dreamjepa.agents"] plug = "module:Class"`:
+    # a fresh process (the CLI) finds it by name with no register call.
+    from importlib.metadata import EntryPoint
+
+    from agents.base import Agent
+
+    monkeypatch.setattr("agents.base.AGENTS", dict(AGENTS))
+    eps = [EntryPoint("plug", "agents.dreamerv3:DreamerV3Agent", "dreamjepa.agents")]
+    monkeypatch.setattr("importlib.metadata.entry_points",
+                        lambda group=None: eps if group == "dreamjepa.agents" else [])
+    assert agent_class("plug") is DreamerV3Agent
+    with pytest.raises(UnknownAgentError, match="unknown agent 'plug2'"):
+        agent_class("plug2")
+
+    class Minimal(Agent):  # only the abstract methods: what the README's recipe asks for
+        def policy(self, obs, carry, mode="train"):
+            return np.zeros((len(obs["is_first"]), 1), np.float32), carry
+
+        def features(self, obs, carry):
+            return torch.zeros(1, 1), torch.zeros(1, 1)
+
+        def train(self, batch):
+            return {}
+
+        def report(self, batch):
+            return {}
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    agent = Minimal()
+    assert agent.step == 0  # dreamer-eval reports it
+    agent.set_behavior("actor")
+    with pytest.raises(ValueError, match="acts with its own policy only .*not 'mppi'"):
+        agent.set_behavior("mppi")
+
+
 def test_features_give_embeddings_and_the_carried_latent():
     agent = make("image+discrete")
     obs = observation(agent, 3, True)
