@@ -105,6 +105,9 @@ class Collector:
         self.episodes = 0
         self._obs: dict[str, np.ndarray] | None = None
         self._carry: Any = None
+        # The seed of the first reset (None: the env's own, its construction seed). A
+        # resumed run sets one of its own so its envs do not replay the opening episodes.
+        self.reset_seed: int | None = None
         self._returns = np.zeros(self.num_envs, np.float64)
         self._lengths = np.zeros(self.num_envs, np.int64)
 
@@ -203,7 +206,7 @@ class Collector:
         if steps < 0:
             raise CollectorError(f"steps must be >= 0, got {steps}")
         if self._obs is None:
-            self._obs = self._reset()
+            self._obs = self._reset(self.reset_seed)
             self._carry = None
             self._returns[:] = 0
             self._lengths[:] = 0

@@ -59,6 +59,13 @@ RESUMABLE = ("logdir", "device", "precision", "conv_precision", "compile", "thre
 EVAL_POLICIES = ("sample", "mode")
 
 
+def resume_seed(seed: int, step: int) -> int:
+    """The env seed of a run with seed `seed` resumed at agent step `step`: the same for the
+    same resume point (a rerun of it is reproducible), unrelated across points and to the
+    run's first seeds `seed + i`."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
 def default_logdir(cfg: Config) -> Path:
     spec = cfg.env.spec.replace(":", "-").replace("/", "_")
     obs = cfg.env.options.get("obs")
@@ -232,6 +239,10 @@ class Trainer:
                      f"{reason[:200]}); trying an older one")
                 continue
             self.logger.truncate_after(self.counters["step"])
+            # The envs restart: from seeds of this resume point, not the run's first ones,
+            # which would replay the opening episodes (start states, distractor videos,
+            # sticky-action draws) at every resume.
+            self.collector.reset_seed = resume_seed(self.cfg.seed, self.counters["step"])
             added = self.replay.add_keys(self.collector.latent_spec)
             if added:  # e.g. a frozen encoder's embeddings, stored since this run began
                 warn(f"replay of {folder} holds no {', '.join(added)}: stored steps start "

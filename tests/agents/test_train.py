@@ -146,6 +146,25 @@ def test_rerun_with_longer_budget_resumes_and_applies_it(tmp_path, tiny_config, 
     assert "steps: 240" in (logdir / "config.yaml").read_text()
 
 
+def test_a_resumed_run_restarts_its_envs_from_seeds_of_its_own(tmp_path, tiny_config,
+                                                                monkeypatch):
+    # With the run's first seeds every resume would replay the opening episodes.
+    from agents.run.collector import Collector
+    from agents.run.train import resume_seed
+
+    seeds: list = []
+    reset = Collector._reset
+    monkeypatch.setattr(Collector, "_reset",
+                        lambda self, seed=None: seeds.append(seed) or reset(self, seed))
+    cfg, logdir, _ = _finished_run(tmp_path, tiny_config)
+    assert seeds[0] is None  # the first start: the env's construction seed
+    first_start = len(seeds)
+    train(tiny_config("gym:CartPole-v1", logdir, 240, SMALL))
+    assert seeds[first_start] == resume_seed(cfg.seed, 160)
+    assert len({resume_seed(0, 160), resume_seed(0, 240), resume_seed(1, 160)}) == 3
+    assert resume_seed(0, 160) == resume_seed(0, 160) >= 0
+
+
 @pytest.mark.parametrize("argv", [
     ["--env", "dmc:walker-walk2"],
     ["--env", "nosuch:task"],
