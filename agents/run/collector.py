@@ -247,6 +247,9 @@ class Collector:
     ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
         """Evaluate: run fresh episodes until ``episodes`` finish; nothing is stored.
 
+        Each env runs its share of the episodes (``episodes`` split as evenly as the envs
+        allow) and only those count: keeping whichever finish first would favour short
+        episodes, since an env that fails fast finishes two before a long one finishes one.
         Returns the episode records and, with ``render``, the frames (obs ``image`` or
         ``env.render()``) of env 0's first episode. The next ``collect`` starts fresh.
         """
@@ -256,6 +259,9 @@ class Collector:
         row = self._reset(seed=seed)
         returns = np.zeros(self.num_envs, np.float64)
         lengths = np.zeros(self.num_envs, np.int64)
+        quota = np.full(self.num_envs, episodes // self.num_envs)
+        quota[: episodes % self.num_envs] += 1
+        done = np.zeros(self.num_envs, np.int64)
         records: list[dict[str, Any]] = []
         frames: list[np.ndarray] = []
         recording = render
@@ -264,11 +270,14 @@ class Collector:
             if recording:
                 frames.append(self._frame(row))
                 recording = not bool(row["is_last"][0])
-            if len(records) >= episodes and not recording:
-                return records[:episodes], frames
+            if (done >= quota).all() and not recording:
+                return records, frames
             action, carry = policy(row, carry)
             row = self._step(row, self._model_action(action))
-            records += self._tally(row, returns, lengths)
+            for record in self._tally(row, returns, lengths):
+                if done[record["env"]] < quota[record["env"]]:
+                    records.append(record)
+                done[record["env"]] += 1
 
     def _frame(self, row: dict[str, np.ndarray]) -> np.ndarray:
         if "image" in row:

@@ -161,6 +161,12 @@ def test_random_policy_and_run_episodes_with_frames():
     records, frames = collector.run_episodes(policy, episodes=3, render=True)
     assert len(records) == 3
     assert all(r["length"] == (4 if r["env"] == 0 else 2) for r in records)
+    # Each env its share (2 + 1), not the first three to finish: env 1's 2-step episodes
+    # end at steps 2, 4 and 6, env 0's 4-step ones at 4 and 8, so those would be two of
+    # env 1's and one of env 0's, a mean biased to the short episodes.
+    assert sorted(r["env"] for r in records) == [0, 0, 1]
+    records, _ = collector.run_episodes(policy, episodes=4)
+    assert sorted(r["env"] for r in records) == [0, 0, 1, 1]
     assert [int(f[0, 0, 0]) for f in frames] == [0, 1, 2, 3, 4]  # env 0's whole episode
     box = random_policy(gym.spaces.Box(-1, 1, (5,), np.float32), seed=1)
     action, _ = box({"is_first": np.ones(3, bool)}, None)
