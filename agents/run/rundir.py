@@ -15,6 +15,7 @@ from typing import IO
 
 CONFIG = "config.yaml"
 STATUS = "status.json"
+COMPLETE = "complete"  # written into a checkpoint folder once everything else is
 METRICS = "metrics.jsonl"
 SCORES = "scores.jsonl"
 EVAL_SCORES = "eval_scores.jsonl"
@@ -87,8 +88,12 @@ class RunDir:
 
     def checkpoints(self) -> list[Path]:
         """Checkpoint folders that hold an agent file, newest first: `checkpoint`, then
-        `checkpoint.prev` (also the newest one when a crash fell between the two renames of
-        a swap), then `checkpoint.old` (the name older versions used for it)."""
+        `checkpoint.prev`, then `checkpoint.old` (the name older versions used for it). A
+        swap that a crash cut between its two renames (`checkpoint` gone, the new one
+        complete in `checkpoint.tmp`) is finished first."""
+        tmp, final = self.path / f"{CHECKPOINT}.tmp", self.path / CHECKPOINT
+        if not final.exists() and (tmp / COMPLETE).is_file():
+            tmp.rename(final)
         names = (CHECKPOINT, f"{CHECKPOINT}.prev", f"{CHECKPOINT}.old")
         return [self.path / n for n in names if (self.path / n / AGENT_FILE).is_file()]
 
@@ -105,6 +110,7 @@ class RunDir:
         try:
             tmp.mkdir(parents=True)
             fill(tmp)
+            (tmp / COMPLETE).touch()  # what tells a whole one from a cut one, see checkpoints
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk keeps what was complete
             raise

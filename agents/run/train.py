@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -225,6 +226,7 @@ class Trainer:
             self.logger.truncate_after(0)  # a run that died before its first checkpoint
             return False
         initial = dict(self.counters)
+        failed: list[Path] = []
         for folder in folders:
             try:
                 state = load_checkpoint(folder / AGENT_FILE)
@@ -237,7 +239,14 @@ class Trainer:
                 reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
                 warn(f"warning: checkpoint {folder} does not load ({type(err).__name__}: "
                      f"{reason[:200]}); trying an older one")
+                failed.append(folder)
                 continue
+            # The newer ones that did not load step aside: left in place, the next save would
+            # delete the one just loaded (`checkpoint.prev`) and keep a broken one as backup.
+            for bad in failed:
+                shutil.rmtree(bad.with_name(bad.name + ".bad"), ignore_errors=True)
+                bad.rename(bad.with_name(bad.name + ".bad"))
+                warn(f"kept {bad} as {bad.name}.bad")
             self.logger.truncate_after(self.counters["step"])
             # The envs restart: from seeds of this resume point, not the run's first ones,
             # which would replay the opening episodes (start states, distractor videos,

@@ -206,12 +206,18 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny
     assert [p.name for p in RunDir(logdir).checkpoints()] == ["checkpoint", "checkpoint.prev"]
     agent_file = logdir / "checkpoint" / "agent.pt"
     agent_file.write_bytes(agent_file.read_bytes()[:1000])  # a write cut short
+    good = (logdir / "checkpoint.prev" / "agent.pt").read_bytes()
     capsys.readouterr()
     train(longer)
     out = capsys.readouterr().out
     assert "warning: checkpoint" in out and "does not load" in out
     assert "resuming from step 160 of 240" in out
     assert json.loads((logdir / "status.json").read_text())["step"] == 240
+    # The broken one stepped aside, so the save after the fallback kept the good one as
+    # checkpoint.prev (it used to delete it and keep the broken one there).
+    assert "checkpoint.bad" in out and (logdir / "checkpoint.bad").is_dir()
+    assert [p.name for p in RunDir(logdir).checkpoints()] == ["checkpoint", "checkpoint.prev"]
+    assert (logdir / "checkpoint.prev" / "agent.pt").read_bytes() == good
     # Both broken: a one-line error, and nothing is overwritten.
     for name in ("checkpoint", "checkpoint.prev"):
         (logdir / name / "agent.pt").write_bytes(b"not a checkpoint")
@@ -220,6 +226,22 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny
     assert run_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "no checkpoint" in err and "loads" in err
+
+
+def test_a_swap_cut_between_its_renames_is_finished_and_a_cut_write_is_not_used(tmp_path):
+    # write_checkpoint renames checkpoint -> checkpoint.prev, then checkpoint.tmp ->
+    # checkpoint; a crash between the two left the newest whole one in checkpoint.tmp.
+    run = RunDir(tmp_path)
+    run.write_checkpoint(lambda folder: (folder / "agent.pt").write_text("1"))
+    run.write_checkpoint(lambda folder: (folder / "agent.pt").write_text("2"))
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.tmp")  # the second rename missed
+    assert [p.name for p in run.checkpoints()] == ["checkpoint", "checkpoint.prev"]
+    assert (tmp_path / "checkpoint" / "agent.pt").read_text() == "2"
+    # A write cut inside `fill` (no completion marker) is never taken for a checkpoint.
+    (tmp_path / "checkpoint").rename(tmp_path / "checkpoint.prev2")
+    (tmp_path / "checkpoint.tmp").mkdir()
+    (tmp_path / "checkpoint.tmp" / "agent.pt").write_text("cut")
+    assert [p.name for p in run.checkpoints()] == ["checkpoint.prev"]
 
 
 def _error_line(stderr: str) -> str:
