@@ -52,6 +52,8 @@ CASES = [
     ("dreamer-run", [*RUN, "--set", "run.train_ratio=-1"], "run.train_ratio"),
     ("dreamer-run", [*RUN, "--set", "run.train_ratio=0"], "run.train_ratio"),
     ("dreamer-run", [*RUN, "--set", "replay.batch_length=0"], "replay.batch_length"),
+    ("dreamer-run", [*RUN, "--set", "replay.size=2000", "--envs", "32"],
+     "holds 62 steps per env (32 envs), fewer than a training sequence"),
     ("dreamer-run", [*RUN, "--set", "opt.lr=fast"], "opt.lr"),
     ("dreamer-run", [*RUN, "--set", "model.dter=512"], "model.rssm.deter"),
     ("dreamer-run", [*RUN, "--set", "run.trian_ratio=3"], "run.train_ratio"),

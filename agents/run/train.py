@@ -158,6 +158,14 @@ def build_parts(cfg: Config, run: RunDir) -> Parts:
     if cfg.run.eval_policy not in EVAL_POLICIES:
         raise ConfigError(f"run.eval_policy {cfg.run.eval_policy!r} unknown; allowed: "
                           f"{', '.join(EVAL_POLICIES)}")
+    envs_n, rcfg = int(cfg.env.num_envs), cfg.replay
+    need = int(rcfg.batch_length) + int(rcfg.context)
+    if int(rcfg.size) // envs_n < need:  # it would never sample a batch, and never train
+        raise ConfigError(
+            f"replay.size {rcfg.size} holds {int(rcfg.size) // envs_n} steps per env "
+            f"({envs_n} envs), fewer than a training sequence (replay.batch_length "
+            f"{rcfg.batch_length} + replay.context {rcfg.context}); use replay.size >= "
+            f"{need * envs_n}")
     try:  # a bad sampler or behaviour fails before anything is built or written
         make_sampler(cfg.replay.sampler, **cfg.replay.sampler_options.to_dict())
     except ValueError as exc:
