@@ -54,6 +54,15 @@ class LaProp(torch.optim.Optimizer):
         self.skipped_in_a_row = 0
         self.skipped_total = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        # The skip counters too: a resumed run keeps its streak and its total.
+        return {**super().state_dict(), "skipped": [self.skipped_in_a_row, self.skipped_total]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        self.skipped_in_a_row, self.skipped_total = state_dict.pop("skipped", (0, 0))
+        super().load_state_dict(state_dict)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One update; a step whose gradients hold a NaN or inf changes nothing (parameters,

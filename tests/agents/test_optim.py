@@ -155,6 +155,13 @@ def test_non_finite_gradient_skips_the_step(bad):
     assert after["state"][0]["step"] == state["state"][0]["step"] == 1
     assert torch.equal(after["state"][1]["v"], state["state"][1]["v"])
     assert opt.skipped_in_a_row == 1 and opt.skipped_total == 1
+    # The counters are checkpointed: a resumed run keeps its streak and total.
+    twin = LaProp(params, lr=1e-2, warmup=0)
+    twin.load_state_dict(copy.deepcopy(after))
+    assert (twin.skipped_in_a_row, twin.skipped_total) == (1, 1)
+    old = {k: v for k, v in state.items() if k != "skipped"}  # saved before the counters were
+    twin.load_state_dict(old)
+    assert (twin.skipped_in_a_row, twin.skipped_total) == (0, 0)
     for p in params:
         p.grad = torch.ones_like(p)
     opt.step()
