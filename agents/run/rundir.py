@@ -110,6 +110,9 @@ class RunDir:
         try:
             tmp.mkdir(parents=True)
             fill(tmp)
+            # On disk before the marker and the renames: a power loss or a reclaimed VM
+            # must not leave a checkpoint that looks whole and holds unwritten replay rows.
+            _fsync_tree(tmp)
             (tmp / COMPLETE).touch()  # what tells a whole one from a cut one, see checkpoints
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # a full disk keeps what was complete
@@ -118,6 +121,7 @@ class RunDir:
             shutil.rmtree(prev, ignore_errors=True)
             final.rename(prev)
         tmp.rename(final)
+        _fsync_path(self.path)  # the renames themselves
         shutil.rmtree(self.path / f"{CHECKPOINT}.old", ignore_errors=True)
         return final
 
@@ -135,3 +139,19 @@ class RunDir:
                 return run, file
         raise FileNotFoundError(f"no checkpoint at {path}; expected a run directory containing "
                                 f"{CHECKPOINT}/{AGENT_FILE}")
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file below `root`, then the folders that name them, to disk."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync_path(Path(folder, name))
+        _fsync_path(Path(folder))

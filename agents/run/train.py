@@ -131,15 +131,22 @@ def nonfinite(state: Any, prefix: str = "") -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    """The torch, numpy and python random streams (actions and latents are sampled)."""
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "python": random.getstate()}
+    """The torch (and CUDA), numpy and python random streams (actions and latents are
+    sampled)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available():  # on a GPU the policy and latents sample from these
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available() and \
+            len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass
