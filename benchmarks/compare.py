@@ -2,7 +2,8 @@
 with stratified-bootstrap confidence intervals.
 
     python -m benchmarks.compare --env dmc:cartpole-balance-pixels [--env ...]
-        [--arm dreamerv3=dreamerv3 --arm jepa=jepa --arm no-predict=jepa,jepa.predict=false]
+        [--arm dreamerv3=dreamerv3 --arm jepa=jepa
+         --arm no-predict=jepa,jepa.predict=false,jepa.vicreg=false,jepa.inverse=false]
         [--conditions clean,atari] [--seeds 3] [--frames 100000] [--out DIR] [--set K=V] ...
         [--publish scores/jepa-study]
     python -m benchmarks.compare --report-only scores/jepa-study [--frames 100000]

@@ -17,9 +17,10 @@ whatever the embedding scale, and a prediction cannot win by shrinking its norm.
   off, the online encoder itself is the target, with gradient: the textbook collapsible
   set-up). `ema: 0` makes the target the online encoder of the previous update under
   stop-gradient (SimSiam-like: no slow target).
-- `predict: false` drops both prediction terms: a decoder-free world model trained by
-  reward, continue, KL and the critic's repval gradient alone, the ablation that separates
-  "no decoder" from "predicts latents".
+- `predict: false` drops both prediction terms and nothing else; with `vicreg` and
+  `inverse` off too it is a decoder-free world model trained by reward, continue, KL and
+  the critic's repval gradient alone, the ablation that separates "no decoder" from
+  "predicts latents".
 - Diagnostics per open-loop step k (`jepa/pred_k{k}`, `jepa/copy_k{k}`): the prior's k-step
   prediction error against the copy-last baseline, which predicts target t + k with the
   last observed target t (same normalised error, same masks). A predictor that predicts
@@ -158,7 +159,10 @@ class LatentObjective(Objective):
             sub = {k: batch[k][:, ::s] for k in self.decoder.keys}
             probe = self.decoder.losses(feat[:, ::s].detach(), sub)
             losses.update({f"probe_{k}": v for k, v in probe.items()})
-        metrics.update(self._copy_last(target, batch["is_first"]))
+        copy = self._copy_last(target, batch["is_first"])
+        if "jepa/copy_k1" in metrics:  # the same steps and masks as pred_1step (= pred_k1)
+            copy = {"jepa/copy_last": metrics["jepa/copy_k1"]}
+        metrics.update(copy)
         return losses, metrics
 
     def _open_loop(self, post: State, batch: Mapping, target: torch.Tensor, rssm: RSSM
@@ -201,7 +205,8 @@ class LatentObjective(Objective):
 
     @torch.no_grad()
     def _copy_last(self, target: torch.Tensor, is_first: torch.Tensor) -> dict:
-        """The baseline for jepa/pred_1step: predict target t with target t - 1."""
+        """Copy-last at k = 1 (predict target t with target t - 1) over every step, for a
+        batch too short for the open-loop term, which otherwise gives it on its own steps."""
         if target.shape[1] < 2:
             return {}
         keep = (~is_first[:, 1:].bool()).float()
@@ -215,7 +220,14 @@ class LatentObjective(Objective):
         `openl/mse_*` metrics and `openl` video."""
         out = (decoder_report(self.decoder, data, feat, context)
                if self.decoder is not None else {})
-        err = prediction_error(self.predictor(feat), self.target_encoder(data).float())
+        if not self.predict:  # the predictor is never trained then: nothing to report
+            return out
+        # The target training uses (the online embedding itself when stop_grad is off).
+        target = (self.target_encoder if self.stop_grad else self.online[0])(data).float()
+        err = prediction_error(self.predictor(feat), target)
+        # The imagined prior is never reset: steps after an episode start are left out.
+        after = (~data["is_first"][:, context:].bool()).float().cumprod(1)
         out["openl/jepa_observed"] = float(err[:, :context].mean())
-        out["openl/jepa_imagined"] = float(err[:, context:].mean())
+        out["openl/jepa_imagined"] = float((err[:, context:] * after).sum()
+                                           / after.sum().clamp(min=1))
         return out

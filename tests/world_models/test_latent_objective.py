@@ -219,6 +219,40 @@ def test_ablation_switches_predict_off_and_sigreg_on():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in wm.encoder.parameters())
 
 
+def test_predict_off_alone_keeps_the_other_terms_and_reports_no_predictor():
+    # `jepa.predict=false` is one switch: inverse and VICReg stay as set (the study's
+    # no-decoder baseline turns them off too), and the untrained predictor is not reported.
+    batch = make_batch()
+    torch.manual_seed(0)
+    wm = make_wm(predict=False)
+    losses, _, _ = wm.loss(batch)
+    assert set(losses) == {"dyn", "rep", "rew", "con", "vicreg", "inverse"}
+    feat = wm.open_loop(batch, 5)
+    assert wm.objective.report(batch, feat, 5) == {}
+
+
+def test_report_leaves_out_imagined_steps_after_an_episode_start():
+    torch.manual_seed(0)
+    wm = make_wm()
+    batch = make_batch(T=12)
+    feat = wm.open_loop(batch, 5)
+    whole = wm.objective.report(batch, feat, 5)["openl/jepa_imagined"]
+    with torch.no_grad():
+        target = wm.objective.target_encoder(batch).float()
+        err = prediction_error(wm.objective.predictor(feat), target)
+    assert whole == pytest.approx(float(err[:, 5:].mean()), rel=1e-5)
+    batch["is_first"][:, 8] = True  # a new episode at step 8: the prior never reset there
+    cut = wm.objective.report(batch, feat, 5)["openl/jepa_imagined"]
+    assert cut == pytest.approx(float(err[:, 5:8].mean()), rel=1e-5)
+
+
+def test_copy_last_is_the_k1_baseline_on_the_same_steps():
+    torch.manual_seed(0)
+    _, _, metrics = make_wm().loss(make_batch())
+    assert metrics["jepa/copy_last"] == metrics["jepa/copy_k1"]
+    assert metrics["jepa/pred_1step"] == metrics["jepa/pred_k1"]
+
+
 def _ring_batch(B=16, T=16, n=8, seed=0):
     """A walker on a ring of n cells: the action (left/right) moves it, the observation is
     its cell, one-hot. Every frame differs from the last, so copying the last latent fails;
