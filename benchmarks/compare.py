@@ -19,7 +19,7 @@ paired.
 
 Written to OUT: `scores.json.gz` (official format, method `<arm>/<condition>`, training
 episodes), `compare.md` and `compare.png`. Final scores at the frame budget: evaluation
-episodes (the run's last evaluation at or before the budget; `atari` runs are evaluated on
+episodes (the run's last evaluation at or before the budget, if one falls in its last 10%; `atari` runs are evaluated on
 the held-out `atari:eval` games) and training episodes (the mean of the episodes ending in
 the last 10% of the budget, as `benchmarks.aggregate`'s window rule). For every arm and
 condition: the mean over tasks of the seed-mean score with its 95% interval, and for every
@@ -263,6 +263,8 @@ def final_scores(cell: Cell, frames: int, evals: bool, seeds: Sequence[int] | No
         except ScoreFileError:
             continue
         rule, window = ("last", 0.0) if evals else ("window", 0.1 * frames)
+        if evals and not ((run.xs > 0.9 * frames) & (run.xs <= frames)).any():
+            continue  # its last evaluation is early: a run still training has no final score
         out[seeds.index(spec.seed), tasks.index(spec.task)] = final_value(
             run.xs, run.ys, frames, rule, window)
     return out

@@ -10,6 +10,7 @@ import yaml
 
 from benchmarks.compare import (
     adopt_published,
+    final_scores,
     main,
     mean_score,
     parse_arm,
@@ -247,3 +248,14 @@ def test_prediction_table_columns_cover_every_horizon(tmp_path):
     assert "| arm | condition | runs | k=1 pred, copy | k=2 pred, copy | k=3 pred, copy |" in lines
     assert "| a | clean | 1 | 0.500, 1.000 | 0.500, 1.000 | 0.500, 1.000 |" in lines
     assert "| b | clean | 1 | 0.500, 1.000 | 0.500, 1.000 | - |" in lines
+
+
+def test_a_run_still_training_has_no_final_evaluation(tmp_path):
+    # Its last evaluation (at 100 of 1000 frames) is no score at the budget.
+    cells = plan_comparison([ENV], [parse_arm("a=dreamerv3")], ["clean"], 2, 1000,
+                            tmp_path.resolve())
+    for spec, last in zip(cells[0].specs, (1000, 100)):
+        _write(spec.logdir, [{"frames": last, "return": 5.0}], "scores.jsonl")
+        _write(spec.logdir, [{"frames": last, "return": 7.0}], "eval_scores.jsonl")
+    scores = final_scores(cells[0], 1000, evals=True)
+    assert scores[0, 0] == 7.0 and np.isnan(scores[1, 0])
