@@ -20,8 +20,9 @@ paired.
 Written to OUT: `scores.json.gz` (official format, method `<arm>/<condition>`, training
 episodes), `compare.md` and `compare.png`. Final scores at the frame budget: evaluation
 episodes (the run's last evaluation at or before the budget, if one falls in its last
-10%; `atari` runs are evaluated on the held-out `atari:eval` games) and training episodes (the mean of the episodes ending in
-the last 10% of the budget, as `benchmarks.aggregate`'s window rule). For every arm and
+10%; `atari` runs are evaluated on the held-out `atari:eval` games) and training
+episodes (the mean of the episodes ending in the last 10% of the budget, as
+`benchmarks.aggregate`'s window rule). For every arm and
 condition: the mean over tasks of the seed-mean score with its 95% interval, and for every
 distracted condition the share of the clean score kept (mean distracted / mean clean).
 
