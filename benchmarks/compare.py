@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -59,17 +58,22 @@ import yaml
 
 from agents.run.cli_args import ArgParser, add_set_arg
 from agents.run.config import get_dotted
-from agents.run.rundir import STATUS
 from benchmarks.aggregate import final_value
-from benchmarks.publish import RUN_INFO, copy_run
 from benchmarks.ray_launch import add_ray_args, init_ray
 from benchmarks.scores import Run, ScoreFileError, read_run_dir, write_scores
+from benchmarks.study_publish import (
+    FINAL_ROWS,
+    adopt_published,
+    final_metrics,
+    is_done,
+    publish_cells,
+    publish_run,
+)
 from benchmarks.suite import (
     PAUSED_EXIT,
     RunSpec,
     SuiteError,
     exit_with,
-    is_finished,
     paused,
     plan,
     run_suite,
@@ -77,11 +81,6 @@ from benchmarks.suite import (
 
 REPEAT = 2  # DMC's action repeat in the published protocol
 DEFAULT_ARMS = ("dreamerv3=dreamerv3", "jepa=jepa")
-# A published run keeps its metrics' final values (the log itself is large): each one's mean
-# over the last FINAL_ROWS log rows.
-FINAL_METRICS, FINAL_ROWS = "final_metrics.json", 5
-
-
 @dataclass
 class Arm:
     name: str
@@ -199,55 +198,6 @@ def study_frames(cells: Sequence[Cell]) -> int:
     return budgets.pop()
 
 
-def publish_cells(cells: Sequence[Cell], dest: str | Path) -> list[Path]:
-    """Copy each finished run of `cells` to `dest/<arm>/<condition>/<task>/seed_<s>/`."""
-    return [publish_run(cell, spec, dest) for cell in cells for spec in cell.specs
-            if is_finished(spec.logdir)]
-
-
-def publish_run(cell: Cell, spec: RunSpec, dest: str | Path) -> Path:
-    """Copy one finished run's small files (and its metrics' final values) to
-    `dest/<arm>/<condition>/<task>/seed_<s>/`; returns that folder."""
-    # The condition's folder name as the study wrote it (`video:DIR` -> `video-DIR`).
-    condition = Path(spec.logdir).parents[1].name
-    target = Path(dest) / cell.arm / condition / spec.task / f"seed_{spec.seed}"
-    copy_run(spec.logdir, target, f"{cell.arm}/{cell.condition}")
-    (target / FINAL_METRICS).write_text(json.dumps(
-        {"rows": FINAL_ROWS, "metrics": final_metrics(spec.logdir)}, indent=1) + "\n")
-    return target
-
-
-def adopt_published(cells: Sequence[Cell], published: str | Path) -> list[Path]:
-    """Count a run that `published` (a `--publish` folder) holds as finished as finished
-    here too: copy its small files into the run's folder and write a `status.json` that
-    says so, so that a study resumed on a fresh machine (its run folders gone, the
-    repository's `scores/` kept) trains only what no machine finished. A run finished here
-    already is left alone. Returns the folders adopted."""
-    adopted = []
-    for cell in cells:
-        for spec in cell.specs:
-            logdir = Path(spec.logdir)
-            if is_finished(logdir):
-                continue
-            source = Path(published) / cell.arm / logdir.parents[1].name / spec.task / \
-                f"seed_{spec.seed}"
-            info_file = source / RUN_INFO
-            if not info_file.is_file():
-                continue
-            info = json.loads(info_file.read_text())
-            if not info.get("finished"):
-                continue
-            logdir.mkdir(parents=True, exist_ok=True)
-            for path in source.iterdir():
-                if path.is_file():
-                    shutil.copyfile(path, logdir / path.name)
-            (logdir / STATUS).write_text(json.dumps({
-                "finished": True, "frames": info.get("frames"), "updates": info.get("updates"),
-                "cpu_s": info.get("cpu_s"), "adopted_from": str(source)}, indent=1) + "\n")
-            adopted.append(logdir)
-    return adopted
-
-
 def final_scores(cell: Cell, frames: int, evals: bool, seeds: Sequence[int] | None = None,
                  tasks: Sequence[str] | None = None) -> np.ndarray:
     """Scores [seeds, tasks] of a cell at the budget (NaN where a run has none yet); rows
@@ -318,33 +268,6 @@ def summarize(cells: Sequence[Cell], frames: int, reps: int = 2000) -> tuple[str
     if prediction:
         lines += ["", *prediction]
     return "\n".join(lines), result
-
-
-def is_done(run: Path) -> bool:
-    """Whether a run finished: its status.json (a study folder) or run.json (published)."""
-    if is_finished(run):
-        return True
-    info = Path(run) / "run.json"
-    return info.is_file() and bool(json.loads(info.read_text()).get("finished"))
-
-
-def final_metrics(run: Path, rows: int = FINAL_ROWS) -> dict[str, float]:
-    """Each logged metric's mean over the last `rows` log rows that hold it: a published
-    run's `final_metrics.json`, else its `metrics.jsonl` ({} when it has neither)."""
-    run = Path(run)
-    if (run / FINAL_METRICS).is_file():
-        return json.loads((run / FINAL_METRICS).read_text())["metrics"]
-    values: dict[str, list[float]] = {}
-    if (run / "metrics.jsonl").is_file():
-        for line in (run / "metrics.jsonl").read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a crash
-                continue
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    values.setdefault(key, []).append(float(value))
-    return {k: float(np.mean(v[-rows:])) for k, v in sorted(values.items())}
 
 
 def prediction_table(cells: Sequence[Cell]) -> list[str]:

@@ -159,10 +159,10 @@ class LatentObjective(Objective):
             sub = {k: batch[k][:, ::s] for k in self.decoder.keys}
             probe = self.decoder.losses(feat[:, ::s].detach(), sub)
             losses.update({f"probe_{k}": v for k, v in probe.items()})
-        copy = self._copy_last(target, batch["is_first"])
         if "jepa/copy_k1" in metrics:  # the same steps and masks as pred_1step (= pred_k1)
-            copy = {"jepa/copy_last": metrics["jepa/copy_k1"]}
-        metrics.update(copy)
+            metrics["jepa/copy_last"] = metrics["jepa/copy_k1"]
+        else:
+            metrics.update(self._copy_last(target, batch["is_first"]))
         return losses, metrics
 
     def _open_loop(self, post: State, batch: Mapping, target: torch.Tensor, rssm: RSSM

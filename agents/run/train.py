@@ -9,7 +9,6 @@ argv belongs to the CLI alone. `build_parts` makes the env, agent, replay and lo
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import time
 from collections import defaultdict
@@ -32,6 +31,7 @@ from agents.run.config import Config, ConfigError, save_config
 from agents.run.logger import Progress, RunLogger, open_loop_video
 from agents.run.rundir import AGENT_FILE, REPLAY, STATUS, RunDir
 from agents.run.schedules import Every, Ratio
+from agents.run.seeding import resume_seed, rng_state, set_rng_state
 from agents.runtime import describe_machine, seed_everything, select_device, set_malloc, set_threads
 from replay import SequenceReplay, make_sampler
 
@@ -58,13 +58,6 @@ RESUMABLE = ("logdir", "device", "precision", "conv_precision", "compile", "thre
              "run.save_every", "run.eval_every", "run.eval_episodes", "run.eval_policy",
              "run.report_every", "run.video")
 EVAL_POLICIES = ("sample", "mode")
-
-
-def resume_seed(seed: int, step: int) -> int:
-    """The env seed of a run with seed `seed` resumed at agent step `step`: the same for the
-    same resume point (a rerun of it is reproducible), unrelated across points and to the
-    run's first seeds `seed + i`."""
-    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def default_logdir(cfg: Config) -> Path:
@@ -128,25 +121,6 @@ def nonfinite(state: Any, prefix: str = "") -> str:
         if found:
             return found
     return ""
-
-
-def rng_state() -> dict[str, Any]:
-    """The torch (and CUDA), numpy and python random streams (actions and latents are
-    sampled)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}
-    if torch.cuda.is_available():  # on a GPU the policy and latents sample from these
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available() and \
-            len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @dataclass

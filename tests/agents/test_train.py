@@ -150,7 +150,7 @@ def test_a_resumed_run_restarts_its_envs_from_seeds_of_its_own(tmp_path, tiny_co
                                                                 monkeypatch):
     # With the run's first seeds every resume would replay the opening episodes.
     from agents.run.collector import Collector
-    from agents.run.train import resume_seed
+    from agents.run.seeding import resume_seed
 
     seeds: list = []
     reset = Collector._reset

@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from benchmarks.compare import (
-    adopt_published,
     final_scores,
     main,
     mean_score,
@@ -18,6 +17,7 @@ from benchmarks.compare import (
     prediction_table,
     stratified_bootstrap,
 )
+from benchmarks.study_publish import adopt_published
 from benchmarks.suite import SuiteError, is_finished
 
 ENV = "dmc:cartpole-balance-pixels"
