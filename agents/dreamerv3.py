@@ -134,7 +134,7 @@ class DreamerV3Agent(Agent):
     def policy(self, obs: Mapping[str, np.ndarray], carry: Any = None, mode: str = "train"):
         """Carry: (latent state, last action, the behaviour's own carry)."""
         n = len(obs["is_first"])
-        if mode == "random":
+        if mode == "random" and not self.replay_context:
             return self.random_actions(n), carry
         data = self._to_torch({k: obs[k] for k in self.shapes})
         is_first = torch.as_tensor(np.asarray(obs["is_first"]), device=self.device)
@@ -144,7 +144,12 @@ class DreamerV3Agent(Agent):
                      self.behavior.initial(n, self.device))
         sample = mode == "train"
         state, action, own = self.clock.timed(self._act, data, is_first, *carry, sample)
-        if action is None:  # a planner: its loop runs here, its pieces compiled on their own
+        if mode == "random":
+            # Random actions (prefill), but the posterior still follows the observations: the
+            # replay context stores this step's latent, and zeros there would start replayed
+            # sequences from a state the world model never saw.
+            action = torch.as_tensor(self.random_actions(n), device=self.device)
+        elif action is None:  # a planner: its loop runs here, its pieces compiled on their own
             with self._amp():
                 action, own = self.clock.timed(self.behavior, state, own, is_first, sample)
             action = action.float()

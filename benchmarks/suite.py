@@ -117,6 +117,17 @@ def _train(cfg: Config) -> str:
     return str(train(cfg, escalate_signals=False))
 
 
+def submission_order(specs: Sequence[RunSpec]) -> list[RunSpec]:
+    """Furthest-along runs first (by the updates their `status.json` counts; a stable sort
+    keeps the plan's order among equals). Ray starts tasks in submission order, so a
+    machine that ends mid-suite has finished the runs closest to done, not started fresh
+    ones beside half-done ones."""
+    def updates(spec: RunSpec) -> int:
+        return int((read_status(spec.logdir) or {}).get("updates") or 0)
+
+    return sorted(specs, key=lambda spec: -updates(spec))
+
+
 def run_suite(
     specs: Sequence[RunSpec],
     cpus_per_run: float = 1.0,
@@ -145,7 +156,7 @@ def run_suite(
     )
     outcome: dict[str, str] = {}
     pending = {}
-    for spec in specs:
+    for spec in submission_order(specs):
         if is_finished(spec.logdir):
             outcome[spec.name] = "skipped (finished)"
             log(f"skip  {spec.name}: already finished")

@@ -107,17 +107,17 @@ class PretrainedImageEncoder(nn.Module):
         super().__init__()
         self.image = image
         self.cache = bool(cache)
+        # Whether the image encoder trains with the agent (`--encoder-mode finetune`), fixed
+        # here: the JEPA objective's EMA target copy takes no gradient but is a fine-tuned
+        # encoder's copy all the same (its embeddings change as the agent trains, and it
+        # runs over whole training batches: bf16 where the online encoder takes it).
+        self.finetuned = any(p.requires_grad for p in image.parameters())
         self.conv_bf16 = False  # set by the agent (config `conv_precision`); see embed_images
         self.vector = None
         self.out_dim = image.out_dim
         if VECTOR_KEY in obs_shapes:
             self.vector = MultiEncoder({VECTOR_KEY: obs_shapes[VECTOR_KEY]}, **mlp_kwargs)
             self.out_dim += self.vector.out_dim
-
-    @property
-    def finetuned(self) -> bool:
-        """Whether the image encoder trains with the agent (`--encoder-mode finetune`)."""
-        return any(p.requires_grad for p in self.image.parameters())
 
     @property
     def cached_dim(self) -> int:

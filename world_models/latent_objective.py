@@ -92,7 +92,7 @@ class LatentObjective(Objective):
         self.probe_stride = int(probe_stride)
         if self.probe_stride < 1:
             raise ValueError(f"jepa.probe_stride={self.probe_stride} is invalid; expected >= 1")
-        self.weights = open_loop_weights(self.horizon, float(decay))
+        self.decay = float(decay)
         self.stop_grad, self.discrete = bool(stop_grad), discrete
         emb = encoder.out_dim
         units = int(predictor["units"]) or int(default_units)
@@ -175,6 +175,9 @@ class LatentObjective(Objective):
         if K <= 0:
             return target.new_zeros(B, 1), metrics
         n = T - K
+        # Normalised over the K terms this batch has: a batch shorter than the horizon keeps
+        # the open-loop term's full weight.
+        weights = open_loop_weights(K, self.decay)
         state = {k: post[k][:, :n].reshape(B * n, *post[k].shape[2:]) for k in ("deter", "stoch")}
         valid = torch.ones(B, n, device=target.device)
         total = target.new_zeros(B, n)
@@ -185,7 +188,7 @@ class LatentObjective(Objective):
             valid = valid * (~batch["is_first"][:, k:k + n].bool()).float()
             err = prediction_error(self.predictor(rssm.feat(state)).reshape(B, n, -1),
                                    target[:, k:k + n])
-            total = total + self.weights[k - 1] * valid * err
+            total = total + weights[k - 1] * valid * err
             with torch.no_grad():
                 count = valid.sum().clamp(min=1)
                 metrics[f"jepa/pred_k{k}"] = (valid * err).sum() / count

@@ -92,8 +92,11 @@ def test_policy_returns_model_format_actions_and_a_carry(kind):
     action2, carry2 = agent.policy(observation(agent, n, False, seed=1), carry, mode="eval")
     assert action2.shape == (n, agent.act_dim)
     assert not torch.equal(carry2[0]["deter"], state["deter"])
-    random, same = agent.policy(observation(agent, n, False), carry, mode="random")
-    assert random.shape == (n, agent.act_dim) and same is carry
+    random, after = agent.policy(observation(agent, n, False), carry, mode="random")
+    assert random.shape == (n, agent.act_dim)
+    np.testing.assert_array_equal(after[1].numpy(), random)  # the action taken, carried
+    agent.replay_context = 0  # no latents stored: random acting skips the world model
+    assert agent.policy(observation(agent, n, False), carry, mode="random")[1] is carry
     if not agent.discrete:
         assert np.abs(random).max() <= 1.0
 
@@ -282,6 +285,24 @@ def test_replay_context_continues_the_posterior_from_the_stored_latent():
     torch.testing.assert_close(cont["deter"][:, 0], post["deter"][:, 1], atol=2e-3, rtol=0)
     zero_start, _ = rssm.observe(embed[:, 1:], data["action"][:, 1:], data["is_first"][:, 1:])
     assert (zero_start["deter"][:, 0] - post["deter"][:, 1]).abs().max() > 1e-2
+
+
+def test_random_actions_still_carry_the_posterior_for_the_replay_context():
+    # Prefill acts at random, but the latent stored for each step must be the posterior of
+    # what was observed (with the random action taken), not the zero state.
+    agent = make("vector+continuous")
+    obs = {"vector": np.ones((B, 5), np.float32), "is_first": np.array([True, True])}
+    action, carry = agent.policy(obs, None, mode="random")
+    assert action.shape == (B, agent.act_dim) and np.abs(action).max() <= 1
+    np.testing.assert_array_equal(carry[1].numpy(), action)  # the next step's prev action
+    obs["is_first"][:] = False
+    _, carry = agent.policy(obs, carry, mode="random")
+    stored = agent.latent_entries(carry)[LATENT_DETER]
+    _, same = agent.policy(obs, carry, mode="eval")  # the same posterior update, acting
+    assert np.abs(stored.astype(np.float32)).sum() > 0
+    next_random = agent.latent_entries(agent.policy(obs, carry, mode="random")[1])
+    np.testing.assert_array_equal(next_random[LATENT_DETER],
+                                  agent.latent_entries(same)[LATENT_DETER])
 
 
 def test_train_with_stored_latents_returns_the_new_ones_for_write_back():

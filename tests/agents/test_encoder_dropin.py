@@ -242,3 +242,23 @@ def test_finetuned_encoder_takes_bf16_on_training_batches_as_the_conv_stacks_do(
         assert set(dtypes) == {torch.float32}
         for h in hooks:
             h.remove()
+
+
+def test_jepa_target_copy_of_a_finetuned_encoder_runs_as_the_online_one(encoder_file):
+    # The EMA target copy takes no gradient, yet it is a fine-tuned encoder's copy: it keeps
+    # no embeddings in replay and embeds a training batch in bf16 as the online one does.
+    from world_models.encoders import CONV_BF16_MIN_FRAMES
+
+    agent = _agent(encoder_file, agent="jepa", mode="finetune", sets=["conv_precision=bf16"],
+                   precision="bf16")
+    target = agent.wm.objective.target_encoder
+    assert not any(p.requires_grad for p in target.parameters())
+    assert target.finetuned and target.conv_bf16 and target.cached_dim == 0
+    dtypes = []
+    for m in target.image.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    frames = torch.randint(0, 256, (CONV_BF16_MIN_FRAMES, 64, 64, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        target.embed_images(frames)
+    assert dtypes and set(dtypes) == {torch.bfloat16}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from benchmarks.atari100k import games_from
 from benchmarks.dmc import tasks_from
-from benchmarks.suite import SuiteError, collect, is_finished, plan
+from benchmarks.suite import SuiteError, collect, is_finished, plan, submission_order
 
 
 def test_plan_argv_and_layout(tmp_path):
@@ -21,6 +23,16 @@ def test_plan_argv_and_layout(tmp_path):
     assert (cfg.env.spec, cfg.agent, cfg.run.steps, cfg.seed, cfg.logdir, cfg.size) == (
         "atari100k:pong", "dreamerv3", 100_000, 0, str(first.logdir), "1m")
     assert cfg.run.train_ratio == 64 and specs[1].config.seed == 1
+
+
+def test_half_done_runs_are_submitted_before_fresh_ones(tmp_path):
+    # Ray starts tasks in submission order: a suite resumed on two cores must finish the
+    # runs nearest to done first, so a machine that ends mid-suite keeps the most results.
+    specs = plan(["dmc:cartpole-balance"], 4, 1000, 2, tmp_path)
+    for seed, updates in ((1, 445), (2, 3443), (3, 2286)):
+        specs[seed].logdir.mkdir(parents=True)
+        (specs[seed].logdir / "status.json").write_text(json.dumps({"updates": updates}))
+    assert [s.config.seed for s in submission_order(specs)] == [2, 3, 1, 0]
 
 
 def test_plan_rejects_bad_budget(tmp_path):

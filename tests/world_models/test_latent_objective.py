@@ -105,6 +105,23 @@ def test_ema_update_math():
     assert open_loop_weights(3, 0.5) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
 
 
+def test_open_loop_weights_cover_the_steps_a_short_batch_has():
+    # horizon 3 on T = 3 leaves k = 1, 2: their weights must sum to one (as horizon 2's do),
+    # not to the 6/7 that horizon 3's first two weights sum to.
+    torch.manual_seed(0)
+    long = make_wm(horizon=3)
+    short = make_wm(horizon=2)
+    short.load_state_dict(long.state_dict())
+    batch = make_batch(T=3)
+    with torch.no_grad():
+        torch.manual_seed(1)  # the same posterior samples for both
+        got = long.loss(batch)[0]["jepa_open"]
+        torch.manual_seed(1)
+        want = short.loss(batch)[0]["jepa_open"]
+    torch.testing.assert_close(got, want)
+    assert sum(open_loop_weights(2, 0.5)) == pytest.approx(1.0)
+
+
 def test_prediction_error_is_scale_free():
     x = torch.randn(5, 16)
     assert torch.allclose(prediction_error(3.0 * x + 1.0, x), torch.zeros(5), atol=1e-5)
