@@ -1,5 +1,5 @@
 """What a run's randomness is made of across a restart: the random streams a checkpoint
-saves (so resuming on CPU is exact) and the env seeds a resumed run starts from."""
+saves (so resuming on CPU is exact) and the env seeds a run's envs start from."""
 
 from __future__ import annotations
 
@@ -29,8 +29,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resume_seed(seed: int, step: int) -> int:
-    """The env seed of a run with seed `seed` resumed at agent step `step`: the same for the
-    same resume point (a rerun of it is reproducible), unrelated across points and to the
-    run's first seeds `seed + i`."""
-    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0] & 0x7FFFFFFF)
+# What an env seed is drawn for (a SeedSequence key): the streams never coincide.
+TRAIN_ENVS, EVAL_ENVS = 0, 1
+
+
+def env_seed(seed: int, step: int = 0, purpose: int = TRAIN_ENVS) -> int:
+    """The first env seed (sub-env i gets it + i, Gymnasium's rule) of a run with seed `seed`
+    whose envs (re)start at agent step `step`: training envs at the start (step 0) and at
+    each resume point, evaluation envs (`EVAL_ENVS`) at each evaluation. Hashed, so runs
+    with seeds 0, 1, 2 share no env stream (`seed + i` would give seeds 0 and 1 three of
+    their four), a resume does not replay the opening episodes and every evaluation plays a
+    new episode; the same for the same point, so a rerun is reproducible."""
+    state = np.random.SeedSequence([seed, step, purpose]).generate_state(1)[0]
+    return int(state & 0x7FFFFFFF)

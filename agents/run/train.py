@@ -31,7 +31,7 @@ from agents.run.config import Config, ConfigError, save_config
 from agents.run.logger import Progress, RunLogger, open_loop_video
 from agents.run.rundir import AGENT_FILE, REPLAY, STATUS, RunDir
 from agents.run.schedules import Every, Ratio
-from agents.run.seeding import resume_seed, rng_state, set_rng_state
+from agents.run.seeding import EVAL_ENVS, env_seed, rng_state, set_rng_state
 from agents.runtime import describe_machine, seed_everything, select_device, set_malloc, set_threads
 from replay import SequenceReplay, make_sampler
 
@@ -163,7 +163,7 @@ def build_parts(cfg: Config, run: RunDir) -> Parts:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     seed_everything(cfg.seed)
-    env = envs.make_vector(cfg.env.spec, cfg.env.num_envs, seed=cfg.seed,
+    env = envs.make_vector(cfg.env.spec, cfg.env.num_envs, seed=env_seed(cfg.seed),
                            **cfg.env.options.to_dict())
     try:
         agent = make_agent(cfg.agent, env.single_observation_space, env.single_action_space,
@@ -240,7 +240,7 @@ class Trainer:
             # The envs restart: from seeds of this resume point, not the run's first ones,
             # which would replay the opening episodes (start states, distractor videos,
             # sticky-action draws) at every resume.
-            self.collector.reset_seed = resume_seed(self.cfg.seed, self.counters["step"])
+            self.collector.reset_seed = env_seed(self.cfg.seed, self.counters["step"])
             added = self.replay.add_keys(self.collector.latent_spec)
             if added:  # e.g. a frozen encoder's embeddings, stored since this run began
                 warn(f"replay of {folder} holds no {', '.join(added)}: stored steps start "
@@ -406,8 +406,9 @@ class Trainer:
         if cfg.run.eval_episodes <= 0 or c["updates"] == 0:
             return
         video = bool(cfg.run.video)
-        env = make_eval_env(cfg, cfg.env.eval_envs, cfg.seed + 10_000, video,
-                            self.env.single_observation_space)
+        # A new episode at every evaluation (start states, held-out distractor games).
+        seed = env_seed(cfg.seed, c["step"], EVAL_ENVS)
+        env = make_eval_env(cfg, cfg.env.eval_envs, seed, video, self.env.single_observation_space)
         try:
             # run.eval_policy: `sample` acts as in training (the official evaluation),
             # `mode` takes the policy's most likely action.

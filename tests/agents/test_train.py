@@ -150,7 +150,7 @@ def test_a_resumed_run_restarts_its_envs_from_seeds_of_its_own(tmp_path, tiny_co
                                                                 monkeypatch):
     # With the run's first seeds every resume would replay the opening episodes.
     from agents.run.collector import Collector
-    from agents.run.seeding import resume_seed
+    from agents.run.seeding import env_seed
 
     seeds: list = []
     reset = Collector._reset
@@ -160,9 +160,35 @@ def test_a_resumed_run_restarts_its_envs_from_seeds_of_its_own(tmp_path, tiny_co
     assert seeds[0] is None  # the first start: the env's construction seed
     first_start = len(seeds)
     train(tiny_config("gym:CartPole-v1", logdir, 240, SMALL))
-    assert seeds[first_start] == resume_seed(cfg.seed, 160)
-    assert len({resume_seed(0, 160), resume_seed(0, 240), resume_seed(1, 160)}) == 3
-    assert resume_seed(0, 160) == resume_seed(0, 160) >= 0
+    assert seeds[first_start] == env_seed(cfg.seed, 160)
+    assert len({env_seed(0, 160), env_seed(0, 240), env_seed(1, 160)}) == 3
+    assert env_seed(0, 160) == env_seed(0, 160) >= 0
+
+
+def test_runs_share_no_env_stream_and_each_evaluation_plays_a_new_episode(tmp_path,
+                                                                          tiny_config,
+                                                                          monkeypatch):
+    # Gymnasium seeds sub-env i with seed + i: with the run's seed as that seed, runs 0 and 1
+    # of a study would share three of their four envs' streams (start states, distractor
+    # games), and every evaluation would replay one fixed episode.
+    import envs
+    from agents.run import train as train_module
+    from agents.run.seeding import EVAL_ENVS, env_seed
+
+    firsts: list = []
+    make_vector = envs.make_vector
+    monkeypatch.setattr(envs, "make_vector", lambda spec, n, seed=None, **kw: (
+        firsts.append((n, seed)) or make_vector(spec, n, seed=seed, **kw)))
+    cfg = tiny_config("gym:CartPole-v1", tmp_path, 240, {**SMALL, "run.eval_every": 80,
+                                                         "run.eval_episodes": 1})
+    train_module.train(cfg)
+    n = cfg.env.num_envs
+    assert firsts[0] == (n, env_seed(cfg.seed))
+    evals = [seed for _, seed in firsts[1:]]
+    assert len(evals) >= 2 and len(set(evals)) == len(evals)  # a new episode each time
+    assert evals[0] in {env_seed(cfg.seed, step, EVAL_ENVS) for step in range(0, 241, n)}
+    streams = [set(range(env_seed(seed), env_seed(seed) + 4)) for seed in range(3)]
+    assert not (streams[0] & streams[1] or streams[0] & streams[2] or streams[1] & streams[2])
 
 
 @pytest.mark.parametrize("argv", [
