@@ -207,18 +207,28 @@ def final_scores(cell: Cell, frames: int, evals: bool, seeds: Sequence[int] | No
     seeds = sorted({s.seed for s in cell.specs}) if seeds is None else list(seeds)
     out = np.full((len(seeds), len(tasks)), np.nan)
     for spec in cell.specs:
-        if spec.seed not in seeds or spec.task not in tasks:
+        # A run still training has no final score (its episodes near 90% of the budget
+        # would pass for the last 10%).
+        if spec.seed not in seeds or spec.task not in tasks or not is_done(spec.logdir):
             continue
         try:
             run = read_run_dir(spec.logdir, spec.task, spec.seed, eval_scores=evals)
         except ScoreFileError:
             continue
-        rule, window = ("last", 0.0) if evals else ("window", 0.1 * frames)
-        if evals and not ((run.xs > 0.9 * frames) & (run.xs <= frames)).any():
-            continue  # its last evaluation is early: a run still training has no final score
-        out[seeds.index(spec.seed), tasks.index(spec.task)] = final_value(
-            run.xs, run.ys, frames, rule, window)
+        cell_index = seeds.index(spec.seed), tasks.index(spec.task)
+        if not evals:
+            out[cell_index] = final_value(run.xs, run.ys, frames, "window", 0.1 * frames)
+            continue
+        late = (run.xs > 0.9 * frames) & (run.xs <= frames)
+        if late.any():  # the last evaluation: the mean of its episodes (one frame count)
+            out[cell_index] = float(run.ys[run.xs == run.xs[late].max()].mean())
     return out
+
+
+def _estimate(value: tuple[float, float, float], seeds: int, form: str) -> str:
+    """`point [low, high]`, or the point alone from one seed (its interval is the point)."""
+    point = form.format(value[0])
+    return point if seeds < 2 else f"{point} [{form.format(value[1])}, {form.format(value[2])}]"
 
 
 def summarize(cells: Sequence[Cell], frames: int, reps: int = 2000) -> tuple[str, dict]:
@@ -244,7 +254,7 @@ def summarize(cells: Sequence[Cell], frames: int, reps: int = 2000) -> tuple[str
                 continue
             scores = scores[np.isfinite(scores).all(axis=1)]
             row[kind] = stratified_bootstrap(mean_score, [scores], reps)
-            cols.append("{:.1f} [{:.1f}, {:.1f}]".format(*row[kind]))
+            cols.append(_estimate(row[kind], done, "{:.1f}"))
             if clean is None or clean is cell:
                 cols.append("-")
                 continue
@@ -257,13 +267,15 @@ def summarize(cells: Sequence[Cell], frames: int, reps: int = 2000) -> tuple[str
                 continue
             pair = [base[both], distracted[both]]
             row[f"kept_{kind}"] = stratified_bootstrap(kept_share, pair, reps)
-            cols.append("{:.2f} [{:.2f}, {:.2f}]".format(*row[f"kept_{kind}"]))
+            row[f"kept_{kind}_pairs"] = pairs = int(both.sum())
+            cols.append(f"{_estimate(row[f'kept_{kind}'], pairs, '{:.2f}')} ({pairs}p)")
         result[(cell.arm, cell.condition)] = row
         seeds = f"{row['eval_seeds']}/{row['train_seeds']}"
         lines.append(f"| {cell.arm} | {cell.condition} | {seeds} | " + " | ".join(
             [cols[0], cols[1], cols[2], cols[3]]) + " |")
     lines += ["", "seeds: runs with an eval / a train score at the budget (eval: the last "
-              "evaluation, sampled actions; train: training episodes)."]
+              "evaluation, sampled actions; train: training episodes). An interval needs 2 "
+              "seeds or more; `kept` is over the seeds both conditions have (`Np`: N pairs)."]
     prediction = prediction_table(cells)
     if prediction:
         lines += ["", *prediction]

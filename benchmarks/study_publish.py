@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import yaml
 
-from agents.run.rundir import STATUS
+from agents.run.rundir import CONFIG, STATUS
 from benchmarks.publish import RUN_INFO, copy_run
-from benchmarks.suite import RunSpec, is_finished
+from benchmarks.suite import RunSpec, SuiteError, is_finished
 
 if TYPE_CHECKING:
     from benchmarks.compare import Cell
 
+# Settings of where and how a run ran, not of what it trained (`settings_differ`).
+MACHINE_KEYS = frozenset({"logdir", "threads", "device", "precision", "conv_precision",
+                          "compile", "malloc"})
 # A published run keeps its metrics' final values (the log itself is large): each one's mean
 # over the last FINAL_ROWS log rows.
 FINAL_METRICS, FINAL_ROWS = "final_metrics.json", 5
@@ -64,10 +68,41 @@ def publish_run(cell: Cell, spec: RunSpec, dest: str | Path) -> Path:
     # The condition's folder name as the study wrote it (`video:DIR` -> `video-DIR`).
     condition = Path(spec.logdir).parents[1].name
     target = Path(dest) / cell.arm / condition / spec.task / f"seed_{spec.seed}"
-    copy_run(spec.logdir, target, f"{cell.arm}/{cell.condition}")
-    (target / FINAL_METRICS).write_text(json.dumps(
+    # Built whole beside the target, then swapped in: a publish cut short leaves the old
+    # folder or the new one, never a mix (whose run.json would say finished). The dot keeps
+    # the staging folders out of the study's `seed_*` globs.
+    staging, old = (target.with_name(f".{target.name}.{kind}") for kind in ("new", "old"))
+    for path in (staging, old):
+        shutil.rmtree(path, ignore_errors=True)
+    copy_run(spec.logdir, staging, f"{cell.arm}/{cell.condition}")
+    (staging / FINAL_METRICS).write_text(json.dumps(
         {"rows": FINAL_ROWS, "metrics": final_metrics(spec.logdir)}, indent=1) + "\n")
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def settings_differ(config: Mapping[str, Any], published: Path) -> list[str]:
+    """`key: here vs published` for each setting both configs hold that differs, leaving out
+    where and how a run ran (its folder, threads, device, precision path, allocator): a
+    published run counts for a study only if trained as the study would train it. Keys
+    one config lacks (added or renamed since) are not compared."""
+    theirs = _flat(yaml.safe_load(published.read_text()) or {}) if published.is_file() else {}
+    ours = _flat(config)
+    return [f"{key}: {ours[key]!r} here, {theirs[key]!r} there" for key in sorted(ours)
+            if key in theirs and ours[key] != theirs[key] and key not in MACHINE_KEYS]
+
+
+def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def adopt_published(cells: Sequence[Cell], published: str | Path) -> list[Path]:
@@ -90,6 +125,11 @@ def adopt_published(cells: Sequence[Cell], published: str | Path) -> list[Path]:
             info = json.loads(info_file.read_text())
             if not info.get("finished"):
                 continue
+            differ = settings_differ(spec.config.to_dict(), source / CONFIG)
+            if differ:
+                raise SuiteError(
+                    f"{source} was trained with other settings than this study's "
+                    f"({'; '.join(differ[:3])}); publish this study to another folder")
             logdir.mkdir(parents=True, exist_ok=True)
             for path in source.iterdir():
                 if path.is_file():

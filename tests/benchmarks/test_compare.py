@@ -17,7 +17,7 @@ from benchmarks.compare import (
     prediction_table,
     stratified_bootstrap,
 )
-from benchmarks.study_publish import adopt_published
+from benchmarks.study_publish import adopt_published, publish_run
 from benchmarks.suite import SuiteError, is_finished
 
 ENV = "dmc:cartpole-balance-pixels"
@@ -86,16 +86,19 @@ def test_report_of_runs_with_known_scores(tmp_path, capsys):
             _write(spec.logdir, [{"frames": 100, "return": -1.0}, {"frames": 950, "return": y},
                                  {"frames": 1000, "return": y}], "scores.jsonl")
             _write(spec.logdir, [{"frames": 1000, "return": 2 * y}], "eval_scores.jsonl")
+            (spec.logdir / "status.json").write_text(json.dumps({"finished": True}))
     with pytest.raises(SystemExit) as done:
         main(["--env", ENV, "--arm", arms[0], "--arm", arms[1], "--conditions", "clean,shapes",
               "--seeds", "2", "--frames", "1000", "--out", str(out), "--report-only"])
     assert done.value.code == 0
     text = (out / "compare.md").read_text()
     assert "| a | clean | 2/2 | 210.0 [200.0, 220.0] | - | 105.0 [100.0, 110.0] | - |" in text
-    # kept = mean distracted / mean clean: a (50 + 60) / (100 + 110), b (180 + 190) / 410.
+    # kept = mean distracted / mean clean: a (50 + 60) / (100 + 110), b (180 + 190) / 410,
+    # from 2 paired seeds.
     a_kept, b_kept = 110 / 210, 370 / 410
     assert f"| a | shapes | 2/2 | 110.0 [100.0, 120.0] | {a_kept:.2f} [" in text
     assert f"| b | shapes | 2/2 | 370.0 [360.0, 380.0] | {b_kept:.2f} [" in text
+    assert text.count("] (2p) |") == 4
     assert (out / "compare.png").stat().st_size > 0
     with gzip.open(out / "scores.json.gz", "rt") as f:
         methods = {r["method"] for r in json.load(f)}
@@ -149,9 +152,9 @@ def test_publish_copies_finished_runs_and_the_folder_reports_alone(tmp_path, cap
     (pub / "compare.md").unlink()
     main([str(pub), "--report-only", "--no-plots"])
     table = capsys.readouterr().out
-    assert "| a | clean | 1/1 | 200.0 [200.0, 200.0] | - | 100.0 [100.0, 100.0] | - |" in table
+    assert "| a | clean | 1/1 | 200.0 | - | 100.0 | - |" in table
     # kept pairs runs by seed: only seed 0 has both, 400 / 400 (not 410 / 400).
-    assert "| b | atari | 2/2 | 410.0 [400.0, 420.0] | 1.00 [1.00, 1.00] |" in table
+    assert "| b | atari | 2/2 | 410.0 [400.0, 420.0] | 1.00 (1p) |" in table
     assert table.index("| a | clean |") < table.index("| a | atari |") < table.index("| b |")
     assert (pub / "compare.md").read_text().strip() in table
     # k-step prediction vs copy-last: finished runs of the arm that logs them (b), each
@@ -193,9 +196,53 @@ def test_a_fresh_machine_trains_only_what_the_published_folder_lacks(tmp_path, c
               "--seeds", "1", "--frames", "1000", "--out", str(out), "--report-only",
               "--no-plots", "--publish", str(pub)])
     text = capsys.readouterr().out
-    assert "| b | clean | 1/1 | 300.0 [300.0, 300.0] | - | 250.0 [250.0, 250.0] | - |" in text
+    assert "| b | clean | 1/1 | 300.0 | - | 250.0 | - |" in text
     assert "published 1 finished runs" in text
     assert json.loads((done_run / "run.json").read_text())["wall_s"] == 5.0
+
+
+def test_a_published_run_trained_with_other_settings_is_not_adopted(tmp_path):
+    # The same --publish folder with another learning rate: its runs are not this study's.
+    out, pub = tmp_path / "fresh", tmp_path / "scores" / "study"
+    plan = lambda lr: plan_comparison([ENV], [parse_arm("b=jepa")], ["clean"], 1, 1000,
+                                      out.resolve(), sets=[f"opt.lr={lr}", "threads=2"])
+    run = pub / "b" / "clean" / "dmc_cartpole_balance" / "seed_0"
+    _write(run, [{"frames": 1000, "return": 250.0}], "scores.jsonl")
+    (run / "run.json").write_text(json.dumps({"finished": True, "frames": 1000}))
+    (run / "config.yaml").write_text(yaml.safe_dump(plan(1e-4)[0].specs[0].config.to_dict()))
+    with pytest.raises(SuiteError, match=r"other settings .*opt\.lr: 0\.0003 here, 0\.0001"):
+        adopt_published(plan(3e-4), pub)
+    # Where it ran (threads, its folder) is not a setting of what it trained.
+    cells = plan_comparison([ENV], [parse_arm("b=jepa")], ["clean"], 1, 1000, out.resolve(),
+                            sets=["opt.lr=1e-4", "threads=1"])
+    assert len(adopt_published(cells, pub)) == 1
+
+
+def test_a_republish_cut_short_leaves_the_published_run_whole(tmp_path, monkeypatch):
+    import benchmarks.study_publish as study_publish
+
+    cells = plan_comparison([ENV], [parse_arm("a=dreamerv3")], ["clean"], 1, 1000,
+                            tmp_path / "out")
+    spec = cells[0].specs[0]
+    _write(spec.logdir, [{"frames": 1000, "return": 5.0}], "scores.jsonl")
+    (spec.logdir / "config.yaml").write_text(yaml.safe_dump(spec.config.to_dict()))
+    (spec.logdir / "status.json").write_text(json.dumps({"finished": True, "frames": 1000}))
+    target = publish_run(cells[0], spec, tmp_path / "pub")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    _write(spec.logdir, [{"frames": 1000, "return": 9.0}], "scores.jsonl")
+
+    def cut_short(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(study_publish, "final_metrics", cut_short)
+    with pytest.raises(OSError):
+        publish_run(cells[0], spec, tmp_path / "pub")
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in target.parent.glob("seed_*")] == ["seed_0"]  # staging is hidden
+    monkeypatch.undo()
+    publish_run(cells[0], spec, tmp_path / "pub")  # the next publish replaces it whole
+    assert '9.0' in (target / "scores.jsonl").read_text()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["seed_0"]
 
 
 def test_study_folder_bad_forms(tmp_path, capsys):
@@ -226,10 +273,11 @@ def test_a_study_folder_with_a_task_missing_from_one_cell(tmp_path, capsys):
             y = {"dmc_cartpole_balance": 100.0, "dmc_walker_walk": 300.0}[spec.task]
             _write(spec.logdir, [{"frames": 1000, "return": y}], "scores.jsonl")
             (spec.logdir / "config.yaml").write_text(yaml.safe_dump(spec.config.to_dict()))
-            (spec.logdir / "run.json").write_text(json.dumps({"method": f"a/{cell.condition}"}))
+            (spec.logdir / "run.json").write_text(json.dumps({"method": f"a/{cell.condition}",
+                                                              "finished": True}))
     main([str(tmp_path), "--report-only", "--no-plots"])
     table = capsys.readouterr().out
-    assert "| a | clean | 0/1 | - | - | 200.0 [200.0, 200.0] | - |" in table
+    assert "| a | clean | 0/1 | - | - | 200.0 | - |" in table  # one seed: no interval
     assert "| a | video:/data/clips | 0/0 | - | - | - | - |" in table
 
 
@@ -250,12 +298,18 @@ def test_prediction_table_columns_cover_every_horizon(tmp_path):
     assert "| b | clean | 1 | 0.500, 1.000 | 0.500, 1.000 | - |" in lines
 
 
-def test_a_run_still_training_has_no_final_evaluation(tmp_path):
-    # Its last evaluation (at 100 of 1000 frames) is no score at the budget.
+def test_a_run_still_training_has_no_final_score(tmp_path):
+    # Seed 1 stopped at 920 of 1000 frames: its evaluation and episodes there fall in the
+    # last 10% of the budget, yet they are no score at the budget. Seed 0 finished; its
+    # last evaluation played two episodes: its score is their mean.
     cells = plan_comparison([ENV], [parse_arm("a=dreamerv3")], ["clean"], 2, 1000,
                             tmp_path.resolve())
-    for spec, last in zip(cells[0].specs, (1000, 100)):
+    for spec, last in zip(cells[0].specs, (1000, 920)):
         _write(spec.logdir, [{"frames": last, "return": 5.0}], "scores.jsonl")
-        _write(spec.logdir, [{"frames": last, "return": 7.0}], "eval_scores.jsonl")
-    scores = final_scores(cells[0], 1000, evals=True)
-    assert scores[0, 0] == 7.0 and np.isnan(scores[1, 0])
+        _write(spec.logdir, [{"frames": 500, "return": 1.0}, {"frames": last, "return": 6.0},
+                             {"frames": last, "return": 8.0}], "eval_scores.jsonl")
+        (spec.logdir / "status.json").write_text(json.dumps({"finished": last == 1000}))
+    evals = final_scores(cells[0], 1000, evals=True)
+    assert evals[0, 0] == 7.0 and np.isnan(evals[1, 0])
+    train = final_scores(cells[0], 1000, evals=False)
+    assert train[0, 0] == 5.0 and np.isnan(train[1, 0])
