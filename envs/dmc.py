@@ -6,8 +6,9 @@ camera: 2 for quadruped, else 0), fast_render=False (shadows and reflections off
 faster frames, slightly different pictures), physics_info=False (adds flattened `qpos` and
 `qvel` to every info), time_limit=None (episode length in env frames; None keeps
 dm_control's 1000), render_mode=None ("rgb_array" for `render()` frames of `size`),
-distractor=None ("noise", "shapes" or "video:DIR": a moving background behind the robot in
-every rendered frame, see envs/distractors.py; needs obs "pixels" or "both").
+distractor=None ("noise", "shapes", "video:DIR" or "atari[:train|:eval|:GAME+GAME]": a
+moving background behind the robot in every rendered frame, see envs/distractors.py; needs
+obs "pixels" or "both").
 Time-limit ends are `truncated`; only discount-0 ends are `terminated`.
 State observations never render.
 """
