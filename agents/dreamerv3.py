@@ -147,7 +147,8 @@ class DreamerV3Agent(Agent):
         if mode == "random":
             # Random actions (prefill), but the posterior still follows the observations: the
             # replay context stores this step's latent, and zeros there would start replayed
-            # sequences from a state the world model never saw.
+            # sequences from a state the world model never saw. (A fused behaviour's action,
+            # computed in the same compiled step, is dropped: prefill is short.)
             action = torch.as_tensor(self.random_actions(n), device=self.device)
         elif action is None:  # a planner: its loop runs here, its pieces compiled on their own
             with self._amp():
@@ -233,10 +234,14 @@ class DreamerV3Agent(Agent):
 
     def _context(self, data: dict[str, torch.Tensor]) -> tuple[dict | None, dict]:
         """(start state, data after the context) for a batch that carries stored latents;
-        (None, data) for one without (every sequence then starts from zeros)."""
+        (None, data) for one without: every sequence then starts from zeros, its first step
+        marked `is_first` (as the official agent marks it) so that it is treated as the
+        start it is (no previous action fed in, no value bootstrapped into it)."""
         K = self.replay_context
         if not K or LATENT_DETER not in data:
-            return None, data
+            is_first = data["is_first"].clone()
+            is_first[:, 0] = True
+            return None, {**data, "is_first": is_first}
         rssm = self.wm.rssm
         stoch = torch.nn.functional.one_hot(data[LATENT_STOCH][:, K - 1].long(), rssm.classes)
         start = {"deter": data[LATENT_DETER][:, K - 1].float(), "stoch": stoch.float()}

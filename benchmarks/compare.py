@@ -428,7 +428,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SuiteError as exc:
         parser.error(str(exc))
     if args.publish and Path(args.publish).is_dir():
-        adopted = adopt_published(cells, args.publish)
+        try:
+            adopted = adopt_published(cells, args.publish)
+        except SuiteError as exc:
+            parser.error(str(exc))
         if adopted:
             print(f"{len(adopted)} runs finished in {args.publish} count as finished here "
                   "(their files copied in)")

@@ -28,7 +28,14 @@ from agents.run.cli_args import ArgParser
 from agents.run.config import get_dotted
 from agents.run.rundir import CONFIG, EVAL_SCORES, MACHINES, METRICS, SCORES
 from benchmarks.references import benchmark_of
-from benchmarks.scores import Run, ScoreFileError, read_run_dir, read_status, write_scores
+from benchmarks.scores import (
+    Run,
+    ScoreFileError,
+    read_run_dir,
+    read_status,
+    score_files,
+    write_scores,
+)
 
 __all__ = ["copy_run", "method_label", "publish", "rebuild_score_files", "main"]
 
@@ -156,7 +163,7 @@ def rebuild_score_files(scores: str | Path, benchmark: str) -> list[Path]:
     """Rewrite `scores/<source>-<benchmark>.json.gz` from the runs under `scores/<benchmark>`."""
     scores = Path(scores)
     by_source: dict[str, list[Run]] = defaultdict(list)
-    for found in sorted((scores / benchmark).rglob(SCORES)):
+    for found in score_files(scores / benchmark):
         curve = read_run_dir(found.parent)
         by_source[curve.method.split(":", 1)[0]].append(curve)
     return [write_scores(runs, scores / f"{source}-{benchmark}.json.gz")

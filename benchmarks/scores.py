@@ -272,6 +272,14 @@ def read_status(path: str | Path) -> dict[str, Any] | None:
         return None
 
 
+def score_files(root: str | Path) -> list[Path]:
+    """Every run's `scores.jsonl` under `root`, skipping dot folders (a publish's staging
+    copies, `.seed_0.new`: see `benchmarks.study_publish.publish_run`)."""
+    root = Path(root)
+    return [p for p in sorted(root.rglob("scores.jsonl"))
+            if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+
+
 def read_scores(path: str | Path) -> list[Run]:
     """Runs from a score file (.json.gz/.json/.csv), a run directory, or a folder of either."""
     path = Path(path)
@@ -287,7 +295,7 @@ def read_scores(path: str | Path) -> list[Run]:
         raise ScoreFileError(f"{path}: unknown score file type (.json.gz, .json, .csv)")
     if (path / "scores.jsonl").is_file():
         return [read_run_dir(path)]
-    runs = [read_run_dir(p.parent) for p in sorted(path.rglob("scores.jsonl"))]
+    runs = [read_run_dir(p.parent) for p in score_files(path)]
     if not runs:  # a folder of published score files (DreamerV3's `scores/`)
         runs = [run for f in sorted(path.glob("*.json*")) if f.name.endswith((".json.gz", ".json"))
                 for run in _read_official(f)]

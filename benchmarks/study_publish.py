@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import yaml
 
+from agents.run.compat import upgrade_run_config
 from agents.run.rundir import CONFIG, STATUS
 from benchmarks.publish import RUN_INFO, copy_run
 from benchmarks.suite import RunSpec, SuiteError, is_finished
@@ -21,9 +22,12 @@ from benchmarks.suite import RunSpec, SuiteError, is_finished
 if TYPE_CHECKING:
     from benchmarks.compare import Cell
 
-# Settings of where and how a run ran, not of what it trained (`settings_differ`).
-MACHINE_KEYS = frozenset({"logdir", "threads", "device", "precision", "conv_precision",
-                          "compile", "malloc"})
+# Settings of where and how a run ran and logged, not of what it trained
+# (`settings_differ`).
+MACHINE_KEYS = frozenset({
+    "logdir", "threads", "device", "precision", "conv_precision", "compile", "malloc",
+    "run.log_every", "run.save_every", "run.video", "run.report_every", "replay.on_disk",
+    "env.options.asynchronous"})
 # A published run keeps its metrics' final values (the log itself is large): each one's mean
 # over the last FINAL_ROWS log rows.
 FINAL_METRICS, FINAL_ROWS = "final_metrics.json", 5
@@ -69,8 +73,9 @@ def publish_run(cell: Cell, spec: RunSpec, dest: str | Path) -> Path:
     condition = Path(spec.logdir).parents[1].name
     target = Path(dest) / cell.arm / condition / spec.task / f"seed_{spec.seed}"
     # Built whole beside the target, then swapped in: a publish cut short leaves the old
-    # folder or the new one, never a mix (whose run.json would say finished). The dot keeps
-    # the staging folders out of the study's `seed_*` globs.
+    # folder, or (cut between the renames) none, never a mix whose run.json would say
+    # finished; the next publish completes it. Dot folders are skipped by every reader of
+    # published runs (the study's `seed_*` globs, `benchmarks.scores.read_scores`).
     staging, old = (target.with_name(f".{target.name}.{kind}") for kind in ("new", "old"))
     for path in (staging, old):
         shutil.rmtree(path, ignore_errors=True)
@@ -89,7 +94,8 @@ def settings_differ(config: Mapping[str, Any], published: Path) -> list[str]:
     where and how a run ran (its folder, threads, device, precision path, allocator): a
     published run counts for a study only if trained as the study would train it. Keys
     one config lacks (added or renamed since) are not compared."""
-    theirs = _flat(yaml.safe_load(published.read_text()) or {}) if published.is_file() else {}
+    data = yaml.safe_load(published.read_text()) if published.is_file() else {}
+    theirs = _flat(upgrade_run_config(data or {}, {})[0])  # an older layout's keys, renamed
     ours = _flat(config)
     return [f"{key}: {ours[key]!r} here, {theirs[key]!r} there" for key in sorted(ours)
             if key in theirs and ours[key] != theirs[key] and key not in MACHINE_KEYS]
@@ -111,7 +117,7 @@ def adopt_published(cells: Sequence[Cell], published: str | Path) -> list[Path]:
     says so, so that a study resumed on a fresh machine (its run folders gone, the
     repository's `scores/` kept) trains only what no machine finished. A run finished here
     already is left alone. Returns the folders adopted."""
-    adopted = []
+    found = []  # every published run is checked before any is copied in
     for cell in cells:
         for spec in cell.specs:
             logdir = Path(spec.logdir)
@@ -130,12 +136,15 @@ def adopt_published(cells: Sequence[Cell], published: str | Path) -> list[Path]:
                 raise SuiteError(
                     f"{source} was trained with other settings than this study's "
                     f"({'; '.join(differ[:3])}); publish this study to another folder")
-            logdir.mkdir(parents=True, exist_ok=True)
-            for path in source.iterdir():
-                if path.is_file():
-                    shutil.copyfile(path, logdir / path.name)
-            (logdir / STATUS).write_text(json.dumps({
-                "finished": True, "frames": info.get("frames"), "updates": info.get("updates"),
-                "cpu_s": info.get("cpu_s"), "adopted_from": str(source)}, indent=1) + "\n")
-            adopted.append(logdir)
+            found.append((logdir, source, info))
+    adopted = []
+    for logdir, source, info in found:
+        logdir.mkdir(parents=True, exist_ok=True)
+        for path in source.iterdir():
+            if path.is_file():
+                shutil.copyfile(path, logdir / path.name)
+        (logdir / STATUS).write_text(json.dumps({
+            "finished": True, "frames": info.get("frames"), "updates": info.get("updates"),
+            "cpu_s": info.get("cpu_s"), "adopted_from": str(source)}, indent=1) + "\n")
+        adopted.append(logdir)
     return adopted

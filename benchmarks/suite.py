@@ -118,14 +118,16 @@ def _train(cfg: Config) -> str:
 
 
 def submission_order(specs: Sequence[RunSpec]) -> list[RunSpec]:
-    """Furthest-along runs first (by the updates their `status.json` counts; a stable sort
-    keeps the plan's order among equals). Ray starts tasks in submission order, so a
-    machine that ends mid-suite has finished the runs closest to done, not started fresh
-    ones beside half-done ones."""
-    def updates(spec: RunSpec) -> int:
-        return int((read_status(spec.logdir) or {}).get("updates") or 0)
+    """Furthest-along runs first (by the share of its steps each run's `status.json` says it
+    checkpointed; a stable sort keeps the plan's order among equals). Ray starts tasks of
+    one shape in submission order in practice (a queue per scheduling key on one machine;
+    not a documented promise, and a cluster may spill tasks over), so a machine that ends
+    mid-suite has finished the runs closest to done, not started fresh ones beside them."""
+    def done(spec: RunSpec) -> float:
+        status = read_status(spec.logdir) or {}
+        return float(status.get("step") or 0) / max(float(status.get("target_steps") or 1), 1.0)
 
-    return sorted(specs, key=lambda spec: -updates(spec))
+    return sorted(specs, key=lambda spec: -done(spec))
 
 
 def run_suite(

@@ -93,6 +93,9 @@ class LatentObjective(Objective):
         if self.probe_stride < 1:
             raise ValueError(f"jepa.probe_stride={self.probe_stride} is invalid; expected >= 1")
         self.decay = float(decay)
+        if self.decay <= 0:
+            raise ValueError(f"jepa.decay={self.decay} is invalid; expected > 0 (weight "
+                             "decay ** (k - 1) on the k-step prediction)")
         self.stop_grad, self.discrete = bool(stop_grad), discrete
         emb = encoder.out_dim
         units = int(predictor["units"]) or int(default_units)

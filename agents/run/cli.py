@@ -101,6 +101,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from agents.run.collector import ActingClock, Collector
     from agents.run.inference import find_run, load_agent
     from agents.run.logger import RunLogger
+    from agents.run.seeding import CHECKPOINT_EVAL_ENVS, env_seed
     from agents.run.train import make_eval_env
 
     logdir, _ = find_run(args.path)
@@ -109,7 +110,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     behavior = args.behavior or cfg.run.behavior
     check_behavior(behavior, cfg)
     agent.set_behavior(behavior)
-    env = make_eval_env(cfg, args.envs, cfg.seed + 20_000, args.video, agent.obs_space)
+    # The same episodes for the same checkpoint; none of another run's (seed + i would share).
+    seed = env_seed(cfg.seed, getattr(agent, "step", 0), CHECKPOINT_EVAL_ENVS)
+    env = make_eval_env(cfg, args.envs, seed, args.video, agent.obs_space)
     mode = "eval" if args.policy == "mode" else "train"
     clock = ActingClock(lambda obs, carry: agent.policy(obs, carry, mode=mode))
     try:

@@ -206,6 +206,11 @@ class Collector:
         if steps < 0:
             raise CollectorError(f"steps must be >= 0, got {steps}")
         if self._obs is None:
+            if self.replay is not None and len(self.replay):
+                # A restart (a resumed run) cuts the episodes in flight: their last stored
+                # step ends them, as the official replay marks a step followed by an
+                # episode start, so no value target bootstraps across into the new one.
+                self.replay.write_last({"is_last": np.ones(self.num_envs, bool)})
             self._obs = self._reset(self.reset_seed)
             self._carry = None
             self._returns[:] = 0

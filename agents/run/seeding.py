@@ -30,13 +30,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # What an env seed is drawn for (a SeedSequence key): the streams never coincide.
-TRAIN_ENVS, EVAL_ENVS = 0, 1
+TRAIN_ENVS, EVAL_ENVS, CHECKPOINT_EVAL_ENVS = 0, 1, 2
 
 
 def env_seed(seed: int, step: int = 0, purpose: int = TRAIN_ENVS) -> int:
     """The first env seed (sub-env i gets it + i, Gymnasium's rule) of a run with seed `seed`
     whose envs (re)start at agent step `step`: training envs at the start (step 0) and at
-    each resume point, evaluation envs (`EVAL_ENVS`) at each evaluation. Hashed, so runs
+    each resume point, evaluation envs (`EVAL_ENVS`) at each evaluation, `dreamer-eval`'s
+    (`CHECKPOINT_EVAL_ENVS`, `step`: the checkpoint's updates). Hashed, so runs
     with seeds 0, 1, 2 share no env stream (`seed + i` would give seeds 0 and 1 three of
     their four), a resume does not replay the opening episodes and every evaluation plays a
     new episode; the same for the same point, so a rerun is reproducible."""

@@ -127,6 +127,22 @@ def test_collect_is_persistent_and_carry_kept():
     assert (batch["vector"][..., 1] == batch["vector"][:, :1, 1]).all()
 
 
+def test_a_restart_ends_the_episodes_it_cuts():
+    # A resumed run (or an evaluation on the same collector) resets the envs: the last row
+    # stored before the new episode starts must end the cut one (is_last, not terminal),
+    # as every other is_first row follows an is_last one.
+    env = make_vec()
+    replay = SequenceReplay(capacity=1000, num_envs=2, seed=0)
+    collector = Collector(env, replay)
+    collector.collect(cycling_policy, 2)  # both envs mid-episode
+    collector._obs = None  # what a new collector on the resumed replay starts from
+    collector.collect(cycling_policy, 3)
+    rows = stored(replay)
+    assert rows["is_first"][3].all() and rows["is_last"][2].all()
+    assert not rows["is_terminal"][2].any()
+    assert (rows["is_first"][1:] == rows["is_last"][:-1]).all()
+
+
 def test_continuous_actions_are_clipped_for_the_env_only():
     env = make_vec(continuous=True)
     replay = SequenceReplay(capacity=200, num_envs=2, seed=0)

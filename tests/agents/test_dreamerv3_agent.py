@@ -305,6 +305,18 @@ def test_random_actions_still_carry_the_posterior_for_the_replay_context():
                                   agent.latent_entries(same)[LATENT_DETER])
 
 
+def test_a_sequence_without_a_stored_latent_starts_as_an_episode_start():
+    # No stored latent (replay context 0, or none written yet): the sequence starts from
+    # zeros, so its first step is marked is_first (the official agent does the same).
+    agent = make("vector+continuous")
+    data = replay_batch(agent)
+    data["is_first"][:, 0] = False  # windows that begin mid-episode
+    start, out = agent._context(data)
+    assert start is None and out["is_first"][:, 0].all()
+    assert torch.equal(out["is_first"][:, 1:], data["is_first"][:, 1:])
+    assert not data["is_first"][:, 0].any()  # the caller's batch is left alone
+
+
 def test_train_with_stored_latents_returns_the_new_ones_for_write_back():
     agent = make("vector+continuous")
     data = replay_batch(agent)

@@ -26,12 +26,14 @@ def test_plan_argv_and_layout(tmp_path):
 
 
 def test_half_done_runs_are_submitted_before_fresh_ones(tmp_path):
-    # Ray starts tasks in submission order: a suite resumed on two cores must finish the
-    # runs nearest to done first, so a machine that ends mid-suite keeps the most results.
+    # Ray starts tasks of one shape in submission order (in practice, on one machine): a
+    # suite resumed on two cores must finish the runs nearest to done first, so a machine
+    # that ends mid-suite keeps the most results.
     specs = plan(["dmc:cartpole-balance"], 4, 1000, 2, tmp_path)
-    for seed, updates in ((1, 445), (2, 3443), (3, 2286)):
+    for seed, step in ((1, 30), (2, 280), (3, 190)):
         specs[seed].logdir.mkdir(parents=True)
-        (specs[seed].logdir / "status.json").write_text(json.dumps({"updates": updates}))
+        (specs[seed].logdir / "status.json").write_text(json.dumps(
+            {"step": step, "target_steps": 500, "updates": 7}))
     assert [s.config.seed for s in submission_order(specs)] == [2, 3, 1, 0]
 
 

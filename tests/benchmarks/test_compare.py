@@ -17,6 +17,7 @@ from benchmarks.compare import (
     prediction_table,
     stratified_bootstrap,
 )
+from benchmarks.scores import score_files
 from benchmarks.study_publish import adopt_published, publish_run
 from benchmarks.suite import SuiteError, is_finished
 
@@ -212,6 +213,7 @@ def test_a_published_run_trained_with_other_settings_is_not_adopted(tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump(plan(1e-4)[0].specs[0].config.to_dict()))
     with pytest.raises(SuiteError, match=r"other settings .*opt\.lr: 0\.0003 here, 0\.0001"):
         adopt_published(plan(3e-4), pub)
+    assert not (out / "b").exists()  # nothing adopted before the check failed
     # Where it ran (threads, its folder) is not a setting of what it trained.
     cells = plan_comparison([ENV], [parse_arm("b=jepa")], ["clean"], 1, 1000, out.resolve(),
                             sets=["opt.lr=1e-4", "threads=1"])
@@ -239,6 +241,7 @@ def test_a_republish_cut_short_leaves_the_published_run_whole(tmp_path, monkeypa
         publish_run(cells[0], spec, tmp_path / "pub")
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert [p.name for p in target.parent.glob("seed_*")] == ["seed_0"]  # staging is hidden
+    assert [p.parent.name for p in score_files(tmp_path / "pub")] == ["seed_0"]
     monkeypatch.undo()
     publish_run(cells[0], spec, tmp_path / "pub")  # the next publish replaces it whole
     assert '9.0' in (target / "scores.jsonl").read_text()

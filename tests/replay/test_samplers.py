@@ -58,6 +58,16 @@ def test_recency_sampler_and_the_uniform_default():
     assert type(uniform._sampler).__name__ == "UniformSampler"
 
 
+def test_recency_draws_land_on_random_rows_of_the_batch():
+    # A report shows a batch's first rows: they must not always be the recency draws.
+    replay = SequenceReplay(4000, 1, seed=3, recency=0.25)
+    fill(replay, 3000)
+    newest_rows = torch.zeros(8)
+    for _ in range(40):
+        newest_rows += (replay.sample(8, 4)["t"][:, 0] > 2900).double()
+    assert newest_rows[:2].sum() < 40 and (newest_rows[2:] > 0).sum() >= 4
+
+
 def test_bad_sampler_names_and_options_are_one_line():
     with pytest.raises(ReplayError, match="replay sampler 'prio' unknown; allowed: uniform"):
         SequenceReplay(100, 1, sampler="prio")

@@ -120,6 +120,8 @@ def test_open_loop_weights_cover_the_steps_a_short_batch_has():
         want = short.loss(batch)[0]["jepa_open"]
     torch.testing.assert_close(got, want)
     assert sum(open_loop_weights(2, 0.5)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"jepa.decay=0.0 is invalid; expected > 0"):
+        make_wm(decay=0.0)
 
 
 def test_prediction_error_is_scale_free():
