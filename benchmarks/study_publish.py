@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 
 from agents.run.compat import upgrade_run_config
+from agents.run.config import Config
 from agents.run.rundir import CONFIG, STATUS
 from benchmarks.publish import RUN_INFO, copy_run
 from benchmarks.suite import RunSpec, SuiteError, is_finished
@@ -89,26 +90,16 @@ def publish_run(cell: Cell, spec: RunSpec, dest: str | Path) -> Path:
     return target
 
 
-def settings_differ(config: Mapping[str, Any], published: Path) -> list[str]:
+def settings_differ(config: Config, published: Path) -> list[str]:
     """`key: here vs published` for each setting both configs hold that differs, leaving out
     where and how a run ran (its folder, threads, device, precision path, allocator): a
     published run counts for a study only if trained as the study would train it. Keys
     one config lacks (added or renamed since) are not compared."""
     data = yaml.safe_load(published.read_text()) if published.is_file() else {}
-    theirs = _flat(upgrade_run_config(data or {}, {})[0])  # an older layout's keys, renamed
-    ours = _flat(config)
+    theirs = Config(upgrade_run_config(data or {}, {})[0]).flat()  # older layouts renamed
+    ours = config.flat()
     return [f"{key}: {ours[key]!r} here, {theirs[key]!r} there" for key in sorted(ours)
             if key in theirs and ours[key] != theirs[key] and key not in MACHINE_KEYS]
-
-
-def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def adopt_published(cells: Sequence[Cell], published: str | Path) -> list[Path]:
@@ -131,7 +122,7 @@ def adopt_published(cells: Sequence[Cell], published: str | Path) -> list[Path]:
             info = json.loads(info_file.read_text())
             if not info.get("finished"):
                 continue
-            differ = settings_differ(spec.config.to_dict(), source / CONFIG)
+            differ = settings_differ(spec.config, source / CONFIG)
             if differ:
                 raise SuiteError(
                     f"{source} was trained with other settings than this study's "
