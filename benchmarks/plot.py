@@ -35,7 +35,7 @@ from benchmarks.aggregate import (
     summarize,
 )
 from benchmarks.reference_tables import PUBLISHED_AGGREGATES
-from benchmarks.references import read_references
+from benchmarks.references import benchmark_of, read_references
 from benchmarks.scores import Run, ScoreFileError, domain_of, read_scores
 
 __all__ = [
@@ -247,8 +247,11 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
 
 
-def summary_markdown(summaries: Sequence[Summary], ours_methods: set[str] | None = None) -> str:
-    """Markdown tables, one per domain: final score per task and method, then aggregates."""
+def summary_markdown(summaries: Sequence[Summary], ours_methods: set[str] | None = None,
+                     benchmark: str | None = None) -> str:
+    """Markdown tables, one per domain: final score per task and method, then aggregates;
+    the published aggregates beside them where `benchmark` (ours: `dmc_proprio`,
+    `dmc_vision`, ...) has them at the budget."""
     ours_methods = ours_methods or set()
     lines: list[str] = []
     by_domain: dict[str, list[Summary]] = defaultdict(list)
@@ -286,7 +289,7 @@ def summary_markdown(summaries: Sequence[Summary], ours_methods: set[str] | None
             counts = key in ("superhuman", "tasks")
             cells = [str(int(v)) if counts and math.isfinite(v) else _fmt(v) for v in values]
             lines.append(f"| **{key}** | " + " | ".join(cells) + " |")
-        published = _published(domain, budget)
+        published = _published(domain, budget, benchmark)
         if published:
             lines += [
                 "",
@@ -319,14 +322,30 @@ def _restrict(summary: Summary, tasks: Sequence[str]) -> Summary:
     return summarize(runs, summary.budget, "last", summary.window)[0]
 
 
-def _published(domain: str, budget: float) -> dict[str, tuple[float, float]]:
+def _published(domain: str, budget: float, benchmark: str | None = None
+               ) -> dict[str, tuple[float, float]]:
+    """The published aggregates of our runs' benchmark at `budget` ({} when none match: DMC
+    state and pixel runs share the `dmc` domain, so without a benchmark DMC gets none)."""
     if domain == "atari100k" and budget == 400_000:
         return PUBLISHED_AGGREGATES["atari100k_hns"]
-    if domain == "dmc" and budget == 500_000:
+    if benchmark == "dmc_proprio" and budget == 500_000:
         return PUBLISHED_AGGREGATES["dmc_proprio_500k"]
-    if domain == "dmc" and budget == 1_000_000:
+    if benchmark == "dmc_vision" and budget == 1_000_000:
         return PUBLISHED_AGGREGATES["dmc_vision_1m"]
     return {}
+
+
+def benchmark_of_runs(ours: Sequence[Run]) -> str | None:
+    """The one benchmark our runs come from (their run directories' configs), None when
+    none says; ScoreFileError when they mix DMC's state and pixel benchmarks, whose method
+    labels do not say the observation (their seeds would be averaged together)."""
+    found = {b for b in map(benchmark_of, ours) if b}
+    dmc = sorted(b for b in found if b.startswith("dmc_"))
+    if len(dmc) > 1:
+        raise ScoreFileError(f"runs from {' and '.join(dmc)} in one report: their method "
+                             "labels do not say the observation; give one benchmark's "
+                             "folder at a time (scores/dmc_proprio or scores/dmc_vision)")
+    return found.pop() if len(found) == 1 else None
 
 
 def report(
@@ -342,6 +361,7 @@ def report(
     """Write every PNG (unless `plots` is False) and summary.md under `out`; return the
     markdown and the PNG paths."""
     out = Path(out)
+    benchmark = benchmark_of_runs(ours)
     budgets = budgets_for(ours, refs, budget)
     panels = [
         *task_panels(ours, refs, budgets, bins, spread),
@@ -353,7 +373,7 @@ def report(
         for domain, b in budgets.items()
         for s in summarize([r for r in [*ours, *refs] if domain_of(r.task) == domain], b, rule)
     ]
-    text = summary_markdown(summaries, {r.method for r in ours})
+    text = summary_markdown(summaries, {r.method for r in ours}, benchmark)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(text)
     return text, pngs
@@ -401,9 +421,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         ours = [run for path in args.runs for run in _read(path)]
         refs = read_references(args.reference, ours)
+        text, pngs = report(ours, refs, args.out, args.budget, args.rule, args.bins,
+                            args.spread)
     except ScoreFileError as err:
         parser.error(str(err))
-    text, pngs = report(ours, refs, args.out, args.budget, args.rule, args.bins, args.spread)
     print(text)
     print(f"wrote {len(pngs)} plots and summary.md to {args.out}")
 

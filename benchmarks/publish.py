@@ -44,17 +44,24 @@ KEPT = (CONFIG, SCORES, EVAL_SCORES, MACHINES)
 
 
 def _short(x: float) -> str:
-    """`3e-4` for 0.0003, `128` for 128.0: numbers as a method label shows them."""
+    """`3e-4` for 0.0003, `2.5e-4` for 0.00025, `128` for 128.0: numbers as a method label
+    shows them (two significant digits, so settings a sweep tells apart stay apart)."""
     if float(x).is_integer():
         return str(int(x))
-    mantissa, exponent = f"{x:.0e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+
+
+# Each suite's own action repeat (envs' defaults); a run at another says so in its label.
+SUITE_REPEAT = {"dmc": 2, "atari": 4}
 
 
 def method_label(config: dict[str, Any], base: str) -> str:
     """`dreamjepa:dreamerv3 1m r128 lr3e-4`: who, at which size, train ratio and lr; a run
     that collected its data another way than with the actor says how (`... mppi`), one with
-    a pretrained image encoder which and how it trained (`... jepa-encoder-frozen`)."""
+    a pretrained image encoder which and how it trained (`... jepa-encoder-frozen`), one
+    with a distractor background which (`... atari`), one at another action repeat than
+    its suite's which (`... repeat1`)."""
     size = get_dotted(config, "size")
     ratio = get_dotted(config, "run.train_ratio")
     lr = get_dotted(config, "opt.lr")
@@ -72,6 +79,13 @@ def method_label(config: dict[str, Any], base: str) -> str:
     if kind and kind != "cnn":  # jepa:PATH or hf:ID; the path is the machine's, not kept
         mode = get_dotted(config, "model.encoder.mode") or "frozen"
         parts.append(f"{str(kind).split(':')[0]}-encoder-{mode}")
+    distractor = get_dotted(config, "env.options.distractor")
+    if distractor:  # shapes, atari, atari:eval, video:DIR (the folder is the machine's)
+        parts.append(_slug(str(distractor).split("/")[0].rstrip(":")))
+    repeat = get_dotted(config, "env.options.repeat")
+    suite = str(get_dotted(config, "env.spec") or "").split(":", 1)[0]
+    if isinstance(repeat, int) and repeat != SUITE_REPEAT.get(suite, repeat):
+        parts.append(f"repeat{repeat}")
     return " ".join(parts)
 
 
@@ -113,6 +127,8 @@ def copy_run(run: str | Path, dest: str | Path, label: str, note: str | None = N
     for name in KEPT:
         if (run / name).is_file():
             shutil.copyfile(run / name, dest / name)
+        else:  # a republished run's files are its own, not left from the one before
+            (dest / name).unlink(missing_ok=True)
     times = [json.loads(line).get("time") for line in (run / SCORES).read_text().splitlines()
              if line.strip()]
     status = read_status(run) or {}

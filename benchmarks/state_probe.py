@@ -1,17 +1,18 @@
 """What a trained world model kept: a ridge probe from its latent features to the simulator's
 physics state, on fresh evaluation episodes, clean and under distractors.
 
-    python -m benchmarks.state_probe RUN [RUN ...] [--backgrounds clean,run] [--steps 2000]
+    python -m benchmarks.state_probe RUN [RUN ...] [--backgrounds clean,run] [--steps 4000]
         [--seed 1000] [--out FILE.md]
 
-For every run (a `dmc:` run of any agent) and every background, whole eval-mode episodes
-are played until at least `--steps` env steps; each step gives the agent's latent feature
-(`Agent.features`: the RSSM feature after observing it) and the physics state
-(`physics_info`: qpos, qvel). A ridge regression, cross-validated over episodes (or over
-chunks of them when there are few: `benchmarks.ridge_probe`), predicts each state
+For every run (a `dmc:` run of any agent) and every background, whole episodes are played
+with the run's evaluation policy (`run.eval_policy`) until at least `--steps` env steps;
+each step gives the agent's latent feature (`Agent.features`: the RSSM feature after
+observing it) and the physics state (`physics_info`: qpos, qvel). A ridge regression,
+cross-validated over whole episodes (each held out with everything else of its episode:
+its distractor game and start state are never seen in training), predicts each state
 dimension from the feature; the table gives held-out R^2 per dimension (positions as a
 frame shows them: hinge angles as sine and cosine, camera-followed x dropped), their means,
-and the eval return of the episodes played.
+and the return of the episodes played.
 
 Backgrounds: `clean` (no distractor), `run` (the run's own, as its evaluation shows it:
 `atari` runs get the held-out `atari:eval` games) or any `distractor` value (`shapes`,
@@ -33,9 +34,9 @@ import envs
 from agents.run.cli_args import ArgParser, emit_table
 from agents.run.collector import Collector
 from agents.run.inference import load_agent
-from agents.run.train import eval_options
+from agents.run.train import eval_act_mode, eval_options
 from benchmarks.probe import position_targets
-from benchmarks.ridge_probe import ridge_probe, split_groups
+from benchmarks.ridge_probe import ridge_probe
 
 
 class InfoRecorder(gym.vector.VectorWrapper):
@@ -78,12 +79,14 @@ def background_options(cfg, background: str) -> dict[str, Any]:
 
 @torch.no_grad()
 def rollout(agent, cfg, options: dict, steps: int, seed: int) -> dict[str, np.ndarray]:
-    """Features, qpos, qvel and episode index of every step of whole eval-mode episodes."""
+    """Features, qpos, qvel and episode index of every step of whole episodes played with
+    the run's evaluation policy."""
     env = InfoRecorder(envs.make_vector(cfg.env.spec, 1, seed=seed, **options))
     feats, qpos, qvel, episode, returns = [], [], [], [], []
+    mode = eval_act_mode(cfg)
 
     def policy(obs, carry):
-        action, carry = agent.policy(obs, carry, mode="eval")
+        action, carry = agent.policy(obs, carry, mode=mode)
         feats.append(agent.features(obs, carry)[1].float().cpu().numpy())
         qpos.append(np.asarray(env.info["qpos"], np.float64))
         qvel.append(np.asarray(env.info["qvel"], np.float64))
@@ -113,10 +116,19 @@ def velocity_names(env_spec: str) -> list[str]:
             for i, n in enumerate(names)]
 
 
+# Whole episodes are the probe's folds: the outer split holds one out at least, and the
+# inner split that picks the ridge penalty needs two of the rest.
+MIN_EPISODES = 3
+
+
 def probe(data: dict[str, np.ndarray], env_spec: str) -> dict[str, Any]:
-    """Held-out R^2 of positions and velocities from the features."""
+    """Held-out R^2 of positions and velocities from the features, over whole episodes."""
     env_spec = physics_spec(env_spec)
-    groups = split_groups(data["episode"])
+    groups = data["episode"]
+    episodes = len(np.unique(groups))
+    if episodes < MIN_EPISODES:
+        raise ValueError(f"the state probe holds out whole episodes and needs at least "
+                         f"{MIN_EPISODES}; these rollouts have {episodes}: raise --steps")
     pos, pos_names = position_targets(env_spec, data["qpos"])
     pos_r2, pos_dims = ridge_probe(data["feat"], pos, groups)
     vel_r2, vel_dims = ridge_probe(data["feat"], data["qvel"], groups)
@@ -157,8 +169,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--backgrounds", default="clean,run",
                         help="comma-separated: clean, run (the run's own eval background) "
                              "or a distractor value (default: clean,run)")
-    parser.add_argument("--steps", type=int, default=2000,
-                        help="env steps per run and background, whole episodes (default 2000)")
+    parser.add_argument("--steps", type=int, default=4000,
+                        help="env steps per run and background, whole episodes (default "
+                             "4000: 8 cartpole episodes)")
     parser.add_argument("--seed", type=int, default=1000, help="first episode seed")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", help="also write the table to this markdown file")

@@ -90,6 +90,11 @@ def plan(
                 cfg = load_config(env, size=size, agent=agent, flags=flags, sets=sets)
             except ValueError as err:  # ConfigError, EnvSpecError
                 raise SuiteError(str(err)) from None
+            own = cfg.env.options.to_dict().get("repeat", repeat)
+            if own != repeat:  # its steps would cover frames / repeat * own frames
+                raise SuiteError(f"{env}: env.options.repeat={own}, but this suite counts "
+                                 f"its --frames budget at action repeat {repeat}; leave "
+                                 f"the repeat at {repeat}")
             specs.append(RunSpec(env, seed, logdir, steps, cfg))
     return specs
 

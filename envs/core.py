@@ -169,7 +169,9 @@ class ActionRepeat(gym.Wrapper):
 
 
 def rescale_actions(env: gym.Env) -> gym.Env:
-    """Make a Box action space [-1, 1] float32; Discrete spaces are shifted to start at 0."""
+    """Make a Box action space [-1, 1] float32, actions clipped to it before they are mapped
+    to the env's bounds (as the official agent's ClipAction: a policy or a user's code can
+    send any value); Discrete spaces must start at 0."""
     space = env.action_space
     if isinstance(space, gym.spaces.Discrete):
         if space.start != 0:
@@ -183,7 +185,9 @@ def rescale_actions(env: gym.Env) -> gym.Env:
             env = gym.wrappers.RescaleAction(env, low, -low)
             # RescaleAction keeps the inner dtype; the contract is float32.
             env.action_space = gym.spaces.Box(low, -low, dtype=np.float32)
-        return env
+        clipped = gym.wrappers.ClipAction(env)
+        clipped.action_space = env.action_space  # ClipAction widens it to +-inf
+        return clipped
     raise EnvSpecError(f"action space {space} is not supported; expected Discrete or Box")
 
 

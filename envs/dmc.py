@@ -4,8 +4,8 @@ Options (defaults): obs="state" ("state" -> `vector`, "pixels" -> `image`, "both
 size=(64, 64), repeat=2 (rewards summed over repeats), camera=None (the domain's usual
 camera: 2 for quadruped, else 0), fast_render=False (shadows and reflections off: ~3x
 faster frames, slightly different pictures), physics_info=False (adds flattened `qpos` and
-`qvel` to every info), time_limit=None (episode length in env frames; None keeps
-dm_control's 1000), render_mode=None ("rgb_array" for `render()` frames of `size`),
+`qvel` to every info), time_limit=None (episode length in env frames, shorter or longer
+than dm_control's; None keeps dm_control's 1000), render_mode=None ("rgb_array" for `render()` frames of `size`),
 distractor=None ("noise", "shapes", "video:DIR" or "atari[:train|:eval|:GAME+GAME]": a
 moving background behind the robot in every rendered frame, see envs/distractors.py; needs
 obs "pixels" or "both").
@@ -109,7 +109,12 @@ class DMCEnv(gym.Env):
     ):
         self._distractor = make_distractor(distractor, size)
         self._distractor_rng = np.random.default_rng()
-        self._env = suite.load(domain, task, task_kwargs={"random": None})
+        # With our own `time_limit` dm_control's (1000 frames) is lifted, so episodes can be
+        # longer as well as shorter; every suite task takes `time_limit` (seconds).
+        task_kwargs: dict[str, Any] = {"random": None}
+        if time_limit is not None:
+            task_kwargs["time_limit"] = float("inf")
+        self._env = suite.load(domain, task, task_kwargs=task_kwargs)
         self._size = size
         self._repeat = repeat
         self._camera_id = _DEFAULT_CAMERA.get(domain, 0) if camera is None else camera

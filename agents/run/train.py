@@ -99,6 +99,12 @@ def make_eval_env(cfg: Config, num_envs: int, seed: int, video: bool, obs_space)
     return envs.make_vector(cfg.env.spec, num_envs, seed=seed, **eval_options(cfg), **extra)
 
 
+def eval_act_mode(cfg: Config) -> str:
+    """The `Agent.policy` mode of a run's evaluation (`run.eval_policy`): `sample` acts as in
+    training (the official evaluation), `mode` takes the policy's most likely action."""
+    return "eval" if cfg.run.eval_policy == "mode" else "train"
+
+
 def eval_options(cfg: Config) -> dict[str, Any]:
     """The training env's options, with Atari distractor backgrounds from held-out games:
     a run trained on `atari`/`atari:train` is evaluated on `atari:eval`, so its eval return
@@ -410,9 +416,7 @@ class Trainer:
         seed = env_seed(cfg.seed, c["step"], EVAL_ENVS)
         env = make_eval_env(cfg, cfg.env.eval_envs, seed, video, self.env.single_observation_space)
         try:
-            # run.eval_policy: `sample` acts as in training (the official evaluation),
-            # `mode` takes the policy's most likely action.
-            mode = "eval" if cfg.run.eval_policy == "mode" else "train"
+            mode = eval_act_mode(cfg)
             policy = lambda obs, carry: self.agent.policy(obs, carry, mode=mode)
             records, frames = Collector(env).run_episodes(policy, cfg.run.eval_episodes,
                                                           render=video)

@@ -153,3 +153,20 @@ def test_plot_errors_are_one_line(tmp_path, make_run_dir, runs_dir, reference, e
     assert expected in err
     if runs_dir == "runs/dmc":
         assert "runs/dmc_proprio" in err
+
+
+def test_dmc_state_and_pixel_runs_stay_apart(tmp_path, make_run_dir, capsys):
+    # Their method labels do not say the observation: one report of both would average a
+    # state seed with a pixel seed. Each alone gets its own benchmark's published line.
+    episodes = [(250_000, 100.0), (500_000, 300.0)]
+    make_run_dir(tmp_path / "state" / "seed_0", "dmc:walker-walk", 0, episodes)
+    pixels = make_run_dir(tmp_path / "pixels" / "seed_0", "dmc:walker-walk", 0, episodes)
+    with (pixels / "config.yaml").open("a") as f:
+        f.write("  options: {obs: pixels}\n")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "state"), str(tmp_path / "pixels"), "--out", str(tmp_path / "p")])
+    assert "dmc_proprio and dmc_vision" in capsys.readouterr().err
+    main([str(tmp_path / "state"), "--out", str(tmp_path / "p1"), "--budget", "500000"])
+    assert "Published" in capsys.readouterr().out  # the proprio 500k aggregates
+    main([str(tmp_path / "pixels"), "--out", str(tmp_path / "p2"), "--budget", "500000"])
+    assert "Published" not in capsys.readouterr().out  # vision's are at 1M frames, not these

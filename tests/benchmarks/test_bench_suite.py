@@ -44,6 +44,11 @@ def test_plan_rejects_bad_budget(tmp_path):
         plan(["dmc:walker-walk"], 1, 1, 2, tmp_path)
     with pytest.raises(SuiteError, match="did you mean 'run.train_ratio'"):
         plan(["dmc:walker-walk"], 1, 1000, 2, tmp_path, sets=["run.trainratio=4"])
+    # Another action repeat would train on a different number of frames than --frames.
+    with pytest.raises(SuiteError, match="action repeat 2"):
+        plan(["dmc:walker-walk"], 1, 1000, 2, tmp_path, sets=["env.options.repeat=1"])
+    assert plan(["dmc:walker-walk"], 1, 1000, 2, tmp_path,
+                sets=["env.options.repeat=2"])[0].steps == 500
 
 
 def test_task_lists():

@@ -182,6 +182,28 @@ def test_publish_keeps_small_files_and_score_files(tmp_path):
     assert from_dirs == from_file
 
 
+def test_publish_keeps_runs_at_other_settings_apart(tmp_path):
+    # A distractor, another action repeat or an lr a sweep tells apart: each its own folder
+    # (one would otherwise replace another's published scores).
+    scores, pixels = tmp_path / "scores", ("run.train_ratio=128", "env.options.obs=pixels")
+    names = []
+    for name, sets in [("clean", ("opt.lr=3e-4",)),
+                       ("shapes", ("opt.lr=3e-4", "env.options.distractor=shapes")),
+                       ("repeat", ("opt.lr=3e-4", "env.options.repeat=1")),
+                       ("lr", ("opt.lr=2.5e-4",))]:
+        run = _our_run(tmp_path / name, [(1000, 5.0)], sets=(*pixels, *sets))
+        names.append(publish.publish(run, scores).name)
+    assert names == ["dreamjepa-dreamerv3-12m-r128-lr3e-4-seed0",
+                     "dreamjepa-dreamerv3-12m-r128-lr3e-4-shapes-seed0",
+                     "dreamjepa-dreamerv3-12m-r128-lr3e-4-repeat1-seed0",
+                     "dreamjepa-dreamerv3-12m-r128-lr2.5e-4-seed0"]
+    # Republished, a run's folder holds its own files, not ones left from before.
+    clean = scores / "dmc_vision" / "dmc_walker_walk" / names[0]
+    (clean / "eval_scores.jsonl").write_text('{"frames": 1, "return": 1.0}\n')
+    publish.publish(tmp_path / "clean", scores)
+    assert not (clean / "eval_scores.jsonl").exists()
+
+
 def test_publish_official_run_gets_its_own_file(checkout, tmp_path):
     logdir = tmp_path / "log"
     official.main(["run", "--checkout", str(checkout), "--logdir", str(logdir), "--env",

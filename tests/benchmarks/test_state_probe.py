@@ -4,6 +4,7 @@ they lack; runs end to end on a pixel run, clean and with its own (held-out) bac
 import numpy as np
 import pytest
 
+import benchmarks.state_probe as state_probe
 from agents.run.cli import run_main
 from benchmarks.state_probe import main, probe
 
@@ -38,7 +39,24 @@ def test_probe_recovers_what_the_features_hold_and_not_what_they_lack():
     assert set(pixels["dims"]) == set(full["dims"])
 
 
-def test_state_probe_table_for_a_distracted_pixel_run(tmp_path, capsys):
+def test_probe_holds_out_whole_episodes():
+    # The state is constant within each episode and the features say only which episode a
+    # frame is from: an unseen episode's state cannot be read from them. A split inside
+    # episodes (each held-out chunk beside training frames of its own episode, the same
+    # distractor game and start) would score it near 1.
+    rng = np.random.default_rng(2)
+    data = _episodes(n=4, length=60)
+    episode = data["episode"]
+    data["qpos"] = rng.normal(size=(4, 2))[episode]
+    data["qvel"] = rng.normal(size=(4, 2))[episode]
+    feat = rng.normal(size=(4, 32))[episode] + 0.01 * rng.normal(size=(len(episode), 32))
+    out = probe({**data, "feat": feat}, SPEC)
+    assert out["pos_r2"] < 0.5 and out["vel_r2"] < 0.5
+    with pytest.raises(ValueError, match="at least 3"):
+        probe({**_episodes(n=2), "feat": feat[:80]}, SPEC)
+
+
+def test_state_probe_table_for_a_distracted_pixel_run(tmp_path, capsys, monkeypatch):
     logdir = tmp_path / "run"
     args = ["--env", SPEC, "--logdir", str(logdir), "--size", "1m", "--envs", "1",
             "--steps", "40", "--set", "threads=1", "--set", "compile=false",
@@ -50,8 +68,18 @@ def test_state_probe_table_for_a_distracted_pixel_run(tmp_path, capsys):
             "--set", "env.options.time_limit=40"]  # frames: 20 steps
     assert run_main(args) == 0
     capsys.readouterr()
+    modes, load_agent = [], state_probe.load_agent
+
+    def recording_load_agent(*args, **kwargs):
+        agent, cfg = load_agent(*args, **kwargs)
+        policy = agent.policy
+        agent.policy = lambda obs, carry, mode: modes.append(mode) or policy(obs, carry, mode)
+        return agent, cfg
+
+    monkeypatch.setattr(state_probe, "load_agent", recording_load_agent)
     out = tmp_path / "probe.md"
     rows = main([str(logdir), "--steps", "80", "--out", str(out)])
+    assert set(modes) == {"train"}  # the run's eval policy (`sample`, the default) acts
     assert [r["distractor"] for r in rows] == [None, "atari:eval"]  # held-out games
     for r in rows:
         assert r["episodes"] == 4 and r["steps"] == 80  # whole episodes of 20 steps

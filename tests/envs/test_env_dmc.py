@@ -87,6 +87,14 @@ def test_short_time_limit_and_repeat(closing):
     assert env.metadata["action_repeat"] == 3
 
 
+def test_time_limit_longer_than_dm_controls(closing):
+    # 1,500 frames at repeat 2: 750 steps, not dm_control's own 1,000 frames (500 steps).
+    env = closing(envs.make("dmc:cartpole-balance", seed=0, time_limit=1500))
+    env.reset()
+    truncated = [env.step(env.action_space.sample())[3] for _ in range(750)]
+    assert not any(truncated[:-1]) and truncated[-1]
+
+
 def test_render_and_physics_info(closing):
     env = closing(envs.make("dmc:walker-walk", render_mode="rgb_array", physics_info=True))
     obs, info = env.reset(seed=0)

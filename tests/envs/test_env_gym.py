@@ -70,6 +70,15 @@ def test_box_actions_rescaled_and_repeat():
     assert env.render().ndim == 3
 
 
+def test_box_actions_out_of_range_are_clipped():
+    # TinyEnv's Box(0, 5) does not clip: an action past [-1, 1] must reach it as a bound.
+    env = envs.make(f"gym:{__name__}:TinyEnv", seed=0)
+    env.reset()
+    env.step(np.array([3.0, -2.0], np.float32))
+    np.testing.assert_allclose(env.unwrapped.last_action, [5.0, 0.0])
+    assert env.action_space == gym.spaces.Box(-1, 1, (2,), np.float32)
+
+
 def test_action_repeat_stops_at_episode_end():
     env = envs.make(f"gym:{__name__}:TinyEnv", seed=0, repeat=2, kwargs={"length": 5})
     obs, _ = env.reset(seed=1)
