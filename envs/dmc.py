@@ -5,10 +5,10 @@ size=(64, 64), repeat=2 (rewards summed over repeats), camera=None (the domain's
 camera: 2 for quadruped, else 0), fast_render=False (shadows and reflections off: ~3x
 faster frames, slightly different pictures), physics_info=False (adds flattened `qpos` and
 `qvel` to every info), time_limit=None (episode length in env frames, shorter or longer
-than dm_control's; None keeps dm_control's 1000), render_mode=None ("rgb_array" for `render()` frames of `size`),
-distractor=None ("noise", "shapes", "video:DIR" or "atari[:train|:eval|:GAME+GAME]": a
-moving background behind the robot in every rendered frame, see envs/distractors.py; needs
-obs "pixels" or "both").
+than dm_control's; None keeps dm_control's 1000), render_mode=None ("rgb_array" for
+`render()` frames of `size`), distractor=None ("noise", "shapes", "video:DIR" or
+"atari[:train|:eval|:GAME+GAME]": a moving background behind the robot in every rendered
+frame, see envs/distractors.py; needs obs "pixels" or "both").
 Time-limit ends are `truncated`; only discount-0 ends are `terminated`.
 State observations never render.
 """
