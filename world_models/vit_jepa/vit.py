@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 PRESETS: dict[str, dict[str, int]] = {
     # tiny trains on a 2-core CPU in minutes; small/base follow the usual ViT-S/B widths.
@@ -121,23 +120,41 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int, int]) -> Tensor:
     return torch.cat(parts, dim=1).float()
 
 
-# Token counts up to which a CPU block's attention takes SDPA's math kernel (batched
-# matmuls + softmax) instead of the flash kernel. At 64 tokens (a 64x64 frame in 8x8
-# patches), one thread, AVX512-BF16 EPYC, tiny ViT forward + backward over 512 frames
-# (twenty-fourth session): compiled bf16 2.08 s vs 3.15 s, eager bf16 2.34 vs 2.66,
-# compiled / eager fp32 4.00 / 3.37 vs 4.01 / 3.47. At 256 tokens (patch 4) eager flash is
-# faster (2.66 s vs 3.44 bf16), so longer sequences keep torch's choice.
+# Token counts up to which a CPU block attends by plain matmuls and a softmax (`_Block`)
+# instead of SDPA's kernels. At 64 tokens (a 64x64 frame in 8x8 patches), one thread,
+# AVX512-BF16 EPYC, tiny ViT forward + backward over 512 frames (twenty-fourth session):
+# SDPA's math kernel took compiled bf16 2.08 s vs its flash kernel's 3.15 s, eager bf16
+# 2.34 vs 2.66; the plain form, which skips the math kernel's guard for fully masked rows
+# (isneginf / all / where passes over every score), took ~0.66x the math kernel's CPU time
+# compiled bf16 (twenty-eighth session, AMX Xeon, 256 frames; see docs/results.md). At 256
+# tokens (patch 4) eager flash is faster (2.66 s vs 3.44 for math), so longer sequences
+# keep torch's choice.
 MATH_ATTENTION_MAX_TOKENS = 64
 
 
 class _Block(nn.TransformerEncoderLayer):
-    """torch's encoder layer; short sequences on a CPU attend through SDPA's math kernel."""
+    """torch's pre-norm encoder layer (its parameters and state-dict names); without masks,
+    short sequences on a CPU take the plain attention below."""
 
-    def forward(self, src: Tensor, *args, **kwargs) -> Tensor:
-        if src.device.type == "cpu" and src.shape[-2] <= MATH_ATTENTION_MAX_TOKENS:
-            with sdpa_kernel(SDPBackend.MATH):
-                return super().forward(src, *args, **kwargs)
-        return super().forward(src, *args, **kwargs)
+    def forward(self, src: Tensor, src_mask: Tensor | None = None,
+                src_key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        if (src.device.type == "cpu" and src.shape[-2] <= MATH_ATTENTION_MAX_TOKENS
+                and src_mask is None and src_key_padding_mask is None and self.norm_first):
+            x = src + self._plain_attention(self.norm1(src))
+            return x + self._ff_block(self.norm2(x))
+        return super().forward(src, src_mask, src_key_padding_mask, is_causal)
+
+    def _plain_attention(self, h: Tensor) -> Tensor:
+        """Multi-head self-attention of h [B, N, D] as softmax(q k^T / sqrt(d)) v, with the
+        weights of torch's `MultiheadAttention` (dropout 0)."""
+        attn = self.self_attn
+        b, n, d = h.shape
+        heads = attn.num_heads
+        qkv = nn.functional.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        weights = torch.softmax((q * (d // heads) ** -0.5) @ k.transpose(-2, -1), dim=-1)
+        out = (weights.to(v.dtype) @ v).transpose(1, 2).reshape(b, n, d)
+        return attn.out_proj(out)
 
 
 def transformer(width: int, depth: int, heads: int, mlp_ratio: float) -> nn.TransformerEncoder:
