@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import multiprocessing
+import signal
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
@@ -219,6 +221,26 @@ def make(spec: str, seed: int | None = None, **options: Any) -> gym.Env:
     return SeedOnFirstReset(env, seed, rebuild)
 
 
+class ParentOwnsSignals:
+    """An env factory for a vector env's worker process that first makes the worker ignore
+    the signals a terminal or a job scheduler sends to the whole process group (Ctrl-C,
+    SIGTERM, SIGHUP): the parent owns the shutdown (a run finishes its step, saves and then
+    closes its workers), where a worker killed by them would break its next step or its
+    close. Called in the parent (Gymnasium's AsyncVectorEnv builds one env there for its
+    spaces) it changes nothing."""
+
+    def __init__(self, fn: Callable[[], gym.Env]) -> None:
+        self.fn = fn
+
+    def __call__(self) -> gym.Env:
+        if multiprocessing.parent_process() is not None:  # a worker process
+            for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+                signum = getattr(signal, name, None)
+                if signum is not None:
+                    signal.signal(signum, signal.SIG_IGN)
+        return self.fn()
+
+
 def make_vector(
     spec: str,
     num_envs: int,
@@ -251,6 +273,8 @@ def make_vector(
         if asynchronous is None:
             asynchronous = bool(renders) and suite in _ASYNC_WHEN_RENDERING and num_envs > 1
         fns = [functools.partial(make, spec, None, **options) for _ in range(num_envs)]
+        if asynchronous:
+            fns = [ParentOwnsSignals(fn) for fn in fns]
         mode = gym.vector.AutoresetMode.NEXT_STEP
         if asynchronous:
             # fork starts fast and needs no `if __name__ == "__main__"` guard; spawn does.

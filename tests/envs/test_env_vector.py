@@ -1,5 +1,9 @@
 """Vector envs: NEXT_STEP autoreset, metadata and per-env seeding, in-process and in workers."""
 
+import os
+import signal
+import time
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -76,4 +80,12 @@ def test_async_dmc_pixels_spawned_workers():
     _, reward, _, truncated, _ = vec.step(vec.action_space.sample())
     _, reward, _, truncated, _ = vec.step(vec.action_space.sample())
     assert truncated.all()
+    # Ctrl-C, SIGTERM or SIGHUP reach every process of the group; the workers leave the
+    # shutdown to the parent (a run saves first), so they still step and close after it.
+    for process in vec.unwrapped.processes:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            os.kill(process.pid, signum)
+    time.sleep(0.5)
+    assert all(p.is_alive() for p in vec.unwrapped.processes)
+    vec.step(vec.action_space.sample())
     vec.close()
