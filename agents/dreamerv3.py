@@ -18,6 +18,7 @@ from agents.compiled import CompileClock, compile_policy, compile_update
 from agents.optim import LaProp
 from agents.runtime import conv_stacks_bf16
 from world_models.encoders import (
+    CONV_BF16_MIN_FRAMES,
     EMBED_KEY,
     EMBED_OK_KEY,
     IMAGE_KEY,
@@ -143,7 +144,8 @@ class DreamerV3Agent(Agent):
                      torch.zeros(n, self.act_dim, device=self.device),
                      self.behavior.initial(n, self.device))
         sample = mode == "train"
-        state, action, own = self.clock.timed(self._act, data, is_first, *carry, sample)
+        with self._fp32_convs(n):
+            state, action, own = self.clock.timed(self._act, data, is_first, *carry, sample)
         if mode == "random":
             # Random actions (prefill), but the posterior still follows the observations: the
             # replay context stores this step's latent, and zeros there would start replayed
@@ -155,6 +157,22 @@ class DreamerV3Agent(Agent):
                 action, own = self.clock.timed(self.behavior, state, own, is_first, sample)
             action = action.float()
         return action.cpu().numpy(), (state, action, own)
+
+    @contextlib.contextmanager
+    def _fp32_convs(self, n: int):
+        """Acting stays fp32, as an exported policy's graph is: the conv stacks' bf16 is for
+        training batches, and a step over CONV_BF16_MIN_FRAMES envs or more would take it."""
+        convs = [m for m in self.wm.modules() if getattr(m, "conv_bf16", False)]
+        if n < CONV_BF16_MIN_FRAMES or not convs:
+            yield
+            return
+        for m in convs:
+            m.conv_bf16 = False
+        try:
+            yield
+        finally:
+            for m in convs:
+                m.conv_bf16 = True
 
     def _act(self, data: dict[str, torch.Tensor], is_first: torch.Tensor, state: dict,
              prev_action: torch.Tensor, own: Any, sample: bool

@@ -105,6 +105,14 @@ def is_finished(logdir: str | Path) -> bool:
     return bool(status and status.get("finished"))
 
 
+def reached(spec: RunSpec) -> bool:
+    """Whether `spec`'s run finished at its budget or beyond: a rerun with a larger
+    `--frames` goes on from where a finished run stopped (`run.steps` is resumable)."""
+    status = read_status(spec.logdir) or {}
+    target = status.get("target_steps") or status.get("step") or spec.steps  # adopted: done
+    return bool(status.get("finished")) and float(target) >= spec.steps
+
+
 # Outcomes of a paused suite (see `run_suite`): neither counts as a failure.
 STOPPED, NOT_STARTED = "stopped", "not started"
 # Exit status of a suite or comparison that paused (EX_TEMPFAIL: rerun to go on).
@@ -164,7 +172,7 @@ def run_suite(
     outcome: dict[str, str] = {}
     pending = {}
     for spec in submission_order(specs):
-        if is_finished(spec.logdir):
+        if reached(spec):
             outcome[spec.name] = "skipped (finished)"
             log(f"skip  {spec.name}: already finished")
             continue
@@ -280,7 +288,7 @@ def suite_main(args: argparse.Namespace, envs: Sequence[str], repeat: int, out: 
     )
     if not runs:
         print("no run wrote scores yet; nothing to aggregate")
-        return 1
+        return 1 if failed or not waiting else PAUSED_EXIT
     from benchmarks.plot import report
     from benchmarks.scores import read_scores
 

@@ -18,7 +18,7 @@ import argparse
 import math
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,6 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def best_result(results: Iterable[Any], metric: str, mode: str) -> Any | None:
+    """The best of the trials that ended well, by the last value of `metric` each reported
+    (Tune's own pick also counts a trial that reported a high return and then failed, e.g.
+    diverged); None when none did."""
+    finished = [r for r in results if not r.error and r.config is not None
+                and isinstance((r.metrics or {}).get(metric), (int, float))
+                and math.isfinite(r.metrics[metric])]
+    if not finished:
+        return None
+    return (max if mode == "max" else min)(finished, key=lambda r: r.metrics[metric])
+
+
 def _check(args: argparse.Namespace) -> tuple[dict[str, Dist], dict[str, Any]]:
     """The searched distributions and the config request every trial resolves; the base
     config is resolved once here, so a bad flag fails before Ray starts."""
@@ -215,7 +227,7 @@ def _check(args: argparse.Namespace) -> tuple[dict[str, Dist], dict[str, Any]]:
     request = {"env_spec": args.env, "size": args.size, "agent": args.agent,
                "flags": flags, "sets": list(args.sets)}
     try:
-        load_config(**request)
+        base = load_config(**request)
     except ValueError as err:  # ConfigError, or EnvSpecError for a bad --env
         raise SweepSpecError(str(err)) from None
     for key, dist in params.items():  # a mistyped key or a value out of range fails here too
@@ -224,6 +236,7 @@ def _check(args: argparse.Namespace) -> tuple[dict[str, Dist], dict[str, Any]]:
                 load_config(**request, overrides={key: value})
             except ValueError as err:
                 raise SweepSpecError(f"--param {key}: {err}") from None
+    request["steps"] = int(base.run.steps)  # every trial's budget (the preset's, or --steps)
     return params, request
 
 
@@ -236,13 +249,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(exc))
     from ray import tune
 
+    budget = request.pop("steps")
     init_ray(args.address, args.num_cpus)
     gpus = gpus_per_task(args.gpus_per_trial)
     scheduler = None
     if args.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        max_t = args.steps or 100_000
+        max_t = budget  # the trials' own budget: ASHA stops none before it
         scheduler = ASHAScheduler(
             time_attr="step",
             max_t=max_t,
@@ -278,18 +292,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     print(trials_table(rows, list(params), args.metric))
     errors = sum(1 for result in results if result.error)
-    try:
-        best = results.get_best_result(args.metric, args.mode, scope="last")
-    except RuntimeError:
-        best = None
-    if best is None or best.config is None or args.metric not in (best.metrics or {}):
+    best = best_result(results, args.metric, args.mode)
+    if best is None:
         raise SystemExit(
             f"no trial reported {args.metric!r} ({errors} trials failed); no best.yaml written"
         )
     # The preset carries every fixed choice that shapes the model, not the trial budget.
     fixed = {
         key: getattr(args, flag)
-        for flag, key in (("agent", "agent"), ("size", "size"), ("envs", "env.num_envs"))
+        for flag, key in (("agent", "agent"), ("size", "size"), ("envs", "env.num_envs"),
+                          ("seed", "seed"))
         if getattr(args, flag) is not None
     }
     fixed.update(dict(parse_override(s) for s in args.sets))

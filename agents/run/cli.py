@@ -81,10 +81,11 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
                    help="how the agent acts: actor | mppi (planning; settings from the run's "
                         "config, changed with --set mppi.KEY=VALUE); default: the run's "
                         "run.behavior")
-    p.add_argument("--policy", choices=("mode", "sample"), default="mode",
-                   help="mode (default): the actor's most likely action, and no action "
-                        "noise from the planner (whose pick among its elites stays a draw); "
-                        "sample: act as in training")
+    p.add_argument("--policy", choices=("mode", "sample"), default=None,
+                   help="mode: the actor's most likely action, and no action noise from "
+                        "the planner (whose pick among its elites stays a draw); sample: "
+                        "act as in training; default: the run's run.eval_policy (sample "
+                        "unless set), so the numbers compare with its eval_scores.jsonl")
     p.add_argument("--compile", choices=("auto", "on", "off"), default="off",
                    help="the compiled acting path: pays its warm-up (seconds to a minute) "
                         "back over long evaluations, planning ones above all (default off)")
@@ -113,6 +114,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     # The same episodes for the same checkpoint; none of another run's (seed + i would share).
     seed = env_seed(cfg.seed, getattr(agent, "step", 0), CHECKPOINT_EVAL_ENVS)
     env = make_eval_env(cfg, args.envs, seed, args.video, agent.obs_space)
+    args.policy = args.policy or cfg.run.eval_policy
     mode = "eval" if args.policy == "mode" else "train"
     clock = ActingClock(lambda obs, carry: agent.policy(obs, carry, mode=mode))
     try:

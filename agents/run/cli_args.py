@@ -78,8 +78,23 @@ def parse_run_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return run_parser().parse_args(argv)
 
 
+def absolute_encoder(kind: str | None) -> str | None:
+    """`jepa:PATH` (and `hf:DIR` naming a local folder) with the path made absolute: the run's
+    config names the file its encoder was built from, and `dreamer-eval`, `dreamer-export`
+    and a resume read it from wherever they are started."""
+    if not kind or ":" not in kind:
+        return kind
+    prefix, _, target = kind.partition(":")
+    if prefix == "jepa" or (prefix == "hf" and Path(target).exists()):
+        return f"{prefix}:{Path(target).expanduser().resolve()}"
+    return kind
+
+
 def build_config(args: argparse.Namespace) -> Config:
     """Layer defaults, presets, files, flags and --set overrides into one config."""
+    key = "model.encoder.kind="
+    sets = [key + absolute_encoder(s[len(key):]) if s.startswith(key) else s
+            for s in args.sets or []]
     flags = {
         "run.steps": int(args.steps) if args.steps is not None else None,
         "env.num_envs": args.envs,
@@ -87,9 +102,10 @@ def build_config(args: argparse.Namespace) -> Config:
         "seed": args.seed,
         "env.options.obs": args.obs,
         # `default` was the CNN's name before `cnn`; old command lines keep working.
-        "model.encoder.kind": "cnn" if args.encoder == "default" else args.encoder,
+        "model.encoder.kind": "cnn" if args.encoder == "default" else absolute_encoder(
+            args.encoder),
         "model.encoder.mode": args.encoder_mode,
         "device": args.device,
     }
     return load_config(args.env, size=args.size, agent=args.agent, files=args.config,
-                       flags=flags, sets=args.sets)
+                       flags=flags, sets=sets)

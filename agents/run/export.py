@@ -17,6 +17,7 @@ JSON file beside the graph lists the inputs, outputs and the env's spaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import warnings
@@ -110,6 +111,13 @@ def example_inputs(specs: list[dict[str, Any]], batch: int, seed: int = 0) -> li
     return out
 
 
+def _finite(x: Any) -> Any:
+    """Numbers (nested in lists) with every non-finite one as None."""
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return x if np.isfinite(x) else None
+
+
 def space_spec(space) -> dict[str, Any]:
     """A JSON description of a Gymnasium space (Box, Discrete, Dict)."""
     kind = type(space).__name__
@@ -118,8 +126,10 @@ def space_spec(space) -> dict[str, Any]:
     if kind == "Discrete":
         return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
     if kind == "Box":
-        # Bounds as one number when uniform (images, [-1, 1] actions), else per element.
-        bound = lambda b: float(b.flat[0]) if np.all(b == b.flat[0]) else b.tolist()
+        # Bounds as one number when uniform (images, [-1, 1] actions), else per element;
+        # null where unbounded (strict JSON has no Infinity).
+        bound = lambda b: (_finite(float(b.flat[0])) if np.all(b == b.flat[0])
+                           else _finite(b.tolist()))
         return {"type": "Box", "shape": list(space.shape), "dtype": str(space.dtype),
                 "low": bound(np.asarray(space.low, np.float64)),
                 "high": bound(np.asarray(space.high, np.float64))}
@@ -140,7 +150,29 @@ def export_policy(agent, out: str | Path, fmt: str = "onnx", policy: str = "mode
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sample = policy == "sample"
-    step = ActingStep(agent, sample).eval().float().cpu()
+    step = ActingStep(agent, sample)
+    with _exported(step):
+        spec = _export(agent, step, out, fmt, policy, batch, sample, meta)
+    return spec
+
+
+@contextlib.contextmanager
+def _exported(step: ActingStep):
+    """The acting step's modules (the agent's own) in eval mode, fp32, on the CPU while it is
+    exported, and as they were afterwards: the caller's agent goes on acting and training
+    (on its device) after an export."""
+    modules = [step.encoder, step.rssm, step.actor]
+    before = [(m, m.training, next(m.parameters()).device) for m in modules]
+    step.eval().float().cpu()
+    try:
+        yield
+    finally:
+        for module, training, device in before:
+            module.to(device).train(training)
+
+
+def _export(agent, step: ActingStep, out: Path, fmt: str, policy: str, batch: int,
+            sample: bool, meta: Mapping[str, Any] | None) -> dict[str, Any]:
     specs = input_specs(agent, sample)
     inputs = example_inputs(specs, max(batch, 2))
     names = [s["name"] for s in specs]
@@ -161,7 +193,7 @@ def export_policy(agent, out: str | Path, fmt: str = "onnx", policy: str = "mode
                        "clip to [-1, 1]; the env's Box is scaled to [-1, 1]"),
             "observation_space": space_spec(agent.obs_space),
             "action_space": space_spec(agent.act_space), **dict(meta or {})}
-    Path(str(out) + ".json").write_text(json.dumps(spec, indent=2))
+    Path(str(out) + ".json").write_text(json.dumps(spec, indent=2, allow_nan=False))
     return spec
 
 
@@ -251,8 +283,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", default="mode", choices=list(POLICIES),
                         help="mode: the most likely action; sample: takes action_noise")
     args = parser.parse_args(argv)
-    from agents.run.checkpoint import CheckpointError
-    from agents.run.config import ConfigError
     from agents.run.inference import find_run, load_agent
 
     try:
@@ -267,8 +297,13 @@ def main(argv: list[str] | None = None) -> int:
             # one acting step: the graph holds the actor, and the run's evaluation plans.
             print(f"note: the run acts with run.behavior={cfg.run.behavior}; the export holds "
                   "its actor (planning is not exported)", file=sys.stderr)
-    except (CheckpointError, ConfigError, ExportError) as err:
-        print(f"dreamer-export: error: {err}", file=sys.stderr)
+    except ImportError as err:  # torch.onnx's exporter needs the `export` extra
+        print(f"dreamer-export: error: {err}; pip install -e '.[export]' for --format onnx, "
+              "or use --format torchscript", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as err:  # CheckpointError, ConfigError, env specs
+        line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"dreamer-export: error: {line}", file=sys.stderr)
         return 2
     print(f"wrote {out} and {out}.json")
     return 0

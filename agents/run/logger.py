@@ -149,6 +149,18 @@ class RunLogger:
         if self._writer is not None:
             self._writer.flush()
 
+    def sync(self) -> None:
+        """Put the score and metric logs on disk (fsync): a checkpoint at step S is only
+        whole with every row up to S, which a resume keeps (and drops the rows after)."""
+        for name in (METRICS, SCORES, EVAL_SCORES):
+            path = self.logdir / name
+            if path.is_file():
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()

@@ -127,13 +127,20 @@ class RunDir:
 
     @staticmethod
     def find(path: str | os.PathLike) -> tuple[RunDir, Path]:
-        """The run directory and agent file for a run directory, its checkpoint folder or the
-        agent file itself; FileNotFoundError (one line) when there is none."""
+        """The run directory and agent file for a run directory (its newest loadable
+        checkpoint, as a resume picks: `checkpoint`, else `checkpoint.prev`...), one of its
+        checkpoint folders or an agent file; FileNotFoundError (one line) when there is
+        none."""
         path = Path(path)
-        for file in (path / CHECKPOINT / AGENT_FILE, path / AGENT_FILE, path):
+        if (path / CONFIG).is_file():
+            found = RunDir(path).checkpoints()
+            path = found[0] if found else path
+        for file in (path / AGENT_FILE, path):
             if file.is_file():
-                root = file.parent.parent if file.parent.name == CHECKPOINT else file.parent
-                run = RunDir(root)
+                folder = file.parent
+                is_checkpoint = folder.name == CHECKPOINT or folder.name.startswith(
+                    f"{CHECKPOINT}.")
+                run = RunDir(folder.parent if is_checkpoint else folder)
                 if not run.exists():
                     raise FileNotFoundError(f"no {CONFIG} beside checkpoint {file}")
                 return run, file

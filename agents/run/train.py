@@ -266,6 +266,7 @@ class Trainer:
                                 f"{self.rundir.path} keeps the last good one")
 
         def fill(folder: Path) -> None:
+            self.logger.sync()  # on disk before the checkpoint is marked whole
             save_checkpoint(folder / AGENT_FILE, {"agent": state,
                                                   "counters": dict(self.counters),
                                                   "rng": rng_state()})

@@ -42,7 +42,9 @@ def test_smoke_run_and_eval(tmp_path, spec, extra, capsys, smoke_argv):
     assert eval_main([str(logdir), "--episodes", "1", "--video"]) == 0
     out = capsys.readouterr().out
     assert "mean return" in out
-    assert json.loads((logdir / "eval" / "eval.json").read_text())["episodes"] == 1
+    evaluated = json.loads((logdir / "eval" / "eval.json").read_text())
+    assert evaluated["episodes"] == 1
+    assert evaluated["policy"] == "sample"  # the run's run.eval_policy, as its evaluations
 
 
 def test_interrupt_then_resume(tmp_path, tiny_config):

@@ -25,11 +25,12 @@ AGENTS = {
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: extra threads only contend
 
 
-def make(kind: str) -> DreamerV3Agent:
+def make(kind: str, precision: str = "fp32") -> DreamerV3Agent:
     torch.manual_seed(0)
     cfg = load_config("gym:CartPole-v1", size="1m",
-                      sets=["model.encoder.depth=2", "model.decoder.depth=2"])
-    agent = DreamerV3Agent(*AGENTS[kind], cfg)
+                      sets=["model.encoder.depth=2", "model.decoder.depth=2",
+                            "conv_precision=bf16"])
+    agent = DreamerV3Agent(*AGENTS[kind], cfg, precision=precision)
     with torch.no_grad():  # a trained-looking actor: the zero-ish init acts almost uniformly
         agent.ac.policy.net[-1].weight.normal_(0.0, 0.3)
     return agent
@@ -81,6 +82,24 @@ def test_exported_policy_matches_the_agent(tmp_path, kind, fmt, policy):
     # The batch size is free: exported at 2, run at 1 and 3.
     for n in (1, 3):
         assert_same_actions(agent, exported, policy, n)
+    # The agent exported is the caller's, as it was: still training mode, acting on.
+    assert all(m.training for m in agent.wm.modules())
+    # The spec is strict JSON: unbounded Box bounds (state observations) are null.
+    text = (tmp_path / f"policy.{fmt}.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the spec"))
+
+
+def test_a_bf16_agent_acts_as_its_export_over_many_envs(tmp_path):
+    # The conv stacks' bf16 is for training batches: acting over 64+ envs stays fp32, as
+    # the exported graph is (it took bf16 convs there, and different actions).
+    from world_models.encoders import CONV_BF16_MIN_FRAMES
+
+    agent = make("pixels", precision="bf16")
+    assert agent.conv_bf16
+    out = tmp_path / "policy.pt"
+    export_policy(agent, out, "torchscript", "mode")
+    assert_same_actions(agent, ExportedPolicy(out, seed=0), "mode", CONV_BF16_MIN_FRAMES)
+    assert agent.wm.encoder.conv_bf16  # and training batches keep it
 
 
 def test_export_rejects_bad_arguments(tmp_path):

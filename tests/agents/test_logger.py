@@ -158,3 +158,34 @@ def test_videos_also_go_to_tensorboard(tmp_path):
     assert "videos/eval" in events.Tags()["images"]
     (image,) = events.Images("videos/eval")
     assert image.step == 7 and image.width == 5 * 8 and image.height == 8
+
+
+def test_checkpoint_puts_the_logs_on_disk_first(tmp_path, tiny_config, monkeypatch):
+    # A checkpoint at step S is marked whole only after the score and metric rows up to S
+    # are on disk (a power loss must not keep a checkpoint and lose the rows it counts).
+    import os
+
+    from agents.run import rundir
+    from agents.run.train import train
+
+    order: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd):
+        order.append(os.readlink(f"/proc/self/fd/{fd}"))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    touch = rundir.Path.touch
+
+    def recording_touch(self, *args, **kwargs):
+        order.append(f"touch {self.name}")
+        return touch(self, *args, **kwargs)
+
+    monkeypatch.setattr(rundir.Path, "touch", recording_touch)
+    logdir = train(tiny_config("gym:CartPole-v1", tmp_path / "run", 96,
+                               {"run.eval_episodes": 0, "run.video": False}))
+    marked = order.index(f"touch {rundir.COMPLETE}")
+    synced = {os.path.basename(p) for p in order[:marked] if isinstance(p, str)}
+    assert {"metrics.jsonl", "scores.jsonl"} <= synced, order[:marked]
+    assert (logdir / "checkpoint" / rundir.COMPLETE).is_file()

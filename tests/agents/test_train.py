@@ -117,6 +117,28 @@ def test_rerun_with_changed_training_key_is_refused_and_leaves_run_intact(tmp_pa
     assert "\n" not in err and "model.rssm.deter" in err
 
 
+def test_a_run_whose_newest_checkpoint_is_gone_loads_its_previous_one(tmp_path, tiny_config):
+    # After a crash the only good checkpoint may be `checkpoint.prev`: dreamer-eval and
+    # dreamer-export find it from the run directory, or from the folder named directly.
+    cfg, logdir, _ = _finished_run(tmp_path, tiny_config)
+    (logdir / "checkpoint").rename(logdir / "checkpoint.prev")
+    assert RunDir.find(logdir)[1] == logdir / "checkpoint.prev" / "agent.pt"
+    assert RunDir.find(logdir / "checkpoint.prev")[0].path == logdir
+    load_agent(logdir)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        RunDir.find(tmp_path)
+
+
+def test_a_relative_encoder_path_is_kept_absolute(tmp_path, monkeypatch):
+    from agents.run.cli_args import absolute_encoder
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_encoder("jepa:enc/encoder.pt") == f"jepa:{tmp_path}/enc/encoder.pt"
+    assert absolute_encoder("hf:facebook/vjepa2-vitl-fpc64-256") == (
+        "hf:facebook/vjepa2-vitl-fpc64-256")  # a hub id, no folder of that name here
+    assert absolute_encoder("cnn") == "cnn"
+
+
 def test_rerun_of_finished_run_says_so(tmp_path, tiny_config, capsys):
     cfg, logdir, before = _finished_run(tmp_path, tiny_config)
     status = json.loads((logdir / "status.json").read_text())

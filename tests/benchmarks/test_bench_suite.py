@@ -8,7 +8,14 @@ import pytest
 
 from benchmarks.atari100k import games_from
 from benchmarks.dmc import tasks_from
-from benchmarks.suite import SuiteError, collect, is_finished, plan, submission_order
+from benchmarks.suite import (
+    SuiteError,
+    collect,
+    is_finished,
+    plan,
+    reached,
+    submission_order,
+)
 
 
 def test_plan_argv_and_layout(tmp_path):
@@ -69,6 +76,9 @@ def test_finished_runs_are_detected_and_collected(tmp_path, make_run_dir):
     make_run_dir(specs[1].logdir, "dmc:cheetah-run", 0, [(500, 1.0)], finished=False)
     assert is_finished(specs[0].logdir) and not is_finished(specs[1].logdir)
     assert not is_finished(tmp_path / "nothing")
+    # Finished at 1000 frames: done for that budget, not for a rerun at 2000 (it goes on).
+    assert reached(specs[0]) and not reached(specs[1])
+    assert not reached(plan(["dmc:walker-walk"], 1, 2000, 2, tmp_path)[0])
     runs = collect(specs)
     assert [(r.task, r.seed, r.method) for r in runs] == [
         ("dmc_walker_walk", 0, "ours:dreamerv3"), ("dmc_cheetah_run", 0, "ours:dreamerv3")]

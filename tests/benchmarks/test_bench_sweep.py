@@ -8,7 +8,14 @@ import pytest
 import yaml
 
 from agents.run.config import ConfigError, load_config, nest
-from benchmarks.sweep import Dist, SweepSpecError, parse_param, trials_table, write_best
+from benchmarks.sweep import (
+    Dist,
+    SweepSpecError,
+    best_result,
+    parse_param,
+    trials_table,
+    write_best,
+)
 from benchmarks.sweep import main as sweep_main
 
 
@@ -90,3 +97,17 @@ def test_a_param_the_config_refuses_fails_before_ray_starts(param, message, caps
     err = capsys.readouterr().err
     assert re.search(message, err), err
     assert "Ray" not in err
+
+
+def test_the_best_trial_is_one_that_ended_well():
+    # A trial that reported a high return and then failed (diverged) is not the best.
+    from types import SimpleNamespace as Result
+
+    results = [Result(error=RuntimeError("diverged"), config={"lr": 1}, metrics={"r": 100.0}),
+               Result(error=None, config={"lr": 2}, metrics={"r": 50.0}),
+               Result(error=None, config={"lr": 3}, metrics={"r": 20.0}),
+               Result(error=None, config={"lr": 4}, metrics={"r": float("nan")}),
+               Result(error=None, config={"lr": 5}, metrics={})]
+    assert best_result(results, "r", "max").config == {"lr": 2}
+    assert best_result(results, "r", "min").config == {"lr": 3}
+    assert best_result(results[:1], "r", "max") is None
