@@ -19,11 +19,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from agents.run.cli_args import ArgParser
 from agents.run.export import ExportedPolicy, export_policy
-from benchmarks.throughput_rows import ROWS, build_agent, one_obs
+from benchmarks.throughput_rows import ROWS, build_agent
 
 
 def median_ms(step: Callable[[], object], calls: int, warmup: int = 20) -> float:
@@ -37,9 +38,24 @@ def median_ms(step: Callable[[], object], calls: int, warmup: int = 20) -> float
     return 1000 * statistics.median(times)
 
 
-def policy_ms(agent, pixels: bool, calls: int) -> float:
+def agent_obs(agent, n: int = 1) -> dict[str, np.ndarray]:
+    """One observation of the agent's own shapes (a run's, whatever its env): random uint8
+    images, normal vectors, not an episode start."""
+    rng = np.random.default_rng(0)
+    obs = {"is_first": np.zeros(n, bool)}
+    for key, space in agent.obs_space.spaces.items():
+        if key not in agent.shapes:
+            continue
+        if space.dtype == np.uint8:
+            obs[key] = rng.integers(0, 256, (n, *space.shape), dtype=np.uint8)
+        else:
+            obs[key] = rng.normal(size=(n, *space.shape)).astype(np.float32)
+    return obs
+
+
+def policy_ms(agent, calls: int) -> float:
     state = {"carry": None}
-    obs = one_obs(pixels, 1, False)
+    obs = agent_obs(agent)
 
     def step():
         _, state["carry"] = agent.policy(obs, state["carry"], mode="eval")
@@ -66,10 +82,9 @@ def exported_ms(path: Path, obs: dict, calls: int, threads: int) -> float:
 
 def bench(agent_fn: Callable, calls: int, threads: int) -> dict[str, float]:
     eager = agent_fn(False)
-    pixels = "image" in eager.shapes
-    out = {"eager": policy_ms(eager, pixels, calls)}
-    out["compiled"] = policy_ms(agent_fn(True), pixels, calls)
-    obs = one_obs(pixels, 1, False)
+    out = {"eager": policy_ms(eager, calls)}
+    out["compiled"] = policy_ms(agent_fn(True), calls)
+    obs = agent_obs(eager)
     with tempfile.TemporaryDirectory() as tmp:
         for fmt, suffix in (("torchscript", "pt"), ("onnx", "onnx")):
             path = Path(tmp) / f"policy.{suffix}"
