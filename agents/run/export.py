@@ -215,6 +215,9 @@ class ExportedPolicy:
         path = Path(path)
         self.spec = json.loads(Path(str(path) + ".json").read_text())
         self.names = [s["name"] for s in self.spec["inputs"]]
+        # Each input as the graph takes it (a float64 vector, as `agent.policy` accepts,
+        # would be refused by onnxruntime).
+        self.dtypes = {s["name"]: np.dtype(s["dtype"]) for s in self.spec["inputs"]}
         self.rng = np.random.default_rng(seed)
         if self.spec["format"] == "onnx":
             import onnxruntime
@@ -249,11 +252,12 @@ class ExportedPolicy:
         missing = [k for k in self.names if k not in feed]
         if missing:
             raise ExportError(f"exported policy needs inputs {missing}; it takes {self.names}")
+        inputs = {k: np.asarray(feed[k], self.dtypes[k]) for k in self.names}
         if self.session is not None:
-            outs = self.session.run(list(OUTPUTS), {k: np.asarray(feed[k]) for k in self.names})
+            outs = self.session.run(list(OUTPUTS), inputs)
         else:
             with torch.no_grad():
-                outs = [o.numpy() for o in self.module(*[torch.as_tensor(np.asarray(feed[k]))
+                outs = [o.numpy() for o in self.module(*[torch.as_tensor(inputs[k])
                                                           for k in self.names])]
         return dict(zip(OUTPUTS, outs))
 

@@ -82,6 +82,9 @@ def test_exported_policy_matches_the_agent(tmp_path, kind, fmt, policy):
     # The batch size is free: exported at 2, run at 1 and 3.
     for n in (1, 3):
         assert_same_actions(agent, exported, policy, n)
+    # Observations as an env may give them (float64 vectors) run too.
+    obs = next(observations(agent, 2, 1))[1]
+    exported.policy({k: v.astype(np.float64) if k == "vector" else v for k, v in obs.items()})
     # The agent exported is the caller's, as it was: still training mode, acting on.
     assert all(m.training for m in agent.wm.modules())
     # The spec is strict JSON: unbounded Box bounds (state observations) are null.
