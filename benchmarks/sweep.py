@@ -8,13 +8,18 @@ Every trial is one `agents.run.train.train(cfg)`, its config resolved from the s
 ASHA stops weak trials early on agent steps. Distributions: `choice(a,b,...)`,
 `uniform(lo,hi)`, `loguniform(lo,hi)` and `randint(lo,hi)` (hi exclusive, as in Tune).
 At the end a table of trials is printed and the best trial's overrides are written to
-`OUT/best.yaml`, usable as `dreamer-run --config OUT/best.yaml`. Embedded local Ray by
-default; `--address auto` (or host:port) runs the same sweep on a cluster.
+`OUT/best.yaml`, usable as `dreamer-run --config OUT/best.yaml`. Each trial's run directory
+is `OUT/runs/<trial id>`; rerunning the same command resumes a stopped sweep (Tune's
+experiment in `OUT/trials` is restored, and its unfinished trials resume their own
+checkpoints); `OUT` of another sweep is refused. Embedded local Ray by default; `--address
+auto` (or host:port) runs the same sweep on a cluster (`--out` then on a filesystem every
+node shares).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
@@ -144,15 +149,16 @@ def trials_table(rows: Sequence[dict[str, Any]], params: Sequence[str], metric: 
     return "\n".join(lines)
 
 
-def _trainable(config: dict[str, Any], request: dict[str, Any], metric: str) -> None:
-    # Runs inside a Tune trial actor.
+def _trainable(config: dict[str, Any], request: dict[str, Any], metric: str, runs: str) -> None:
+    # Runs inside a Tune trial actor. Its run directory is named by the trial's id, which a
+    # restored sweep keeps: a trial restarted after a stop resumes its own checkpoint.
     from ray import tune
 
     from agents.run.train import train
 
-    trial_dir = Path(tune.get_context().get_trial_dir())
+    logdir = Path(runs) / tune.get_context().get_trial_id()
     overrides = {k: _plain(v) for k, v in config.items()}
-    cfg = load_config(**request, overrides={**overrides, "logdir": str(trial_dir / "run")})
+    cfg = load_config(**request, overrides={**overrides, "logdir": str(logdir)})
     last: dict[str, float] = {}
 
     def report(metrics: dict[str, Any]) -> None:
@@ -203,6 +209,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+SETTINGS = "sweep.json"
+
+
+def same_sweep(out: Path, args: argparse.Namespace) -> bool:
+    """Whether `out` already holds this sweep (True: rerunning resumes it); the first run
+    writes its settings there, and another sweep's folder is refused (SweepSpecError)."""
+    keys = ("env", "param", "samples", "scheduler", "metric", "mode", "steps", "grace_steps",
+            "agent", "size", "envs", "seed", "sets")
+    settings = {key: getattr(args, key) for key in keys}
+    path = out / SETTINGS
+    if not path.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=1) + "\n")
+        return False
+    before = json.loads(path.read_text())
+    changed = sorted(k for k in keys if before.get(k) != json.loads(json.dumps(settings[k])))
+    if changed:
+        raise SweepSpecError(f"{out} holds a sweep with other settings ({', '.join(changed)}); "
+                             "rerun it as it was to resume it, or give another --out")
+    return True
+
+
 def best_result(results: Iterable[Any], metric: str, mode: str) -> Any | None:
     """The best of the trials that ended well, by the last value of `metric` each reported
     (Tune's own pick also counts a trial that reported a high return and then failed, e.g.
@@ -250,13 +278,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ray import tune
 
     budget = request.pop("steps")
+    out = Path(args.out).resolve()
+    try:
+        resume = same_sweep(out, args)
+    except SweepSpecError as exc:
+        parser.error(str(exc))
     init_ray(args.address, args.num_cpus)
     gpus = gpus_per_task(args.gpus_per_trial)
     scheduler = None
     if args.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        max_t = budget  # the trials' own budget: ASHA stops none before it
+        # Past the trials' own budget: ASHA stops none at or before it, so a trial that
+        # runs its whole budget ends as a run does (its final checkpoint saved).
+        max_t = budget + 1
         scheduler = ASHAScheduler(
             time_attr="step",
             max_t=max_t,
@@ -264,18 +299,27 @@ def main(argv: Sequence[str] | None = None) -> None:
             reduction_factor=2,
         )
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, request=request, metric=args.metric),
+        tune.with_parameters(_trainable, request=request, metric=args.metric,
+                             runs=str(out / "runs")),
         {"cpu": args.cpus_per_trial, "gpu": gpus},
     )
-    out = Path(args.out).resolve()
-    tuner = tune.Tuner(
-        trainable,
-        param_space={key: dist.to_tune() for key, dist in params.items()},
-        tune_config=tune.TuneConfig(
-            metric=args.metric, mode=args.mode, num_samples=args.samples, scheduler=scheduler
-        ),
-        run_config=tune.RunConfig(name="trials", storage_path=str(out), verbose=0),
-    )
+    trials = out / "trials"
+    if resume and tune.Tuner.can_restore(str(trials)):
+        # Finished trials stay as they ended; unfinished ones restart and resume their run
+        # directories' checkpoints (a trial that failed stays failed).
+        print(f"resuming the sweep in {out}")
+        tuner = tune.Tuner.restore(str(trials), trainable, resume_unfinished=True,
+                                   resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={key: dist.to_tune() for key, dist in params.items()},
+            tune_config=tune.TuneConfig(
+                metric=args.metric, mode=args.mode, num_samples=args.samples,
+                scheduler=scheduler
+            ),
+            run_config=tune.RunConfig(name="trials", storage_path=str(out), verbose=0),
+        )
     results = tuner.fit()
     rows = []
     for result in results:

@@ -92,6 +92,18 @@ def test_local_suite_then_rerun_skips(tmp_path):
 def test_local_sweep_two_trials(tmp_path):
     out = tmp_path / "sweep"
     _check_sweep(out, _sweep(out, ["--num-cpus", "2"]).stdout)
+    runs = sorted((out / "runs").iterdir())  # a run directory per trial, named by its id
+    assert len(runs) == 2 and all((r / "scores.jsonl").is_file() for r in runs)
+    # A trial that ran its whole budget ended as a run does: finished, checkpoint saved.
+    done = [json.loads((r / "status.json").read_text()) for r in runs
+            if (r / "status.json").is_file()]
+    assert any(s["finished"] and s["step"] >= 150 for s in done)
+    before = [(r / "scores.jsonl").stat().st_mtime_ns for r in runs]
+    # The same command again: the sweep is restored, its finished trials not rerun.
+    again = _sweep(out, ["--num-cpus", "2"]).stdout
+    assert "resuming the sweep" in again
+    assert [(r / "scores.jsonl").stat().st_mtime_ns for r in runs] == before
+    _check_sweep(out, again)
 
 
 def test_ppo_baseline_writes_a_comparable_run(tmp_path):

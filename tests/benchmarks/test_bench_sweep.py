@@ -12,7 +12,9 @@ from benchmarks.sweep import (
     Dist,
     SweepSpecError,
     best_result,
+    build_parser,
     parse_param,
+    same_sweep,
     trials_table,
     write_best,
 )
@@ -111,3 +113,14 @@ def test_the_best_trial_is_one_that_ended_well():
     assert best_result(results, "r", "max").config == {"lr": 2}
     assert best_result(results, "r", "min").config == {"lr": 3}
     assert best_result(results[:1], "r", "max") is None
+
+
+def test_a_sweep_folder_resumes_its_own_sweep_and_refuses_another(tmp_path):
+    argv = ["--env", "gym:CartPole-v1", "--param", "opt.lr=loguniform(1e-5,1e-3)",
+            "--out", str(tmp_path)]
+    args = build_parser().parse_args(argv)
+    assert not same_sweep(tmp_path, args)  # a new sweep: its settings are written
+    assert same_sweep(tmp_path, build_parser().parse_args(argv))  # the same: resume it
+    other = build_parser().parse_args([*argv, "--samples", "3"])
+    with pytest.raises(SweepSpecError, match=r"other settings \(samples\)"):
+        same_sweep(tmp_path, other)
