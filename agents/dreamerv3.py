@@ -162,8 +162,9 @@ class DreamerV3Agent(Agent):
     def _fp32_convs(self, n: int):
         """Acting stays fp32, as an exported policy's graph is: the conv stacks' bf16 is for
         training batches, and a step over CONV_BF16_MIN_FRAMES envs or more would take it."""
-        convs = [m for m in self.wm.modules() if getattr(m, "conv_bf16", False)]
-        if n < CONV_BF16_MIN_FRAMES or not convs:
+        convs = [] if n < CONV_BF16_MIN_FRAMES else [
+            m for m in self.wm.modules() if getattr(m, "conv_bf16", False)]
+        if not convs:
             yield
             return
         for m in convs:

@@ -81,7 +81,8 @@ def method_label(config: dict[str, Any], base: str) -> str:
         parts.append(f"{str(kind).split(':')[0]}-encoder-{mode}")
     distractor = get_dotted(config, "env.options.distractor")
     if distractor:  # shapes, atari, atari:eval, video:DIR (the folder is the machine's)
-        parts.append(_slug(str(distractor).split("/")[0].rstrip(":")))
+        kind, _, games = str(distractor).partition(":")
+        parts.append(_slug(kind if kind == "video" else str(distractor)))
     repeat = get_dotted(config, "env.options.repeat")
     suite = str(get_dotted(config, "env.spec") or "").split(":", 1)[0]
     if isinstance(repeat, int) and repeat != SUITE_REPEAT.get(suite, repeat):

@@ -10,8 +10,8 @@ ASHA stops weak trials early on agent steps. Distributions: `choice(a,b,...)`,
 At the end a table of trials is printed and the best trial's overrides are written to
 `OUT/best.yaml`, usable as `dreamer-run --config OUT/best.yaml`. Each trial's run directory
 is `OUT/runs/<trial id>`; rerunning the same command resumes a stopped sweep (Tune's
-experiment in `OUT/trials` is restored, and its unfinished trials resume their own
-checkpoints); `OUT` of another sweep is refused. Embedded local Ray by default; `--address
+experiment in `OUT/trials` is restored, and its unfinished or failed trials resume their
+own checkpoints); `OUT` of another sweep is refused. Embedded local Ray by default; `--address
 auto` (or host:port) runs the same sweep on a cluster (`--out` then on a filesystem every
 node shares).
 """
@@ -33,6 +33,7 @@ import yaml
 from agents.run.cli_args import ArgParser, add_set_arg
 from agents.run.config import load_config, nest, parse_override, parse_value
 from benchmarks.ray_launch import add_ray_args, gpus_per_task, init_ray
+from benchmarks.scores import read_status
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -149,6 +150,10 @@ def trials_table(rows: Sequence[dict[str, Any]], params: Sequence[str], metric: 
     return "\n".join(lines)
 
 
+class TrialStopped(RuntimeError):
+    """A trial's run stopped (and saved) before its budget: not a trial that ended well."""
+
+
 def _trainable(config: dict[str, Any], request: dict[str, Any], metric: str, runs: str) -> None:
     # Runs inside a Tune trial actor. Its run directory is named by the trial's id, which a
     # restored sweep keeps: a trial restarted after a stop resumes its own checkpoint.
@@ -172,7 +177,11 @@ def _trainable(config: dict[str, Any], request: dict[str, Any], metric: str, run
         result[metric] = last[metric]
         tune.report(result)
 
-    train(cfg, report=report)
+    logdir = train(cfg, report=report)
+    status = read_status(logdir) or {}
+    if not status.get("finished"):  # a signal stopped it (saved): a rerun resumes it
+        raise TrialStopped(f"{logdir} stopped at step {status.get('step')} of "
+                           f"{cfg.run.steps}; rerun the sweep to resume it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/sweep", help="output folder")
     add_set_arg(p, "fixed config override for every trial (repeatable)")
     return p
+
+
+def asha(budget: int, grace: int | None = None):
+    """ASHA on agent steps for trials of `budget` steps: every rung below the budget and no
+    stop at it, so a trial that survives the rungs runs its whole budget and ends as a run
+    does (its last evaluation and checkpoint; Ray puts a rung at max_t itself, and stops
+    trials that reach max_t unless told not to)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_t = max(1, budget - 1)
+    return ASHAScheduler(time_attr="step", max_t=max_t,
+                         grace_period=min(grace or max(1, budget // 8), max_t),
+                         reduction_factor=2, stop_last_trials=False)
 
 
 SETTINGS = "sweep.json"
@@ -285,19 +307,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(exc))
     init_ray(args.address, args.num_cpus)
     gpus = gpus_per_task(args.gpus_per_trial)
-    scheduler = None
-    if args.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        # Past the trials' own budget: ASHA stops none at or before it, so a trial that
-        # runs its whole budget ends as a run does (its final checkpoint saved).
-        max_t = budget + 1
-        scheduler = ASHAScheduler(
-            time_attr="step",
-            max_t=max_t,
-            grace_period=args.grace_steps or max(1, max_t // 8),
-            reduction_factor=2,
-        )
+    scheduler = asha(budget, args.grace_steps) if args.scheduler == "asha" else None
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, request=request, metric=args.metric,
                              runs=str(out / "runs")),
@@ -305,11 +315,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     trials = out / "trials"
     if resume and tune.Tuner.can_restore(str(trials)):
-        # Finished trials stay as they ended; unfinished ones restart and resume their run
-        # directories' checkpoints (a trial that failed stays failed).
+        # Finished trials stay as they ended; unfinished and failed ones (a stopped run
+        # fails its trial on purpose) restart and resume their run directories'
+        # checkpoints.
         print(f"resuming the sweep in {out}")
         tuner = tune.Tuner.restore(str(trials), trainable, resume_unfinished=True,
-                                   resume_errored=False)
+                                   resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable,

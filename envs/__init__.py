@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-import multiprocessing
+import os
 import signal
 from collections.abc import Callable, Mapping
 from types import ModuleType
@@ -221,24 +221,48 @@ def make(spec: str, seed: int | None = None, **options: Any) -> gym.Env:
     return SeedOnFirstReset(env, seed, rebuild)
 
 
+# What a terminal or a job scheduler sends to a whole process group.
+GROUP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
+                      if hasattr(signal, n))
+
+
 class ParentOwnsSignals:
     """An env factory for a vector env's worker process that first makes the worker ignore
-    the signals a terminal or a job scheduler sends to the whole process group (Ctrl-C,
-    SIGTERM, SIGHUP): the parent owns the shutdown (a run finishes its step, saves and then
-    closes its workers), where a worker killed by them would break its next step or its
-    close. Called in the parent (Gymnasium's AsyncVectorEnv builds one env there for its
-    spaces) it changes nothing."""
+    GROUP_SIGNALS (Ctrl-C, SIGTERM, SIGHUP): the parent owns the shutdown (a run finishes
+    its step, saves and then closes its workers), where a worker killed by them would break
+    its next step or its close. Called in the process that built it (Gymnasium's
+    AsyncVectorEnv makes one env there for its spaces) it changes nothing."""
 
     def __init__(self, fn: Callable[[], gym.Env]) -> None:
         self.fn = fn
+        self.parent = os.getpid()
 
     def __call__(self) -> gym.Env:
-        if multiprocessing.parent_process() is not None:  # a worker process
-            for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-                signum = getattr(signal, name, None)
-                if signum is not None:
-                    signal.signal(signum, signal.SIG_IGN)
+        if os.getpid() != self.parent:  # a worker process
+            for signum in GROUP_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
+            if hasattr(signal, "pthread_sigmask"):  # blocked while it started: see below
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)
         return self.fn()
+
+
+def async_vector_env(fns: list[Callable[[], gym.Env]], context: str,
+                     mode: gym.vector.AutoresetMode) -> gym.vector.AsyncVectorEnv:
+    """Gymnasium's AsyncVectorEnv whose workers leave GROUP_SIGNALS to this process. They
+    start with those signals blocked (a spawned worker imports for seconds before its
+    factory runs; the mask is inherited), and one sent meanwhile reaches this process when
+    it unblocks them. Closing kills a worker that hangs (it ignores SIGTERM)."""
+    fns = [ParentOwnsSignals(fn) for fn in fns]
+    block = hasattr(signal, "pthread_sigmask")
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS) if block else None
+    try:
+        vec = gym.vector.AsyncVectorEnv(fns, context=context, autoreset_mode=mode)
+    finally:
+        if block:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    for process in vec.processes:
+        process.terminate = process.kill
+    return vec
 
 
 def make_vector(
@@ -273,13 +297,11 @@ def make_vector(
         if asynchronous is None:
             asynchronous = bool(renders) and suite in _ASYNC_WHEN_RENDERING and num_envs > 1
         fns = [functools.partial(make, spec, None, **options) for _ in range(num_envs)]
-        if asynchronous:
-            fns = [ParentOwnsSignals(fn) for fn in fns]
         mode = gym.vector.AutoresetMode.NEXT_STEP
         if asynchronous:
             # fork starts fast and needs no `if __name__ == "__main__"` guard; spawn does.
             context = "spawn" if renders and suite in _GL_SUITES else "fork"
-            vec = gym.vector.AsyncVectorEnv(fns, context=context, autoreset_mode=mode)
+            vec = async_vector_env(fns, context, mode)
         else:
             vec = gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
         vector_metadata(vec, repeat)

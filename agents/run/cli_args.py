@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from agents.run.config import Config, load_config
+from agents.run.config import Config, absolute_encoder, load_config
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -76,18 +76,6 @@ def run_parser() -> argparse.ArgumentParser:
 
 def parse_run_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return run_parser().parse_args(argv)
-
-
-def absolute_encoder(kind: str | None) -> str | None:
-    """`jepa:PATH` (and `hf:DIR` naming a local folder) with the path made absolute: the run's
-    config names the file its encoder was built from, and `dreamer-eval`, `dreamer-export`
-    and a resume read it from wherever they are started."""
-    if not kind or ":" not in kind:
-        return kind
-    prefix, _, target = kind.partition(":")
-    if prefix == "jepa" or (prefix == "hf" and Path(target).exists()):
-        return f"{prefix}:{Path(target).expanduser().resolve()}"
-    return kind
 
 
 def build_config(args: argparse.Namespace) -> Config:

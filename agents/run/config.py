@@ -445,3 +445,15 @@ def _check_value(key: str, value: Any, default: Any) -> Any:
             return [_check_value(f"{key}[{i}]", v, proto) for i, v in enumerate(value)]
         return list(value)
     return value
+
+
+def absolute_encoder(kind: str | None) -> str | None:
+    """`jepa:PATH` (and `hf:DIR` naming a local folder) with the path made absolute: the run's
+    config names the file its encoder was built from, and `dreamer-eval`, `dreamer-export`
+    and a resume read it from wherever they are started."""
+    if not kind or ":" not in kind:
+        return kind
+    prefix, _, target = kind.partition(":")
+    if prefix == "jepa" or (prefix == "hf" and Path(target).exists()):
+        return f"{prefix}:{Path(target).expanduser().resolve()}"
+    return kind

@@ -18,6 +18,7 @@ JSON file beside the graph lists the inputs, outputs and the env's spaces.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import sys
 import warnings
@@ -199,6 +200,12 @@ def _export(agent, step: ActingStep, out: Path, fmt: str, policy: str, batch: in
 
 def export_onnx(step: nn.Module, inputs: list[torch.Tensor], names: list[str], out: Path) -> None:
     """torch.onnx's dynamo exporter with the batch dimension left free."""
+    for module in ("onnx", "onnxscript"):  # the `export` extra
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ExportError(f"--format onnx needs {module}: pip install -e '.[export]', "
+                              "or use --format torchscript") from None
     batch = torch.export.Dim("N", min=1, max=65536)
     shapes = (tuple({0: batch} for _ in inputs),)  # one entry: forward takes *inputs
     program = torch.onnx.export(step, tuple(inputs), dynamo=True, input_names=names,
@@ -287,7 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", default="mode", choices=list(POLICIES),
                         help="mode: the most likely action; sample: takes action_noise")
     args = parser.parse_args(argv)
+    from agents.run.checkpoint import CheckpointError
+    from agents.run.config import ConfigError
     from agents.run.inference import find_run, load_agent
+    from envs.core import EnvSpecError
+    from world_models.vit_jepa.encoder import EncoderSpecError
 
     try:
         agent, cfg = load_agent(args.run, device="cpu")
@@ -301,11 +312,8 @@ def main(argv: list[str] | None = None) -> int:
             # one acting step: the graph holds the actor, and the run's evaluation plans.
             print(f"note: the run acts with run.behavior={cfg.run.behavior}; the export holds "
                   "its actor (planning is not exported)", file=sys.stderr)
-    except ImportError as err:  # torch.onnx's exporter needs the `export` extra
-        print(f"dreamer-export: error: {err}; pip install -e '.[export]' for --format onnx, "
-              "or use --format torchscript", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as err:  # CheckpointError, ConfigError, env specs
+    except (CheckpointError, ConfigError, ExportError, EnvSpecError, EncoderSpecError,
+            FileNotFoundError) as err:
         line = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"dreamer-export: error: {line}", file=sys.stderr)
         return 2

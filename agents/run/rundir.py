@@ -86,13 +86,14 @@ class RunDir:
         """Whether a run was started here (it has its config)."""
         return self.config.is_file()
 
-    def checkpoints(self) -> list[Path]:
+    def checkpoints(self, repair: bool = True) -> list[Path]:
         """Checkpoint folders that hold an agent file, newest first: `checkpoint`, then
         `checkpoint.prev`, then `checkpoint.old` (the name older versions used for it). A
         swap that a crash cut between its two renames (`checkpoint` gone, the new one
-        complete in `checkpoint.tmp`) is finished first."""
+        complete in `checkpoint.tmp`) is finished first, unless `repair` is False (a reader
+        beside a training run must not rename its folders)."""
         tmp, final = self.path / f"{CHECKPOINT}.tmp", self.path / CHECKPOINT
-        if not final.exists() and (tmp / COMPLETE).is_file():
+        if repair and not final.exists() and (tmp / COMPLETE).is_file():
             tmp.rename(final)
         names = (CHECKPOINT, f"{CHECKPOINT}.prev", f"{CHECKPOINT}.old")
         return [self.path / n for n in names if (self.path / n / AGENT_FILE).is_file()]
@@ -127,13 +128,12 @@ class RunDir:
 
     @staticmethod
     def find(path: str | os.PathLike) -> tuple[RunDir, Path]:
-        """The run directory and agent file for a run directory (its newest loadable
-        checkpoint, as a resume picks: `checkpoint`, else `checkpoint.prev`...), one of its
-        checkpoint folders or an agent file; FileNotFoundError (one line) when there is
-        none."""
+        """The run directory and agent file for a run directory (its newest checkpoint with
+        an agent file: `checkpoint`, else `checkpoint.prev`...), one of its checkpoint
+        folders or an agent file; FileNotFoundError (one line) when there is none."""
         path = Path(path)
         if (path / CONFIG).is_file():
-            found = RunDir(path).checkpoints()
+            found = RunDir(path).checkpoints(repair=False)
             path = found[0] if found else path
         for file in (path / AGENT_FILE, path):
             if file.is_file():

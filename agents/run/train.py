@@ -27,7 +27,7 @@ from agents.compiled import resolve_compile
 from agents.run.checkpoint import CheckpointError, GracefulExit, load_checkpoint, save_checkpoint
 from agents.run.collector import Collector
 from agents.run.compat import saved_rng_state
-from agents.run.config import Config, ConfigError, save_config
+from agents.run.config import Config, ConfigError, absolute_encoder, save_config
 from agents.run.logger import Progress, RunLogger, open_loop_video
 from agents.run.rundir import AGENT_FILE, REPLAY, STATUS, RunDir
 from agents.run.schedules import Every, Ratio
@@ -79,6 +79,11 @@ def resume_changes(cfg: Config, run: RunDir) -> dict[str, tuple[Any, Any]]:
     if not run.exists():
         return {}
     old, new = Config.from_yaml(run.config).flat(), cfg.flat()
+    # A run from before encoder paths were kept absolute names its file relative to where
+    # it was started: the same command from there names the same file.
+    key = "model.encoder.kind"
+    if isinstance(old.get(key), str):
+        old[key] = absolute_encoder(old[key])
     changed = {k: (old.get(k), v) for k, v in new.items()
                if (k in old or k.startswith("env.options.")) and old.get(k) != v}
     changed.update({k: (v, None) for k, v in old.items()

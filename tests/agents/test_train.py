@@ -130,13 +130,25 @@ def test_a_run_whose_newest_checkpoint_is_gone_loads_its_previous_one(tmp_path, 
 
 
 def test_a_relative_encoder_path_is_kept_absolute(tmp_path, monkeypatch):
-    from agents.run.cli_args import absolute_encoder
+    from agents.run.config import absolute_encoder
 
     monkeypatch.chdir(tmp_path)
     assert absolute_encoder("jepa:enc/encoder.pt") == f"jepa:{tmp_path}/enc/encoder.pt"
     assert absolute_encoder("hf:facebook/vjepa2-vitl-fpc64-256") == (
         "hf:facebook/vjepa2-vitl-fpc64-256")  # a hub id, no folder of that name here
     assert absolute_encoder("cnn") == "cnn"
+    # A run saved with the relative path (before paths were kept absolute) resumes from the
+    # folder it was started in: the same file, not a changed encoder.
+    from agents.run.config import load_config, save_config
+    from agents.run.train import resume_changes
+
+    sets = ["env.options.obs=pixels", "logdir=run"]
+    old = load_config("dmc:cartpole-balance", sets=[*sets, "model.encoder.kind=jepa:enc.pt"])
+    (tmp_path / "run").mkdir()
+    save_config(old, tmp_path / "run" / "config.yaml")
+    new = load_config("dmc:cartpole-balance",
+                      sets=[*sets, f"model.encoder.kind={absolute_encoder('jepa:enc.pt')}"])
+    assert resume_changes(new, RunDir(tmp_path / "run")) == {}
 
 
 def test_rerun_of_finished_run_says_so(tmp_path, tiny_config, capsys):

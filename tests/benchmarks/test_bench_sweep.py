@@ -11,6 +11,7 @@ from agents.run.config import ConfigError, load_config, nest
 from benchmarks.sweep import (
     Dist,
     SweepSpecError,
+    asha,
     best_result,
     build_parser,
     parse_param,
@@ -124,3 +125,13 @@ def test_a_sweep_folder_resumes_its_own_sweep_and_refuses_another(tmp_path):
     other = build_parser().parse_args([*argv, "--samples", "3"])
     with pytest.raises(SweepSpecError, match=r"other settings \(samples\)"):
         same_sweep(tmp_path, other)
+
+
+def test_asha_never_stops_a_trial_at_its_budget():
+    # Ray puts a rung at max_t and stops trials that reach it: either would cut a trial
+    # short of its last evaluation and checkpoint.
+    for budget, grace in [(150, 75), (100_000, None), (50_000, 1000), (10, 20)]:
+        scheduler = asha(budget, grace)
+        rungs = [r for bracket in scheduler._brackets for r, _ in bracket._rungs]
+        assert all(r < budget for r in rungs), (budget, rungs)
+        assert not scheduler._stop_last_trials

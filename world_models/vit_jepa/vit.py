@@ -138,8 +138,11 @@ class _Block(nn.TransformerEncoderLayer):
 
     def forward(self, src: Tensor, src_mask: Tensor | None = None,
                 src_key_padding_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-        if (src.device.type == "cpu" and src.shape[-2] <= MATH_ATTENTION_MAX_TOKENS
-                and src_mask is None and src_key_padding_mask is None and self.norm_first):
+        if (src.device.type == "cpu" and src.dim() == 3
+                and src.shape[-2] <= MATH_ATTENTION_MAX_TOKENS and src_mask is None
+                and src_key_padding_mask is None and not is_causal and self.norm_first
+                and self.self_attn.batch_first and self.self_attn.dropout == 0.0
+                and self.dropout1.p == 0.0 and self.dropout2.p == 0.0):
             x = src + self._plain_attention(self.norm1(src))
             return x + self._ff_block(self.norm2(x))
         return super().forward(src, src_mask, src_key_padding_mask, is_causal)
