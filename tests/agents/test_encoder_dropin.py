@@ -80,12 +80,14 @@ def test_wrong_encoder_shape_is_one_line_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, kind", [("default", "cnn"), ("cnn", "cnn"),
-                                         ("jepa:enc.pt", "jepa:enc.pt")])
-def test_encoder_flags_set_model_encoder(flag, kind):
+                                         ("jepa:enc.pt", "jepa:{cwd}/enc.pt")])
+def test_encoder_flags_set_model_encoder(flag, kind, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a jepa: path is kept absolute, from where it was given
     args = parse_run_args(["--env", "gym:CartPole-v1", "--encoder", flag,
                            "--encoder-mode", "finetune"])
     cfg = build_config(args)
-    assert cfg.model.encoder.kind == kind and cfg.model.encoder.mode == "finetune"
+    assert cfg.model.encoder.kind == kind.format(cwd=tmp_path.resolve())
+    assert cfg.model.encoder.mode == "finetune"
     assert "encoder" not in cfg  # no top-level section any more
 
 
