@@ -6,7 +6,8 @@ RUN is one of our run directories, or an official run converted by `benchmarks.o
 Each goes to `scores/<benchmark>/<task>/<method>-seed<s>/` with its `config.yaml`,
 `scores.jsonl`, `eval_scores.jsonl` and `machines.jsonl` (no checkpoint, replay or video),
 and a `run.json` saying what it is: the method label (agent, size, train ratio and learning
-rate, so runs at different settings stay apart), frames, updates, wall time and machine.
+rate, and the behaviour, encoder, distractor and action repeat where they are not the
+defaults, so runs at different settings stay apart), frames, updates, wall time and machine.
 Then `scores/<source>-<benchmark>.json.gz` is rewritten, in DreamerV3's score format, from
 every run under `scores/<benchmark>/` (`source` is `dreamjepa` for our agent's runs and
 `official` for the official agent's). `python -m benchmarks.plot scores/<benchmark>`
@@ -192,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", help="run directories")
     parser.add_argument("--scores", default="scores", help="the scores folder (default scores)")
     parser.add_argument("--method", default=None,
-                        help="method label (default: agent, size, train ratio and lr)")
+                        help="method label (default: agent, size, train ratio and lr, and "
+                             "behaviour, encoder, distractor and repeat where not default)")
     parser.add_argument("--note", default=None,
                         help="what else a reader should know (contention, pauses, ...)")
     args = parser.parse_args(argv)
