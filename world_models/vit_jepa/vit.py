@@ -125,9 +125,8 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int, int]) -> Tensor:
 # AVX512-BF16 EPYC, tiny ViT forward + backward over 512 frames (twenty-fourth session):
 # SDPA's math kernel took compiled bf16 2.08 s vs its flash kernel's 3.15 s, eager bf16
 # 2.34 vs 2.66; the plain form, which skips the math kernel's guard for fully masked rows
-# (isneginf / all / where passes over every score), took 0.65-0.73x the math kernel's
-# CPU-seconds compiled bf16 (twenty-eighth session, AMX Xeon, 256 frames, a contended A/B;
-# the quiet timing is pending, see docs/results.md). At 256
+# (isneginf / all / where passes over every score), took 0.70x the math kernel's time
+# compiled bf16 (twenty-eighth session, AMX Xeon, 512 frames, quiet; docs/results.md). At 256
 # tokens (patch 4) eager flash is faster (2.66 s vs 3.44 for math), so longer sequences
 # keep torch's choice.
 MATH_ATTENTION_MAX_TOKENS = 64
