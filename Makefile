@@ -9,12 +9,13 @@ export RAY_AUTH_MODE ?= disabled
 
 .PHONY: setup system venv run test lint clean FORCE
 
-# Debian packages for headless MuJoCo rendering (EGL, with OSMesa as fallback).
+# Debian packages: headless MuJoCo rendering (EGL, with OSMesa as fallback), venv support,
+# and a C++ compiler for torch.compile's CPU kernels (without one the fast path runs eager).
 system:
-	@if command -v apt-get >/dev/null && ! dpkg -s libosmesa6 libegl1 libgl1-mesa-dri >/dev/null 2>&1; then \
+	@if command -v apt-get >/dev/null && ! dpkg -s libosmesa6 libegl1 libgl1-mesa-dri python3-venv g++ >/dev/null 2>&1; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends \
-	    libegl1 libgl1-mesa-dri libosmesa6 >/dev/null; fi
+	    libegl1 libgl1-mesa-dri libosmesa6 python3-venv g++ >/dev/null; fi
 
 # torch goes in first, the build chosen on purpose (a bare `torch` requirement in an empty
 # environment pulls a multi-GB CUDA build). TORCH_INDEX=URL picks the wheel index yourself

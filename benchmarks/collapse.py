@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.run.cli_args import ArgParser, emit_table
+from agents.run.cli_args import ArgParser, emit_table, doc_summary
 from agents.run.collector import Collector
 from agents.run.inference import load_agent
 from agents.run.train import make_eval_env
@@ -79,7 +79,7 @@ def table(rows: list[dict[str, object]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, object]]:
-    parser = ArgParser(description=__doc__.splitlines()[0])
+    parser = ArgParser(description=doc_summary(__doc__))
     parser.add_argument("runs", nargs="+", help="run directories (or checkpoint files)")
     parser.add_argument("--steps", type=int, default=1000,
                         help="at least this many env steps per run (whole episodes)")

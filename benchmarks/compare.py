@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from agents.run.cli_args import ArgParser, add_set_arg
+from agents.run.cli_args import ArgParser, add_set_arg, doc_summary
 from agents.run.config import get_dotted
 from benchmarks.aggregate import final_value
 from benchmarks.ray_launch import add_ray_args, init_ray
@@ -373,7 +373,7 @@ def report(cells: Sequence[Cell], frames: int, out: Path, plots: bool = True) ->
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = ArgParser(prog="python -m benchmarks.compare", description=__doc__.split("\n")[0])
+    parser = ArgParser(prog="python -m benchmarks.compare", description=doc_summary(__doc__))
     parser.add_argument("folder", nargs="?", default=None,
                         help="with --report-only: a study folder <arm>/<condition>/<task>/"
                              "seed_<s>/ (a --publish one) to report on instead of a plan")

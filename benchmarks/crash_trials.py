@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.run.cli_args import ArgParser, add_set_arg
+from agents.run.cli_args import ArgParser, add_set_arg, doc_summary
 
 # Small and quick: checkpoints every second, so many kills land near one.
 TINY = {"env.num_envs": 2, "threads": 1, "replay.batch_size": 4, "replay.batch_length": 8,
@@ -167,7 +167,7 @@ def run_trial(index: int, out: Path, env_spec: str, steps: int, kills: int, seed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = ArgParser(description=__doc__.splitlines()[0])
+    p = ArgParser(description=doc_summary(__doc__))
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--kills", type=int, default=3, help="kills per trial before the final run")
     p.add_argument("--steps", type=int, default=800, help="agent steps per run")

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from agents.compiled import configure_dynamo, resolve_compile
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, doc_summary
 from benchmarks.throughput_rows import IMAGE, ROWS, build_agent
 from world_models.encoders import IMAGE_KEY, MultiDecoder
 from world_models.nets import UpsampleConv2d, ZeroInsertConvTranspose2d
@@ -130,7 +130,7 @@ def bench(name: str, mode: str, batch: int, length: int, repeats: int) -> dict[s
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = ArgParser(description=__doc__.splitlines()[0])
+    parser = ArgParser(description=doc_summary(__doc__))
     parser.add_argument("--rows", default=",".join(PIXEL_ROWS),
                         help=f"comma-separated: {', '.join(PIXEL_ROWS)}")
     parser.add_argument("--modes", default="eager,fast", help="eager and/or fast (compiled)")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import envs
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, doc_summary
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
-    parser = ArgParser(description=__doc__.splitlines()[0])
+    parser = ArgParser(description=doc_summary(__doc__))
     parser.add_argument("--envs", type=int, default=8, help="envs per vector env")
     parser.add_argument("--steps", type=int, default=200, help="timed vector steps per case")
     names = [c.name for c in CASES]

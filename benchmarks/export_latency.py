@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, doc_summary
 from agents.run.export import ExportedPolicy, export_policy
 from benchmarks.throughput_rows import ROWS, build_agent
 
@@ -95,7 +95,7 @@ def bench(agent_fn: Callable, calls: int, threads: int) -> dict[str, float]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = ArgParser(prog="python -m benchmarks.export_latency",
-                  description=__doc__.splitlines()[0])
+                  description=doc_summary(__doc__))
     p.add_argument("--rows", default="1m-state,1m-pixels")
     p.add_argument("--run", action="append", default=[], help="a trained run instead")
     p.add_argument("--calls", type=int, default=300)

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from agents.run.cli_args import ArgParser, add_set_arg
+from agents.run.cli_args import ArgParser, add_set_arg, doc_summary
 from agents.run.config import Config, ConfigError, load_config
 
 __all__ = [
@@ -277,7 +277,7 @@ def _config(args) -> Config:
 
 
 def _parser() -> ArgParser:
-    p = ArgParser(prog="python -m benchmarks.official", description=__doc__.split("\n\n")[0])
+    p = ArgParser(prog="python -m benchmarks.official", description=doc_summary(__doc__))
     sub = p.add_subparsers(dest="command", required=True)
     table = sub.add_parser("metrics", help="our run's losses beside the official run's")
     table.error = p.error

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.run.cli_args import ArgParser, add_reference_arg
+from agents.run.cli_args import ArgParser, add_reference_arg, doc_summary
 from benchmarks.aggregate import (
     Summary,
     aggregate_curve,
@@ -399,7 +399,7 @@ def _read(path: str) -> list[Run]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = ArgParser(
         prog="python -m benchmarks.plot",
-        description=__doc__.split("\n\n")[0],
+        description=doc_summary(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("runs", nargs="*", help="run directories, suite folders or score files")

@@ -64,7 +64,7 @@ import torch
 
 from agents.pretrain.frame_sources import clip_starts, collect_random_frames, sample_windows
 from agents.pretrain.pretrainer import Pretrainer, build_objective
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, doc_summary
 from benchmarks.probe_results import (
     load_results,
     markdown_table,
@@ -312,7 +312,7 @@ def probe_encoder(vit: ViT, data: dict[str, np.ndarray], device: torch.device,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgParser(prog="python -m benchmarks.probe", description=__doc__.splitlines()[0])
+    p = ArgParser(prog="python -m benchmarks.probe", description=doc_summary(__doc__))
     p.add_argument("--env", default="dmc:walker-walk", help="a dmc:DOMAIN-TASK spec")
     p.add_argument("--frames", type=int, default=4000)
     p.add_argument("--steps", type=int, default=500, help="JEPA's training steps")

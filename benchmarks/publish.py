@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, doc_summary
 from agents.run.config import get_dotted
 from agents.run.rundir import CONFIG, EVAL_SCORES, MACHINES, METRICS, SCORES
 from benchmarks.references import benchmark_of
@@ -189,7 +189,7 @@ def rebuild_score_files(scores: str | Path, benchmark: str) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = ArgParser(prog="python -m benchmarks.publish", description=__doc__.split("\n\n")[0])
+    parser = ArgParser(prog="python -m benchmarks.publish", description=doc_summary(__doc__))
     parser.add_argument("runs", nargs="+", help="run directories")
     parser.add_argument("--scores", default="scores", help="the scores folder (default scores)")
     parser.add_argument("--method", default=None,

@@ -12,7 +12,7 @@ import time
 import torch
 from tensordict import TensorDict
 
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, doc_summary
 from replay import SequenceReplay
 
 
@@ -57,7 +57,7 @@ def bench(replay: SequenceReplay, args: argparse.Namespace) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgParser(description=__doc__.splitlines()[0])
+    parser = ArgParser(description=doc_summary(__doc__))
     parser.add_argument("--capacity", type=int, default=40_000, help="total steps stored")
     parser.add_argument("--envs", type=int, default=8)
     parser.add_argument("--image", type=int, default=64, help="image side (HxWx3 uint8)")

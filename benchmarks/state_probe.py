@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import envs
-from agents.run.cli_args import ArgParser, emit_table
+from agents.run.cli_args import ArgParser, emit_table, doc_summary
 from agents.run.collector import Collector
 from agents.run.inference import load_agent
 from agents.run.train import eval_act_mode, eval_options
@@ -164,7 +164,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    parser = ArgParser(prog="python -m benchmarks.state_probe", description=__doc__.split("\n")[0])
+    parser = ArgParser(prog="python -m benchmarks.state_probe", description=doc_summary(__doc__))
     parser.add_argument("runs", nargs="+", help="run directories (dmc: envs)")
     parser.add_argument("--backgrounds", default="clean,run",
                         help="comma-separated: clean, run (the run's own eval background) "

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from agents.run.cli_args import ArgParser, add_set_arg
+from agents.run.cli_args import ArgParser, add_set_arg, doc_summary
 from agents.run.config import load_config, nest, parse_override, parse_value
 from benchmarks.ray_launch import add_ray_args, gpus_per_task, init_ray
 from benchmarks.scores import read_status
@@ -187,7 +187,7 @@ def _trainable(config: dict[str, Any], request: dict[str, Any], metric: str, run
 def build_parser() -> argparse.ArgumentParser:
     p = ArgParser(
         prog="dreamer-sweep",
-        description=__doc__.split("\n\n")[0],
+        description=doc_summary(__doc__),
     )
     p.add_argument("--env", required=True, help="env spec, as for dreamer-run")
     p.add_argument(

@@ -51,7 +51,7 @@ import torch
 
 from agents.compiled import resolve_compile
 from agents.dreamerv3 import DreamerV3Agent
-from agents.run.cli_args import ArgParser, add_set_arg
+from agents.run.cli_args import ArgParser, add_set_arg, doc_summary
 from agents.run.config import ConfigError, load_config
 from agents.runtime import (
     MALLOC_SETTINGS,
@@ -315,7 +315,7 @@ def machine_line(device: torch.device) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = ArgParser(description=__doc__.splitlines()[0])
+    parser = ArgParser(description=doc_summary(__doc__))
     parser.add_argument("--rows", default="all",
                         help=f"all or comma-separated: {', '.join([*ROWS, COLLECT])}")
     parser.add_argument("--modes", default="eager,fast",

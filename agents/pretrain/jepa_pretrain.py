@@ -41,7 +41,7 @@ from agents.pretrain.pretrainer import (
     build_objective,
 )
 from agents.run.checkpoint import load_checkpoint, save_checkpoint
-from agents.run.cli_args import ArgParser
+from agents.run.cli_args import ArgParser, doc_summary
 from agents.run.logger import RunLogger
 from agents.run.rundir import atomic_open
 from agents.runtime import select_device
@@ -97,7 +97,7 @@ def plot_collapse(history: list[dict], spectra: dict[int, list[float]], path: Pa
 
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgParser(prog="jepa-pretrain", description=__doc__.splitlines()[0])
+    p = ArgParser(prog="jepa-pretrain", description=doc_summary(__doc__))
     p.add_argument("--env", default="dmc:walker-walk", help="env spec for --source random")
     p.add_argument("--frames", type=int, default=100_000, help="frames to collect/use")
     p.add_argument("--out", required=True, help="output directory (rerun to resume)")

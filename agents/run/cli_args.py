@@ -19,6 +19,12 @@ class ArgParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {first} (see --help)\n")
 
 
+def doc_summary(doc: str | None) -> str:
+    """A module docstring's first paragraph on one line: what `--help` shows as the
+    description (its first line alone is often cut mid-sentence)."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())
+
+
 def add_set_arg(parser: argparse.ArgumentParser, help: str, dest: str = "sets") -> None:
     """The repeatable `--set KEY=VALUE` config override every entry point takes."""
     parser.add_argument("--set", action="append", default=[], dest=dest, metavar="KEY=VALUE",

@@ -78,3 +78,19 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert "did you mean 'run.train_ratio'" in err and "\n" not in err
     assert eval_main([str(tmp_path / "missing")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_help_description_is_the_docstrings_whole_first_paragraph():
+    """`--help` shows a module's first paragraph, not its first line cut mid-sentence."""
+    import benchmarks.throughput
+    from agents.run.cli_args import doc_summary
+
+    doc = """Agent throughput: seconds per update, eager beside the
+    fast path, against this machine's arithmetic.
+
+    Details that stay out of the description."""
+    assert doc_summary(doc) == ("Agent throughput: seconds per update, eager beside the fast "
+                                "path, against this machine's arithmetic.")
+    assert doc_summary(None) == ""
+    summary = doc_summary(benchmarks.throughput.__doc__)
+    assert summary.endswith(".") and "\n" not in summary
