@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.run.cli_args import ArgParser, emit_table, doc_summary
+from agents.run.cli_args import ArgParser, doc_summary, emit_table
 from agents.run.collector import Collector
 from agents.run.inference import load_agent
 from agents.run.train import make_eval_env

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import envs
-from agents.run.cli_args import ArgParser, emit_table, doc_summary
+from agents.run.cli_args import ArgParser, doc_summary, emit_table
 from agents.run.collector import Collector
 from agents.run.inference import load_agent
 from agents.run.train import eval_act_mode, eval_options
