@@ -17,6 +17,7 @@ from torchrl.data import LazyMemmapStorage, LazyTensorStorage, ReplayBuffer
 from replay.sampler import make_sampler
 from replay.torchrl_private import (
     allocate,
+    forget_stored_keys,
     load_writer_state,
     rng_of,
     sampler_of,
@@ -220,13 +221,16 @@ class SequenceReplay:
                 if self.directory is None:  # calloc'd: pages cost memory once written
                     value = torch.zeros(size, dtype=dtype)
                 else:  # on disk like the rest of the storage
-                    value = MemoryMappedTensor.zeros(
-                        size, dtype=dtype, filename=Path(self.directory) / f"{key}.added.memmap")
+                    # A resume killed before its first checkpoint left this file: start anew.
+                    filename = Path(self.directory) / f"{key}.added.memmap"
+                    filename.unlink(missing_ok=True)
+                    value = MemoryMappedTensor.zeros(size, dtype=dtype, filename=filename)
                 data.set(key, value)
                 self._keys.add(key)
         finally:
             if locked:
                 data.lock_()
+            forget_stored_keys(self._buffer.storage)  # or later adds drop the new keys
         return added
 
     def _stored_keys(self, caller: str) -> set[str]:

@@ -26,6 +26,7 @@ PRIVATE_NAMES: tuple[tuple[type, str], ...] = (
     (TensorStorage, "_last_cursor_index"),
     (TensorStorage, "_set_last_cursor"),
     (TensorStorage, "_bump_mutation_revision"),
+    (TensorStorage, "_storage_keys"),
     (ReplayBuffer, "_writer"),
     (ReplayBuffer, "_sampler"),
     (ReplayBuffer, "_rng"),
@@ -72,6 +73,12 @@ def set_length(storage: TensorStorage, length: int) -> None:
     """Declare `length` items stored (a restore writes the rows directly)."""
     storage._len = int(length)
     storage._bump_mutation_revision()
+
+
+def forget_stored_keys(storage: TensorStorage) -> None:
+    """Drop the key list a locked (memmap) storage caches at its first write and filters
+    every later write by, so that keys added since are written too."""
+    storage._storage_keys = None
 
 
 def writer_state(buffer: ReplayBuffer) -> dict:

@@ -131,7 +131,8 @@ def load_folder_frames(
 def load_run_frames(logdir: str | os.PathLike, limit: int | None = None) -> dict[str, np.ndarray]:
     """Frames from a run's saved SequenceReplay (the folder holding `sequence_replay.json`)
     and, where it stores actions, the action taken at each frame (the replay keeps the one
-    that led to it)."""
+    that led to it). `limit` keeps the newest `limit // num_envs` frames of every env's
+    stream (at least one each), taken before anything is copied."""
     from replay.sequence import META_FILE, SequenceReplay
 
     metas = sorted(Path(logdir).rglob(META_FILE))
@@ -140,10 +141,12 @@ def load_run_frames(logdir: str | os.PathLike, limit: int | None = None) -> dict
     meta = json.loads(metas[0].read_text())
     rb = SequenceReplay(meta["capacity"], meta["num_envs"])
     rb.load(metas[0].parent)
-    rows = rb.steps_per_env
     data = rb.chronological()  # [rows, num_envs], oldest first
     if data is None or "image" not in data.keys():
         raise PretrainError(f"replay under {str(logdir)!r} stores no 'image' key")
+    if limit is not None:  # every env's newest rows, not the last env's alone
+        data = data[-max(1, limit // data.shape[1]):]
+    rows = data.shape[0]
     img = data["image"].transpose(0, 1).numpy()  # env-major so each stream is contiguous
     first = data["is_first"].transpose(0, 1).reshape(-1).numpy().astype(bool)
     episodes = np.cumsum(first) + np.repeat(np.arange(img.shape[0]) * rows, rows)
@@ -154,8 +157,6 @@ def load_run_frames(logdir: str | os.PathLike, limit: int | None = None) -> dict
         led_to = data["action"].transpose(0, 1).float().numpy()
         taken = np.concatenate([led_to[:, 1:], np.zeros_like(led_to[:, :1])], axis=1)
         out["actions"] = taken.reshape(-1, taken.shape[-1])
-    if limit is not None:
-        out = {k: v[-limit:] for k, v in out.items()}
     return out
 
 

@@ -1,6 +1,6 @@
 """Run in a fresh process by test_exact_resume: N updates then a checkpoint ("first"), or a
-restore then M updates ("second"), or N + M updates in one go ("straight"); writes the
-agent's parameters to OUT."""
+restore then M updates ("second"), or N + M updates in one go ("straight"), each through
+`Trainer.train_step`; writes the agent's parameters and the replay's stored steps to OUT."""
 
 from __future__ import annotations
 
@@ -65,12 +65,16 @@ def main(mode: str, logdir: str, out: str, n: int, m: int) -> None:
     if mode == "second":
         assert trainer.restore()
     updates = {"straight": n + m, "first": n, "second": m}[mode]
-    for _ in range(updates):
-        agent.train(trainer.replay.sample(B, T))
+    for _ in range(updates):  # as training does: the replay context's latents written back
+        trainer.train_step(B, T)
         trainer.counters["updates"] += 1
     if mode == "first":
         trainer.save()
-    torch.save(tensors(agent.state_dict()), Path(out))
+    # The parameters, and the replay the written-back latents went into.
+    state = tensors(agent.state_dict())
+    state.update({f"replay.{k}": v.clone() for k, v in
+                  trainer.replay.chronological().items() if torch.is_tensor(v)})
+    torch.save(state, Path(out))
 
 
 def tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:

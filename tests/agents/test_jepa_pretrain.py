@@ -122,6 +122,9 @@ def test_run_source_reads_saved_replay(tmp_path):
     assert data["frames"].shape == (16, 64, 64, 3)
     assert data["frames"][:8, 0, 0, 0].tolist() == list(range(3, 11))  # oldest first
     assert len(np.unique(data["episodes"])) >= 4
+    newest = load_run_frames(tmp_path, limit=6)  # the newest 3 of each env's stream
+    assert newest["frames"][:, 0, 0, 0].tolist() == [8, 9, 10, 8, 9, 10]
+    assert newest["episodes"][2] != newest["episodes"][3]  # the two envs' streams stay apart
 
 
 def test_run_source_gives_the_action_taken_at_each_frame(tmp_path):

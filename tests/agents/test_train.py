@@ -344,7 +344,8 @@ def test_sighup_checkpoints_and_exits(tmp_path, smoke_argv):
 def test_exact_resume_in_a_fresh_process(tmp_path):
     """N updates, checkpoint, restore in a new process, M more == N + M in one go, bit for
     bit (CPU, eager fp32): the checkpoint holds agent, optimizer, slow critic, return
-    normalisation, replay with its sampler state, counters and the RNG streams."""
+    normalisation, replay with its sampler state and written-back latents, counters and the
+    RNG streams."""
     worker = [sys.executable, str(Path(__file__).with_name("resume_worker.py"))]
     run = tmp_path / "run"
     for mode, out in (("straight", "a.pt"), ("first", "b.pt"), ("second", "c.pt")):
@@ -357,6 +358,8 @@ def test_exact_resume_in_a_fresh_process(tmp_path):
     assert straight.keys() == resumed.keys() and len(straight) > 20
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert not all(torch.equal(straight[k], first[k]) for k in straight)  # M updates moved it
+    # The updates went through train_step: the replay holds written-back latents, equal too.
+    assert straight["replay.latent_deter"].abs().sum() > 0
 
 
 def test_nan_updates_are_skipped_then_the_run_stops(tmp_path, smoke_argv, capsys):

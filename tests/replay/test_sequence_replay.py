@@ -162,6 +162,37 @@ def test_keys_added_to_a_restored_replay_start_at_zero(tmp_path, on_disk):
     assert (again._buffer.storage[:] == restored._buffer.storage[:]).all()
 
 
+def test_a_second_resume_adds_keys_again_on_disk(tmp_path):
+    # The first resume added keys and was killed before it checkpointed: the next one finds
+    # its `.added.memmap` files in the same scratch directory and must start them anew.
+    replay = SequenceReplay(capacity=40, num_envs=2, seed=0)
+    fill(replay, 6)
+    replay.save(tmp_path / "ckpt")
+    spec = {"embed": ((3,), torch.float32)}
+    for _ in range(2):
+        resumed = SequenceReplay(capacity=40, num_envs=2, seed=0,
+                                 directory=str(tmp_path / "scratch"))
+        resumed.load(tmp_path / "ckpt")
+        assert resumed.add_keys(spec) == ["embed"]
+        assert (resumed.sample(2, 4)["embed"] == 0).all()
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_keys_added_after_steps_are_stored_by_later_adds(tmp_path, on_disk):
+    # A locked (memmap) storage caches its keys at the first write and filters later writes
+    # by them; keys added afterwards must still be written.
+    kwargs = {"directory": str(tmp_path / "scratch")} if on_disk else {}
+    replay = SequenceReplay(capacity=40, num_envs=2, seed=0, **kwargs)
+    fill(replay, 3)
+    assert replay.add_keys({"e": ((), torch.float32)}) == ["e"]
+    step = make_step(3, 2)
+    step["e"] = torch.ones(2)
+    replay.add(step)
+    batch = replay.sample(8, 4)
+    new = batch["t"] == 3
+    assert new.any() and (batch["e"][new] == 1).all() and (batch["e"][~new] == 0).all()
+
+
 def test_memmap_storage_lives_on_disk(tmp_path):
     directory = tmp_path / "replay"
     replay = SequenceReplay(capacity=64, num_envs=2, directory=str(directory), seed=0)
