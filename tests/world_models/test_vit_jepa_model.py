@@ -25,6 +25,12 @@ def test_ema_update_math():
     assert m.momentum(0, 100) == pytest.approx(0.996)
     assert m.momentum(50, 100) == pytest.approx(0.998)
     assert m.momentum(100, 100) == pytest.approx(1.0)
+    # I-JEPA's schedule: the ramp spans 1.25x the run, so the target still learns at the end.
+    stretched = JEPA(m.vit_cfg, JEPAConfig(pred_depth=1, pred_heads=2, ema_stretch=1.25))
+    assert stretched.momentum(50, 100) == pytest.approx(0.996 + 0.004 * 0.4)
+    assert stretched.momentum(100, 100) == pytest.approx(0.9992)
+    with pytest.raises(ValueError, match="ema_stretch"):
+        JEPAConfig(ema_stretch=0.5)
 
 
 def test_predictor_shapes():

@@ -30,6 +30,10 @@ class JEPAConfig:
     pred_heads: int = 4
     ema_start: float = 0.996
     ema_end: float = 1.0
+    # The momentum ramp spans this many runs' length. 1.0 reaches ema_end at the last step,
+    # so the target (the exported encoder) barely moves over the last steps; I-JEPA's
+    # ipe_scale is 1.25 (it ends at 0.9992 and the target still follows the online encoder).
+    ema_stretch: float = 1.0
     loss: str = "smooth_l1"  # or "mse"
     # Anti-collapse term on the pooled online embedding of each frame's context: "sigreg"
     # (isotropic Gaussian, weight as in LeJEPA), "vicreg" (variance x weight, covariance x
@@ -77,6 +81,8 @@ class JEPAConfig:
                                      ("context", self.context, CONTEXTS)):
             if value not in allowed:
                 raise ValueError(f"JEPA {name} {value!r}; allowed: {', '.join(allowed)}")
+        if self.ema_stretch < 1.0:
+            raise ValueError(f"JEPA ema_stretch {self.ema_stretch}; must be >= 1")
         if self.target_layers < 1:
             raise ValueError(f"JEPA target layers {self.target_layers}; must be >= 1")
         if self.horizon < 0 or self.action_dim < 0:
@@ -162,8 +168,8 @@ class JEPA(nn.Module):
         return {"train/ema": momentum}
 
     def momentum(self, step: int, total: int) -> float:
-        """EMA momentum, linear from ema_start to ema_end over training."""
-        frac = min(max(step / max(total, 1), 0.0), 1.0)
+        """EMA momentum, linear from ema_start towards ema_end over ema_stretch x training."""
+        frac = min(max(step / (self.cfg.ema_stretch * max(total, 1)), 0.0), 1.0)
         return self.cfg.ema_start + frac * (self.cfg.ema_end - self.cfg.ema_start)
 
     @torch.no_grad()
