@@ -17,8 +17,8 @@ with the same loop (agents/pretrain/pretrainer.py) and batch:
   in between), `target_norm=none|center`, `token_weight=change`, `target_layers=L` (targets
   averaged over the last L blocks), `reg=sigreg|vicreg|none` and `reg_weight=W` (the
   anti-collapse term), `ema_start=M` and `ema_end=M` (the target encoder's EMA momentum,
-  linear from one to the other over training; both 0 make the target the online encoder
-  under a stop-gradient), `pred_depth=D` (predictor blocks), `targets=N` and
+  linear from one to the other over training, or over `ema_stretch=S` times its length;
+  both 0 make the target the online encoder under a stop-gradient), `pred_depth=D` (predictor blocks), `targets=N` and
   `target_scale=LO-HI` (the mask: N target blocks, each LO-HI of the frame; I-JEPA's 4 and
   0.15-0.2), `shared_masks=1` (one mask for the whole batch, so the regulariser on the
   pooled context sees the frames vary, not the mask); e.g. `jepa:horizon=2:actions`.
@@ -101,7 +101,7 @@ def scale_range(text: str) -> tuple[float, float]:
 # `jepa:` options and the JEPAConfig field each sets (`actions` takes no value).
 JEPA_OPTIONS = {"horizon": int, "context": str, "target_norm": str, "token_weight": str,
                 "target_layers": int, "reg": str, "reg_weight": float, "ema_start": float,
-                "ema_end": float, "pred_depth": int}
+                "ema_end": float, "ema_stretch": float, "pred_depth": int}
 # `jepa:` options of the mask geometry (MaskConfig fields), set on the built model.
 MASK_OPTIONS = {"targets": ("num_targets", int), "target_scale": ("target_scale", scale_range),
                 "shared_masks": ("shared", lambda v: bool(int(v)))}

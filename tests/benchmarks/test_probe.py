@@ -147,14 +147,15 @@ def test_jepa_options_in_an_encoder_name():
 
 
 def test_regulariser_and_ema_options_reach_the_jepa_config():
-    name = "jepa:reg=none:reg_weight=0.2:ema_start=0.99:ema_end=0.999:pred_depth=2"
+    name = ("jepa:reg=none:reg_weight=0.2:ema_start=0.99:ema_end=0.999:ema_stretch=1.25:"
+            "pred_depth=2")
     assert parse_encoder(name) == ("jepa", 1, {"reg": "none", "reg_weight": 0.2,
                                                "ema_start": 0.99, "ema_end": 0.999,
-                                               "pred_depth": 2})
+                                               "ema_stretch": 1.25, "pred_depth": 2})
     data = {"frames": np.zeros((4, 64, 64, 3), np.uint8), "actions": np.zeros((4, 2))}
     cfg = probe_module.build_encoder_model(name, data).cfg
-    assert (cfg.reg, cfg.reg_weight, cfg.ema_start, cfg.ema_end, cfg.pred_depth) == (
-        "none", 0.2, 0.99, 0.999, 2)
+    assert (cfg.reg, cfg.reg_weight, cfg.ema_start, cfg.ema_end, cfg.ema_stretch,
+            cfg.pred_depth) == ("none", 0.2, 0.99, 0.999, 1.25, 2)
     with pytest.raises(ValueError, match="regulariser 'l2'; allowed: sigreg, vicreg, none"):
         probe_module.build_encoder_model("jepa:reg=l2", data)
 
