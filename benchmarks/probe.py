@@ -18,8 +18,8 @@ with the same loop (agents/pretrain/pretrainer.py) and batch:
   averaged over the last L blocks), `reg=sigreg|vicreg|none` and `reg_weight=W` (the
   anti-collapse term), `ema_start=M` and `ema_end=M` (the target encoder's EMA momentum,
   linear from one to the other over training, or over `ema_stretch=S` times its length;
-  both 0 make the target the online encoder under a stop-gradient), `pred_depth=D` (predictor blocks), `targets=N` and
-  `target_scale=LO-HI` (the mask: N target blocks, each LO-HI of the frame; I-JEPA's 4 and
+  both 0 make the target the online encoder under a stop-gradient), `pred_depth=D`
+  (predictor blocks), `targets=N` and `target_scale=LO-HI` (the mask: N target blocks, each LO-HI of the frame; I-JEPA's 4 and
   0.15-0.2), `shared_masks=1` (one mask for the whole batch, so the regulariser on the
   pooled context sees the frames vary, not the mask); e.g. `jepa:horizon=2:actions`.
 
