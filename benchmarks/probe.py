@@ -19,9 +19,10 @@ with the same loop (agents/pretrain/pretrainer.py) and batch:
   anti-collapse term), `ema_start=M` and `ema_end=M` (the target encoder's EMA momentum,
   linear from one to the other over training, or over `ema_stretch=S` times its length;
   both 0 make the target the online encoder under a stop-gradient), `pred_depth=D`
-  (predictor blocks), `targets=N` and `target_scale=LO-HI` (the mask: N target blocks, each LO-HI of the frame; I-JEPA's 4 and
-  0.15-0.2), `shared_masks=1` (one mask for the whole batch, so the regulariser on the
-  pooled context sees the frames vary, not the mask); e.g. `jepa:horizon=2:actions`.
+  (predictor blocks), `targets=N` and `target_scale=LO-HI` (the mask: N target blocks,
+  each LO-HI of the frame; I-JEPA's 4 and 0.15-0.2), `shared_masks=1` (one mask for the
+  whole batch, so the regulariser on the pooled context sees the frames vary, not the
+  mask); e.g. `jepa:horizon=2:actions`.
 
 `--patch 4` trains and probes every encoder (random included) with 4x4-pixel patches;
 `--input-norm channel|pixel` gives every encoder inputs standardised with the frames' mean
