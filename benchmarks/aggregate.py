@@ -49,8 +49,11 @@ class AggregateError(ValueError):
     """Bad arguments to an aggregation (unknown rule, empty window...)."""
 
 
-def default_budget(domain: str) -> int | None:
-    """The frame budget the published numbers for a domain use, or None if there is none."""
+def default_budget(domain: str, benchmark: str | None = None) -> int | None:
+    """The frame budget the published numbers for a domain use, or None if there is none;
+    DMC vision (`benchmark` dmc_vision) is published at 1M frames, DMC proprio at 500k."""
+    if domain == "dmc" and benchmark == "dmc_vision":
+        return 1_000_000
     return _DEFAULT_BUDGETS.get(domain)
 
 
@@ -80,7 +83,8 @@ def final_value(
 def hns(score: float, game: str) -> float:
     """Human-normalised score (score - random) / (human - random) of an Atari-100k game."""
     if game not in ATARI_RANDOM_HUMAN:
-        raise AggregateError(f"no random/human reference for Atari game {game!r}")
+        raise AggregateError(f"no random/human reference for Atari game {game!r}; "
+                             "human-normalised scores cover the 26 Atari-100k games")
     random, human = ATARI_RANDOM_HUMAN[game]
     return (score - random) / (human - random)
 

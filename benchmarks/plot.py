@@ -28,6 +28,7 @@ import numpy as np
 
 from agents.run.cli_args import ArgParser, add_reference_arg, doc_summary
 from benchmarks.aggregate import (
+    AggregateError,
     Summary,
     aggregate_curve,
     bin_run,
@@ -75,8 +76,10 @@ class Panel:
     series: list[Series]
 
 
-def budgets_for(ours: Sequence[Run], refs: Sequence[Run], budget: float | None) -> dict[str, float]:
-    """Frame budget per domain (see the module doc)."""
+def budgets_for(ours: Sequence[Run], refs: Sequence[Run], budget: float | None,
+                benchmark: str | None = None) -> dict[str, float]:
+    """Frame budget per domain (see the module doc); `benchmark`, our runs' (dmc_vision
+    or dmc_proprio), picks DMC's published budget."""
     result: dict[str, float] = {}
     for domain in sorted({domain_of(r.task) for r in [*ours, *refs]}):
         if budget is not None:
@@ -86,7 +89,7 @@ def budgets_for(ours: Sequence[Run], refs: Sequence[Run], budget: float | None) 
             (float(r.xs[-1]) for r in ours if domain_of(r.task) == domain and r.xs.size),
             default=None,
         )
-        published = default_budget(domain)
+        published = default_budget(domain, benchmark)
         if published is None:
             ends = [
                 float(r.xs[-1]) for r in [*ours, *refs] if domain_of(r.task) == domain and r.xs.size
@@ -362,7 +365,7 @@ def report(
     markdown and the PNG paths."""
     out = Path(out)
     benchmark = benchmark_of_runs(ours)
-    budgets = budgets_for(ours, refs, budget)
+    budgets = budgets_for(ours, refs, budget, benchmark)
     panels = [
         *task_panels(ours, refs, budgets, bins, spread),
         *aggregate_panels(ours, refs, budgets, bins),
@@ -423,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         refs = read_references(args.reference, ours)
         text, pngs = report(ours, refs, args.out, args.budget, args.rule, args.bins,
                             args.spread)
-    except ScoreFileError as err:
+    except (ScoreFileError, AggregateError) as err:
         parser.error(str(err))
     print(text)
     print(f"wrote {len(pngs)} plots and summary.md to {args.out}")

@@ -30,6 +30,16 @@ def _key(name: str) -> str:
     return name.lower().replace("_", "")
 
 
+# Suite names that stand for several benchmarks' files (keys as `_key` makes them).
+_FAMILIES = {"dmc": ("dmcproprio", "dmcvision"), "atari": ("atari", "atari57")}
+
+
+def _matches(benchmark: str, wanted: str) -> bool:
+    """A file of `benchmark` serves runs of `wanted` (a benchmark, or a suite such as `dmc`);
+    `atari` runs (long-run) do not take `atari100k` files."""
+    return benchmark == wanted or benchmark in _FAMILIES.get(wanted, ())
+
+
 def file_benchmark(path: str | Path) -> str:
     """The benchmark a reference file belongs to: `dmc_proprio-dreamerv3.json.gz` ->
     `dmc_proprio` (v1-era `dmcproprio_d4pg.json.gz` -> `dmcproprio`); a TD-MPC2 CSV is
@@ -73,9 +83,9 @@ def reference_files(
     tasks: Collection[str] | None = None,
 ) -> list[Path]:
     """The reference files to read: files as given; from a folder, the score files whose
-    benchmark is one of `benchmarks` (a name, or a prefix such as `dmc`) and the CSVs of
-    `tasks` (None: all). A folder of run directories is kept whole. One-line ScoreFileError
-    for a missing path or a folder with nothing that matches."""
+    benchmark is one of `benchmarks` (a name, or a suite such as `dmc` for its benchmarks)
+    and the CSVs of `tasks` (None: all). A folder of run directories is kept whole.
+    One-line ScoreFileError for a missing path or a folder with nothing that matches."""
     wanted = {_key(b) for b in benchmarks} if benchmarks is not None else None
     files: list[Path] = []
     for path in map(Path, paths):
@@ -89,7 +99,7 @@ def reference_files(
         found = _candidates(path)
         picked = [
             f for f in found
-            if (wanted is None or any(_key(file_benchmark(f)).startswith(w) for w in wanted))
+            if (wanted is None or any(_matches(_key(file_benchmark(f)), w) for w in wanted))
             and (tasks is None or f.suffix != ".csv" or _tdmpc2_task(f) in tasks)
         ]
         if not picked:

@@ -88,10 +88,12 @@ def task_id(spec: str) -> str:
     return f"{_snake(suite)}_{_snake(task)}"
 
 
-def canonical_task(name: str) -> str:
-    """One id per task whatever file it came from (`atari_pong` -> `atari100k_pong`)."""
+def canonical_task(name: str, atari100k: bool = False) -> str:
+    """One id per task whatever file it came from: an Atari-100k curve file's `atari_pong`
+    (`atari100k=True`) -> `atari100k_pong`; a long-run Atari id (atari57's, or our
+    `atari:` runs') stays `atari_pong`."""
     name = name.strip()
-    if name.startswith("atari_") and name[len("atari_") :] in ATARI100K_GAMES:
+    if atari100k and name.startswith("atari_") and name[len("atari_") :] in ATARI100K_GAMES:
         return "atari100k_" + name[len("atari_") :]
     if ":" in name:
         return task_id(name)
@@ -148,7 +150,7 @@ def _read_official(path: Path) -> list[Run]:
             raise ScoreFileError(f"{path}: a run lacks the keys {sorted(missing)}")
         runs.append(
             Run(
-                canonical_task(entry["task"]),
+                canonical_task(entry["task"], atari100k="atari100k" in path.name),
                 str(entry["method"]),
                 _dump_seed(entry["seed"]),
                 entry["xs"],

@@ -256,10 +256,12 @@ def collect(specs: Sequence[RunSpec], method: str | None = None) -> list[Run]:
     return runs
 
 
-def add_common_args(parser: argparse.ArgumentParser, frames: int) -> None:
-    """Arguments every suite shares."""
+def add_common_args(parser: argparse.ArgumentParser, frames: int | None) -> None:
+    """Arguments every suite shares (`frames` None: the suite picks its default)."""
     parser.add_argument("--seeds", type=int, default=5, help="seeds per task: 0..N-1")
-    parser.add_argument("--frames", type=int, default=frames, help="env frames per run")
+    parser.add_argument("--frames", type=int, default=frames,
+                        help="env frames per run" + (f" (default {frames:,})" if frames else
+                                                     " (default: the published budget)"))
     parser.add_argument("--agent", default="dreamerv3", help="agent name (dreamerv3, jepa)")
     parser.add_argument("--size", default=None, help="model size preset (default: domain's)")
     add_ray_args(parser, unit="run")

@@ -161,3 +161,16 @@ def test_fixture_tdmpc2_csv_interpolated(fake_curves):
     assert summary.per_task["dmc_walker_walk"] == pytest.approx((850 + 650) / 2)
     assert summary.per_task["dmc_cartpole_balance"] == pytest.approx(990.0)
     assert summary.aggregates["tasks"] == 2
+
+
+def test_default_budgets_are_the_published_ones():
+    from benchmarks.aggregate import default_budget
+    from benchmarks.plot import budgets_for
+
+    assert default_budget("atari100k") == 400_000
+    assert default_budget("dmc") == default_budget("dmc", "dmc_proprio") == 500_000
+    assert default_budget("dmc", "dmc_vision") == 1_000_000
+    assert default_budget("atari") is None  # long-run Atari: no fixed budget
+    ours = [Run("dmc_walker_walk", "ours", 0, [1e5, 1e6], [1.0, 2.0])]
+    assert budgets_for(ours, [], None, "dmc_vision") == {"dmc": 1_000_000}
+    assert budgets_for(ours, [], None, "dmc_proprio") == {"dmc": 500_000}

@@ -51,7 +51,7 @@ def test_std_spread_and_png(tmp_path, make_run_dir):
 def test_cli_with_reference(tmp_path, make_run_dir, capsys):
     _ours(tmp_path, make_run_dir)
     ref = write_scores([Run("atari_pong", "dreamerv3", 0, [295_000, 300_000], [1.0, 3.0])],
-                       tmp_path / "ref.json.gz")
+                       tmp_path / "atari100k-dreamerv3.json.gz")
     main([str(tmp_path / "runs"), "--reference", str(ref), "--out", str(tmp_path / "plots")])
     printed = capsys.readouterr().out
     assert "## atari100k at 300,000 env frames" in printed

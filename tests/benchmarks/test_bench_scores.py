@@ -26,10 +26,12 @@ def test_task_ids():
     assert task_id("dmc:ball_in_cup-catch-pixels") == "dmc_ball_in_cup_catch"
     assert task_id("atari100k:up_n_down") == "atari100k_up_n_down"
     assert task_id("gym:CartPole-v1") == "gym_cartpole_v1"
-    # The 2024 curve files name Atari-100k games atari_<game>.
-    assert canonical_task("atari_bank_heist") == "atari100k_bank_heist"
+    # The 2024 Atari-100k curve file names its games atari_<game>; long-run Atari keeps it.
+    assert canonical_task("atari_bank_heist", atari100k=True) == "atari100k_bank_heist"
+    assert canonical_task("atari_bank_heist") == "atari_bank_heist"
     assert canonical_task("atari100k_pong") == "atari100k_pong"
-    assert domain_of("atari_pong") == "atari100k" and domain_of("dmc_walker_walk") == "dmc"
+    assert domain_of("atari_pong") == "atari" and domain_of("dmc_walker_walk") == "dmc"
+    assert domain_of(task_id("atari100k:pong")) == "atari100k"
     with pytest.raises(ScoreFileError, match="suite:task"):
         task_id("walker-walk")
 
@@ -52,7 +54,7 @@ def test_official_round_trip(tmp_path):
 
 
 def test_nan_bins_dropped_and_string_seeds(tmp_path):
-    path = tmp_path / "old.json"
+    path = tmp_path / "atari100k-old.json"
     path.write_text('[{"task": "atari_pong", "method": "dreamerv3", "seed": "1", '
                     '"xs": [5000, 15000, 25000], "ys": [1.0, NaN, 3.0]}]')
     (run,) = read_scores(path)
@@ -108,6 +110,21 @@ def test_fixture_reference_file(fake_curves):
     assert max(r.xs[-1] for r in runs) <= 400_000
     folder = read_scores(fake_curves)  # a folder of score files reads them all
     assert len(folder) == 3 + 4  # both score files whole; the TD-MPC2 CSVs are not score files
+
+
+def test_long_run_atari_is_not_scored_as_atari100k(tmp_path):
+    # DreamerV3's atari57 and atari100k files both say atari_<game>: only the Atari-100k
+    # file's runs are Atari-100k runs, and `atari:` runs take no Atari-100k reference.
+    from benchmarks.references import reference_files
+
+    for name in ("atari100k-dreamerv3.json.gz", "atari57-dreamerv3.json.gz"):
+        write_scores([Run("atari_pong", "dreamerv3", 0, [1], [1.0])], tmp_path / name)
+    assert read_scores(tmp_path / "atari100k-dreamerv3.json.gz")[0].task == "atari100k_pong"
+    assert read_scores(tmp_path / "atari57-dreamerv3.json.gz")[0].task == "atari_pong"
+    assert [p.name for p in reference_files([tmp_path], ["atari"])] == [
+        "atari57-dreamerv3.json.gz"]
+    assert [p.name for p in reference_files([tmp_path], ["atari100k"])] == [
+        "atari100k-dreamerv3.json.gz"]
 
 
 def test_reference_files_of_a_folder(tmp_path, make_run_dir):
