@@ -51,7 +51,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # REFERENCE.md section 1.2 (DreamerV3 HEAD): no sticky actions, 0-30 random no-ops.
     "atari100k": {**_COMMON, "sticky": 0.0, "noops": 30},
     # DreamerV3's long-run atari preset has sticky actions and 0-30 no-ops too; it also uses
-    # 96x96 gray frames and all 18 actions, which stay options here (size=96x96, gray=True,
+    # 96x96 gray frames and all 18 actions, which stay options here (size=96, gray=True,
     # full_actions=True): our encoders' presets are built for 64x64.
     "atari": {**_COMMON, "sticky": 0.25, "noops": 30},
 }
