@@ -247,6 +247,11 @@ class SequenceReplay:
         cursor = write_cursor(self._buffer) % self.rows
         return torch.cat([data[cursor:], data[:cursor]], 0)
 
+    @property
+    def sampling_generator(self) -> torch.Generator | None:
+        """The generator `sample` draws from (its state is saved with the replay)."""
+        return rng_of(self._buffer)
+
     def stats(self) -> dict[str, float]:
         """Metrics under the ``replay/`` namespace."""
         return {

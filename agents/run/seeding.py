@@ -3,7 +3,9 @@ saves (so resuming on CPU is exact) and the env seeds a run's envs start from.""
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,6 +29,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available() and \
             len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def streams_aside(*generators: torch.Generator | None) -> Iterator[None]:
+    """Run a block (an evaluation, a report) without moving training's random streams: the
+    global ones and `generators` (the replay's sampler) are as before afterwards, so the
+    settings a resume may change (eval_every, eval_episodes, video, ...) change nothing that
+    training draws."""
+    state = rng_state()
+    saved = [(g, g.get_state()) for g in generators if g is not None]
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+        for g, s in saved:
+            g.set_state(s)
 
 
 # What an env seed is drawn for (a SeedSequence key): the streams never coincide.

@@ -31,7 +31,7 @@ from agents.run.config import Config, ConfigError, absolute_encoder, save_config
 from agents.run.logger import Progress, RunLogger, open_loop_video
 from agents.run.rundir import AGENT_FILE, REPLAY, STATUS, RunDir
 from agents.run.schedules import Every, Ratio
-from agents.run.seeding import EVAL_ENVS, env_seed, rng_state, set_rng_state
+from agents.run.seeding import EVAL_ENVS, env_seed, rng_state, set_rng_state, streams_aside
 from agents.runtime import describe_machine, seed_everything, select_device, set_malloc, set_threads
 from replay import SequenceReplay, make_sampler
 
@@ -357,10 +357,11 @@ class Trainer:
                     rate = (c["step"] - start_step) / max(now - start_clock, 1e-6)
                     self._log(sums, counts, returns, rate)
                     sums.clear(), counts.clear(), returns.clear()
-                if eval_due(c["step"]) or self.finished:
-                    self.evaluate()
-                if c["updates"] and cfg.run.video and report_due(c["step"]):
-                    self.open_loop_report()
+                with streams_aside(self.replay.sampling_generator):
+                    if eval_due(c["step"]) or self.finished:
+                        self.evaluate()
+                    if c["updates"] and cfg.run.video and report_due(c["step"]):
+                        self.open_loop_report()
                 if save_due(now):
                     self.save()
             # Still inside the guard: a signal during the last save is taken as a request

@@ -38,7 +38,7 @@ def test_layering_domain_and_size_presets():
         assert cfg.get(key) == 64, key
     vision = load_config("dmc:walker-walk", flags={"env.options.obs": "pixels"})
     assert vision.domain == "dmc_vision" and vision.model.rssm.deter == 2048
-    assert vision.run.train_ratio == 256
+    assert vision.run.train_ratio == 512  # the published curves' ratio at repeat 2
 
 
 def test_user_layers_order_and_explicit_values_beat_size(tmp_path):
