@@ -21,8 +21,8 @@ Written to OUT: `scores.json.gz` (official format, method `<arm>/<condition>`, t
 episodes), `compare.md` and `compare.png`. Final scores at the frame budget: evaluation
 episodes (the run's last evaluation at or before the budget, if one falls in its last
 10%; `atari` runs are evaluated on the held-out `atari:eval` games) and training
-episodes (the mean of the episodes ending in the last 10% of the budget, as
-`benchmarks.aggregate`'s window rule). For every arm and
+episodes (the mean of the episodes ending in the last 10% of the budget: `benchmarks.
+aggregate`'s window rule with a window of 10%, not its 50k cap). For every arm and
 condition: the mean over tasks of the seed-mean score with its 95% interval, and for every
 distracted condition the share of the clean score kept (mean distracted / mean clean).
 
@@ -208,8 +208,9 @@ def final_scores(cell: Cell, frames: int, evals: bool, seeds: Sequence[int] | No
     out = np.full((len(seeds), len(tasks)), np.nan)
     for spec in cell.specs:
         # A run still training has no final score (its episodes near 90% of the budget
-        # would pass for the last 10%).
-        if spec.seed not in seeds or spec.task not in tasks or not is_done(spec.logdir):
+        # would pass for the last 10%), nor one trained to less than the budget asked for.
+        if (spec.seed not in seeds or spec.task not in tasks or not is_done(spec.logdir)
+                or spec.steps * REPEAT < frames):
             continue
         try:
             run = read_run_dir(spec.logdir, spec.task, spec.seed, eval_scores=evals)
@@ -275,7 +276,9 @@ def summarize(cells: Sequence[Cell], frames: int, reps: int = 2000) -> tuple[str
             [cols[0], cols[1], cols[2], cols[3]]) + " |")
     lines += ["", "seeds: runs with an eval / a train score at the budget (eval: the last "
               "evaluation, sampled actions; train: training episodes). An interval needs 2 "
-              "seeds or more; `kept` is over the seeds both conditions have (`Np`: N pairs)."]
+              "seeds or more; with 2 or 3 it is the range of the seeds (each seed repeated "
+              "is over 2.5% of the resamples), not a 95% interval. `kept` is over the seeds "
+              "both conditions have (`Np`: N pairs)."]
     prediction = prediction_table(cells)
     if prediction:
         lines += ["", *prediction]

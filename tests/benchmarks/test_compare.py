@@ -316,3 +316,6 @@ def test_a_run_still_training_has_no_final_score(tmp_path):
     assert evals[0, 0] == 7.0 and np.isnan(evals[1, 0])
     train = final_scores(cells[0], 1000, evals=False)
     assert train[0, 0] == 5.0 and np.isnan(train[1, 0])
+    # Asked at a budget beyond what the runs trained to, a finished run has no score either.
+    assert np.isnan(final_scores(cells[0], 1050, evals=True)).all()
+    assert np.isnan(final_scores(cells[0], 1050, evals=False)).all()
