@@ -11,11 +11,17 @@ export RAY_AUTH_MODE ?= disabled
 
 # Debian packages: headless MuJoCo rendering (EGL, with OSMesa as fallback), venv support,
 # and a C++ compiler for torch.compile's CPU kernels (without one the fast path runs eager).
+# Each is asked for only where it is missing (a venv and g++ may come from elsewhere).
 system:
-	@if command -v apt-get >/dev/null && ! dpkg -s libosmesa6 libegl1 libgl1-mesa-dri python3-venv g++ >/dev/null 2>&1; then \
+	@need=""; \
+	dpkg -s libosmesa6 libegl1 libgl1-mesa-dri >/dev/null 2>&1 \
+	  || need="libegl1 libgl1-mesa-dri libosmesa6"; \
+	python3 -c 'import ensurepip, venv' 2>/dev/null || need="$$need python3-venv"; \
+	command -v g++ >/dev/null || need="$$need g++"; \
+	if command -v apt-get >/dev/null && [ -n "$$need" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends \
-	    libegl1 libgl1-mesa-dri libosmesa6 python3-venv g++ >/dev/null; fi
+	    $$need >/dev/null; fi
 
 # torch goes in first, the build chosen on purpose (a bare `torch` requirement in an empty
 # environment pulls a multi-GB CUDA build). TORCH_INDEX=URL picks the wheel index yourself

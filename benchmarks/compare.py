@@ -210,7 +210,7 @@ def final_scores(cell: Cell, frames: int, evals: bool, seeds: Sequence[int] | No
         # A run still training has no final score (its episodes near 90% of the budget
         # would pass for the last 10%), nor one trained to less than the budget asked for.
         if (spec.seed not in seeds or spec.task not in tasks or not is_done(spec.logdir)
-                or spec.steps * REPEAT < frames):
+                or spec.steps < frames // REPEAT):
             continue
         try:
             run = read_run_dir(spec.logdir, spec.task, spec.seed, eval_scores=evals)

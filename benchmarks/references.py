@@ -31,7 +31,7 @@ def _key(name: str) -> str:
 
 
 # Suite names that stand for several benchmarks' files (keys as `_key` makes them).
-_FAMILIES = {"dmc": ("dmcproprio", "dmcvision"), "atari": ("atari", "atari57")}
+_FAMILIES = {"dmc": ("dmcproprio", "dmcvision"), "atari": ("atari", "atari57", "atari200m")}
 
 
 def _matches(benchmark: str, wanted: str) -> bool:

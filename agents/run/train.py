@@ -93,7 +93,8 @@ def resume_changes(cfg: Config, run: RunDir) -> dict[str, tuple[Any, Any]]:
         diff = ", ".join(f"{k} {changed[k][0]!r} -> {changed[k][1]!r}" for k in refused)
         raise ConfigError(
             f"{run.path} holds a run trained with a different config ({diff}); resuming may "
-            f"change only {', '.join(RESUMABLE[1:])}: use another --logdir for a new run")
+            f"change only {', '.join(RESUMABLE[1:])}: use another --logdir for a new run, or "
+            "--set KEY=VALUE with the run's values to go on as it was trained")
     return changed
 
 
@@ -357,11 +358,10 @@ class Trainer:
                     rate = (c["step"] - start_step) / max(now - start_clock, 1e-6)
                     self._log(sums, counts, returns, rate)
                     sums.clear(), counts.clear(), returns.clear()
-                with streams_aside(self.replay.sampling_generator):
-                    if eval_due(c["step"]) or self.finished:
-                        self.evaluate()
-                    if c["updates"] and cfg.run.video and report_due(c["step"]):
-                        self.open_loop_report()
+                if eval_due(c["step"]) or self.finished:
+                    self.evaluate()
+                if c["updates"] and cfg.run.video and report_due(c["step"]):
+                    self.open_loop_report()
                 if save_due(now):
                     self.save()
             # Still inside the guard: a signal during the last save is taken as a request
@@ -425,8 +425,9 @@ class Trainer:
         try:
             mode = eval_act_mode(cfg)
             policy = lambda obs, carry: self.agent.policy(obs, carry, mode=mode)
-            records, frames = Collector(env).run_episodes(policy, cfg.run.eval_episodes,
-                                                          render=video)
+            with streams_aside(self.replay.sampling_generator):  # training's draws unmoved
+                records, frames = Collector(env).run_episodes(policy, cfg.run.eval_episodes,
+                                                              render=video)
         finally:
             env.close()
         for r in records:
@@ -444,7 +445,8 @@ class Trainer:
     def open_loop_report(self) -> None:
         c, cfg = self.counters, self.cfg
         c["last_report"] = c["step"]
-        out = self.agent.report(self.replay.sample(4, cfg.replay.batch_length + self.context))
+        with streams_aside(self.replay.sampling_generator):  # training's draws unmoved
+            out = self.agent.report(self.replay.sample(4, cfg.replay.batch_length + self.context))
         video = out.pop("openl", None)
         self.logger.scalars(out, c["step"])
         if video is not None:

@@ -472,32 +472,3 @@ def test_evaluation_swaps_atari_backgrounds_for_held_out_games():
     assert options("atari:pong+boxing") == ("atari:pong+boxing", "atari:pong+boxing")
     assert options("shapes") == ("shapes", "shapes")
 
-
-def test_evaluation_and_reports_leave_training_streams_alone():
-    # An evaluation or an open-loop report inside `streams_aside` draws what it likes; the
-    # global streams and the replay's sampler continue as if it had not run, so changing
-    # run.eval_every or run.video on a resume changes nothing that training draws.
-    import random
-
-    import numpy as np
-    import torch
-
-    from agents.run.seeding import streams_aside
-    from replay import SequenceReplay
-
-    replay = SequenceReplay(capacity=64, num_envs=2, seed=0)
-    for t in range(10):
-        replay.add({"x": torch.full((2, 1), float(t)), "is_first": torch.tensor([t == 0] * 2)})
-
-    def draws():
-        return (torch.rand(3), np.random.rand(3), random.random(), replay.sample(2, 4)["x"])
-
-    torch.manual_seed(1), np.random.seed(1), random.seed(1)
-    state = replay.sampling_generator.get_state()
-    expected = draws()
-    torch.manual_seed(1), np.random.seed(1), random.seed(1)
-    replay.sampling_generator.set_state(state)
-    with streams_aside(replay.sampling_generator):
-        draws(), draws()  # the evaluation's and the report's own randomness
-    for got, want in zip(draws(), expected, strict=True):
-        assert np.array_equal(np.asarray(got), np.asarray(want))
